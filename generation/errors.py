@@ -1,0 +1,67 @@
+"""Errors the generation core raises.
+
+Each carries a `user_message` that is safe to show a Discord member as is: it says what went
+wrong and what to do, never a traceback or a path on the host.
+"""
+
+from __future__ import annotations
+
+
+class GenerationError(Exception):
+    """Base of every error in `generation/`; `user_message` is shown to the member."""
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message)
+        self.user_message = user_message
+
+
+class InvalidOptions(GenerationError):
+    """An option is out of range; `field` names it so the bot can point at it."""
+
+    def __init__(self, field: str, user_message: str) -> None:
+        super().__init__(user_message)
+        self.field = field
+
+
+class InvalidImage(GenerationError):
+    """The upload is not a still image we can animate (wrong type, corrupt, too large...)."""
+
+
+class QueueFull(GenerationError):
+    """The queue holds as many waiting jobs as the host allows."""
+
+    def __init__(self, waiting: int, limit: int) -> None:
+        super().__init__(
+            f"The queue is full ({waiting} of {limit} clips waiting). "
+            "Please try again in a few minutes; nothing was charged."
+        )
+        self.waiting = waiting
+        self.limit = limit
+
+
+class TooManyJobs(GenerationError):
+    """The user already has as many jobs waiting or running as allowed."""
+
+    def __init__(self, active: int, limit: int) -> None:
+        super().__init__(
+            f"You already have {active} clip(s) waiting or in progress (the limit is {limit}). "
+            "Wait for one to finish or `/cancel` it; nothing was charged."
+        )
+        self.active = active
+        self.limit = limit
+
+
+class GenerationFailed(GenerationError):
+    """The engine could not make the clip for a reason that is not the user's fault."""
+
+    def __init__(self, user_message: str, *, reason: str = "error") -> None:
+        super().__init__(user_message)
+        # A short machine-readable label for logs and metrics: "oom", "timeout", "error"...
+        self.reason = reason
+
+
+class Cancelled(GenerationError):
+    """The job was cancelled by its owner (or a moderator) before it finished."""
+
+    def __init__(self) -> None:
+        super().__init__("The clip was cancelled.")
