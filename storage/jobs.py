@@ -1,0 +1,312 @@
+"""Jobs in SQLite: every job, and every state it goes through, written before the bot moves on.
+It is what the bot resumes from after a restart (`unfinished`), what `/queue` and `/history`
+show, and where waiting-time estimates learn from (`recent_durations`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import aiosqlite
+
+from storage.clock import Clock, datetime_or_none, from_micros, micros_or_none, to_micros, utc_now
+from storage.database import Database
+from storage.errors import IllegalTransition, JobExists, JobNotFound
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    ENCODING = "encoding"
+    # The clip is encoded and on disk but not yet posted.
+    DONE = "done"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED})
+# What a restart must pick up again: waiting, interrupted, or made but not posted.
+UNFINISHED = (JobState.QUEUED, JobState.RUNNING, JobState.ENCODING, JobState.DONE)
+
+# Where a job may go from each state. Back to QUEUED from RUNNING / ENCODING is the retry after a
+# crash or a shutdown; DONE may still fail when the clip cannot be posted for good.
+TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset(
+        {JobState.ENCODING, JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}
+    ),
+    JobState.ENCODING: frozenset(
+        {JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}
+    ),
+    JobState.DONE: frozenset({JobState.DELIVERED, JobState.FAILED}),
+    JobState.DELIVERED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    guild_id: int
+    channel_id: int
+    user_id: int
+    application_id: int | None = None
+    interaction_id: int | None = None
+    interaction_token: str | None = None
+    progress_message_id: int | None = None
+    reply_to_message_id: int | None = None
+    # The job's AnimateOptions as a dict (stored as JSON).
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+    model: str | None = None
+    seed: int | None = None
+    input_path: str | None = None
+    output_path: str | None = None
+    # The upload budget in bytes the clip must fit.
+    max_bytes: int | None = None
+    state: JobState = JobState.QUEUED
+    attempts: int = 0
+    # Why it failed, in words safe to show the member.
+    error: str | None = None
+    # Filled in by `JobStore.create` when None.
+    created_at: datetime | None = None
+    # When the latest attempt started running.
+    started_at: datetime | None = None
+    # When it was delivered, failed or was cancelled.
+    finished_at: datetime | None = None
+    # Generation time (running → done); with cost_units, what waiting-time estimates learn from.
+    duration_seconds: float | None = None
+    # frames × steps.
+    cost_units: int | None = None
+
+
+_TIMES = ("created_at", "started_at", "finished_at")
+_COLUMNS = tuple(f.name + ("_us" if f.name in _TIMES else "") for f in fields(JobRecord))
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
+# Fields `update` / `set_state` may change; state, attempts and timestamps have their own rules.
+UPDATABLE = frozenset(
+    {
+        "interaction_token",
+        "progress_message_id",
+        "reply_to_message_id",
+        "options",
+        "model",
+        "seed",
+        "input_path",
+        "output_path",
+        "max_bytes",
+        "error",
+        "duration_seconds",
+        "cost_units",
+    }
+)
+
+
+class JobStore:
+    def __init__(self, db: Database, *, clock: Clock = utc_now) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def create(self, record: JobRecord) -> JobRecord:
+        """Record a new job (its first event too); raises `JobExists` for a known job id."""
+        at = record.created_at or self._clock()
+        record = replace(record, created_at=at)
+        values = _to_row(record)
+        async with self._db.transaction() as conn:
+            exists = await conn.execute_fetchall(
+                "SELECT 1 FROM jobs WHERE job_id = ?", (record.job_id,)
+            )
+            if list(exists):
+                raise JobExists(record.job_id)
+            await conn.execute(
+                f"INSERT INTO jobs ({', '.join(_COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in _COLUMNS)})",
+                values,
+            )
+            await _add_event(conn, record.job_id, record.state, at)
+        return record
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        rows = await self._db.fetch(f"{_SELECT} WHERE job_id = ?", (job_id,))
+        return _from_row(rows[0]) if rows else None
+
+    async def set_state(self, job_id: str, state: JobState, **changes: Any) -> JobRecord:
+        """Move the job to `state` (recording when), changing `changes` (names in UPDATABLE) too.
+
+        Raises `IllegalTransition` when `state` cannot follow the current one (see TRANSITIONS)
+        and `JobNotFound`. Running stamps `started_at`; done computes `duration_seconds` from it
+        unless given; delivered / failed / cancelled stamp `finished_at`.
+        """
+        return await self._change(job_id, JobState(state), changes)
+
+    async def update(self, job_id: str, **changes: Any) -> JobRecord:
+        """Change fields (names in UPDATABLE) without a state change."""
+        return await self._change(job_id, None, changes)
+
+    async def requeue(self, job_id: str, *, refund_attempt: bool = False) -> JobRecord:
+        """Put an interrupted job (running / encoding) back in the queue. `refund_attempt` gives
+        back the attempt it used, for an orderly shutdown that was not the job's fault."""
+        return await self._change(
+            job_id, JobState.QUEUED, {}, attempts_delta=-1 if refund_attempt else 0
+        )
+
+    async def increment_attempts(self, job_id: str) -> int:
+        """Count one more attempt (call as a run starts); returns the new count."""
+        async with self._db.transaction() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    "UPDATE jobs SET attempts = attempts + 1 WHERE job_id = ? RETURNING attempts",
+                    (job_id,),
+                )
+            )
+        if not rows:
+            raise JobNotFound(job_id)
+        return int(rows[0][0])
+
+    async def unfinished(self) -> list[JobRecord]:
+        """Jobs a restart must pick up (queued, running, encoding, done), oldest first."""
+        rows = await self._db.fetch(
+            f"{_SELECT} WHERE state IN (?, ?, ?, ?) ORDER BY created_at_us, rowid",
+            [s.value for s in UNFINISHED],
+        )
+        return [_from_row(row) for row in rows]
+
+    async def active_for_user(self, guild_id: int, user_id: int) -> list[JobRecord]:
+        """The member's unfinished jobs in the guild, oldest first."""
+        rows = await self._db.fetch(
+            f"{_SELECT} WHERE guild_id = ? AND user_id = ? AND state IN (?, ?, ?, ?) "
+            "ORDER BY created_at_us, rowid",
+            [guild_id, user_id, *(s.value for s in UNFINISHED)],
+        )
+        return [_from_row(row) for row in rows]
+
+    async def history(self, guild_id: int, user_id: int, limit: int = 10) -> list[JobRecord]:
+        """The member's latest jobs in the guild, newest first."""
+        rows = await self._db.fetch(
+            f"{_SELECT} WHERE guild_id = ? AND user_id = ? "
+            "ORDER BY created_at_us DESC, rowid DESC LIMIT ?",
+            (guild_id, user_id, max(0, limit)),
+        )
+        return [_from_row(row) for row in rows]
+
+    async def recent_durations(self, limit: int = 20) -> list[tuple[int, float]]:
+        """(cost_units, seconds) of the latest `limit` generated clips, oldest first."""
+        rows = await self._db.fetch(
+            """
+            SELECT cost_units, duration_seconds FROM jobs
+            WHERE duration_seconds IS NOT NULL AND cost_units > 0
+            ORDER BY started_at_us DESC, rowid DESC
+            LIMIT ?
+            """,
+            (max(0, limit),),
+        )
+        return [(int(row[0]), float(row[1])) for row in reversed(rows)]
+
+    async def events(self, job_id: str) -> list[tuple[JobState, datetime]]:
+        """Every state the job went through, with when, oldest first."""
+        rows = await self._db.fetch(
+            "SELECT state, at_us FROM job_events WHERE job_id = ? ORDER BY id", (job_id,)
+        )
+        return [(JobState(row[0]), from_micros(row[1])) for row in rows]
+
+    async def finished_with_files(self, before: datetime, limit: int = 100) -> list[JobRecord]:
+        """Finished jobs (before `before`) that still name an input or output file: what a clean-up
+        task may delete, then forget with `update(job_id, input_path=None, output_path=None)`."""
+        rows = await self._db.fetch(
+            f"{_SELECT} WHERE state IN (?, ?, ?) AND finished_at_us < ? "
+            "AND (input_path IS NOT NULL OR output_path IS NOT NULL) "
+            "ORDER BY finished_at_us LIMIT ?",
+            [*(s.value for s in sorted(FINISHED)), to_micros(before), max(0, limit)],
+        )
+        return [_from_row(row) for row in rows]
+
+    async def _change(
+        self,
+        job_id: str,
+        state: JobState | None,
+        changes: dict[str, Any],
+        *,
+        attempts_delta: int = 0,
+    ) -> JobRecord:
+        unknown = set(changes) - UPDATABLE
+        if unknown:
+            raise TypeError(f"cannot set job fields: {', '.join(sorted(unknown))}")
+        at = self._clock()
+        async with self._db.transaction() as conn:
+            rows = list(await conn.execute_fetchall(f"{_SELECT} WHERE job_id = ?", (job_id,)))
+            if not rows:
+                raise JobNotFound(job_id)
+            old = _from_row(rows[0])
+            new = replace(old, **changes, attempts=max(0, old.attempts + attempts_delta))
+            if state is not None:
+                if state not in TRANSITIONS[old.state]:
+                    raise IllegalTransition(job_id, old.state.value, state.value)
+                new = _stamp(replace(new, state=state), at, explicit=changes.keys())
+            values = dict(zip(_COLUMNS, _to_row(new), strict=True))
+            del values["job_id"]
+            # Column names come from JobRecord's fields, never from the caller; values are bound.
+            await conn.execute(
+                f"UPDATE jobs SET {', '.join(f'{name} = :{name}' for name in values)} "
+                "WHERE job_id = :job_id",
+                {**values, "job_id": job_id},
+            )
+            if state is not None:
+                await _add_event(conn, job_id, state, at)
+        return new
+
+
+def _stamp(record: JobRecord, at: datetime, explicit: Collection[str]) -> JobRecord:
+    """The timestamps a move into `record.state` records."""
+    if record.state is JobState.RUNNING:
+        return replace(record, started_at=at, finished_at=None)
+    if record.state is JobState.DONE and "duration_seconds" not in explicit and record.started_at:
+        return replace(record, duration_seconds=(at - record.started_at).total_seconds())
+    if record.state.finished:
+        return replace(record, finished_at=at)
+    return record
+
+
+async def _add_event(
+    conn: aiosqlite.Connection, job_id: str, state: JobState, at: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO job_events (job_id, state, at_us) VALUES (?, ?, ?)",
+        (job_id, state.value, to_micros(at)),
+    )
+
+
+def _to_row(record: JobRecord) -> tuple[Any, ...]:
+    values: list[Any] = []
+    for f in fields(JobRecord):
+        value = getattr(record, f.name)
+        if f.name in _TIMES:
+            value = micros_or_none(value)
+        elif f.name == "options":
+            value = json.dumps(value, sort_keys=True)
+        elif f.name == "state":
+            value = JobState(value).value
+        values.append(value)
+    return tuple(values)
+
+
+def _from_row(row: Any) -> JobRecord:
+    values: dict[str, Any] = {}
+    for f, value in zip(fields(JobRecord), row, strict=True):
+        if f.name in _TIMES:
+            value = datetime_or_none(value)
+        elif f.name == "options":
+            value = json.loads(value)
+        elif f.name == "state":
+            value = JobState(value)
+        values[f.name] = value
+    return JobRecord(**values)
