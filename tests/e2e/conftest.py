@@ -1,0 +1,5 @@
+"""Fixtures for end-to-end tests: the fake Discord server (see tests/fakes/discord_server.py)."""
+
+from tests.fakes.fixtures import discord_server, fake_discord
+
+__all__ = ["discord_server", "fake_discord"]

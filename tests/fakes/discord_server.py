@@ -1,0 +1,441 @@
+"""A fake Discord on 127.0.0.1 for end-to-end tests of the real, unmodified discord.py client.
+
+    async with FakeDiscordServer() as server:
+        # point discord.py at server.api_url / server.gateway_url, start the bot, then:
+        handle = await server.interaction("animate", attachment=("cat.png", png, "image/png"))
+        await handle.wait_response()
+        clip = await handle.next_followup_with_file(timeout=30)
+
+It starts with one guild (`server.guild`) holding a #general text channel (`server.channel`), the
+bot's member and role, and a human member (`server.user`); add more with `add_guild`,
+`add_user`, `guild.add_role`, `guild.add_channel`. Time is `server.clock`; failures are
+`server.faults`; everything the bot sent is in `server.requests` (see `wait_for`).
+"""
+
+# Waits take a `timeout` so that running out of time fails the test with a dump of what the
+# bot did instead, rather than a bare TimeoutError from an outer asyncio.timeout.
+# ruff: noqa: ASYNC109
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import discord
+from aiohttp import web
+
+from tests.fakes.discord_faults import Faults
+from tests.fakes.discord_gateway import GATEWAY_PATH, RESUME_PATH, Gateway
+from tests.fakes.discord_interactions import (
+    AttachmentSpec,
+    InteractionBuilder,
+    InteractionHandle,
+)
+from tests.fakes.discord_models import (
+    FakeAttachment,
+    FakeChannel,
+    FakeGuild,
+    FakeMember,
+    FakeMessage,
+    FakeRole,
+    FakeUser,
+    permission_value,
+)
+from tests.fakes.discord_recorder import GatewayFrame, Predicate, RecordedRequest, Recorder
+from tests.fakes.discord_rest import RestApi
+from tests.fakes.discord_time import FakeClock, Snowflakes
+from tests.fakes.discord_world import COMMAND, COMPONENT, MODAL_SUBMIT, DiscordWorld
+
+# Large enough for any upload Discord could accept (100 MiB at boost tier 3), so that the
+# fake, not aiohttp, decides what is too large.
+MAX_REQUEST_BYTES = 120 * 1024 * 1024
+
+
+class FakeDiscordServer:
+    def __init__(
+        self,
+        *,
+        bot_token: str = "fake-bot-token",
+        guild_name: str = "Test Guild",
+        premium_tier: int = 0,
+        heartbeat_interval_ms: int = 41250,
+    ) -> None:
+        self.clock = FakeClock()
+        self.recorder = Recorder()
+        self.faults = Faults()
+        self._port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self.world = DiscordWorld(
+            clock=self.clock,
+            snowflakes=Snowflakes(self.clock),
+            bot_token=bot_token,
+            base_url=lambda: self.base_url,
+        )
+        self.gateway = Gateway(
+            self.world, self.recorder, lambda: self.ws_base_url, heartbeat_interval_ms
+        )
+        self.world.emit = self.gateway.dispatch
+        self.rest = RestApi(self.world, self.recorder, self.faults, lambda: self.gateway_url)
+        self._builder = InteractionBuilder(self.world)
+        self.guild = self.world.add_guild(guild_name, premium_tier=premium_tier)
+        self.channel = self.guild.add_channel("general")
+        self.user = self.add_user("tester")
+
+    # Life
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+        app.router.add_get(GATEWAY_PATH, self.gateway.handle)
+        app.router.add_get(RESUME_PATH, self.gateway.handle)
+        app.router.add_route("*", "/{tail:.*}", self.rest.handle)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self._port = self._runner.addresses[0][1]
+
+    async def close(self) -> None:
+        await self.gateway.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeDiscordServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # Where it is
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the fake Discord server is not started")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_base_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        """What discord.py's `Route.BASE` (the bot's DISCORD_API_URL) must be."""
+        return f"{self.base_url}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        """What `DiscordWebSocket.DEFAULT_GATEWAY` (the bot's DISCORD_GATEWAY_URL) must be."""
+        return f"{self.ws_base_url}{GATEWAY_PATH}"
+
+    def env(self) -> dict[str, str]:
+        """Environment for running the bot as a subprocess against this server."""
+        return {
+            "DISCORD_TOKEN": self.bot_token,
+            "DISCORD_API_URL": self.api_url,
+            "DISCORD_GATEWAY_URL": self.gateway_url,
+        }
+
+    # Who is there
+
+    @property
+    def bot_token(self) -> str:
+        return self.world.bot_token
+
+    @property
+    def application_id(self) -> int:
+        return self.world.application_id
+
+    @property
+    def bot_user(self) -> FakeUser:
+        return self.world.bot_user
+
+    @property
+    def enforce_first_answer_deadline(self) -> bool:
+        """Whether a first answer later than 3 s (by `clock`) gets 404 / 10062."""
+        return self.world.enforce_first_answer_deadline
+
+    @enforce_first_answer_deadline.setter
+    def enforce_first_answer_deadline(self, value: bool) -> None:
+        self.world.enforce_first_answer_deadline = value
+
+    def add_guild(self, name: str, *, premium_tier: int = 0) -> FakeGuild:
+        """A guild with a #general channel, the bot and the owner as members. Add it before the
+        bot connects (GUILD_CREATE is sent at IDENTIFY)."""
+        guild = self.world.add_guild(name, premium_tier=premium_tier)
+        guild.add_channel("general")
+        return guild
+
+    def add_user(
+        self,
+        username: str,
+        *,
+        guild: FakeGuild | None = None,
+        roles: Iterable[FakeRole | int] = (),
+        bot: bool = False,
+    ) -> FakeUser:
+        """A user who is a member of `guild` (default: the main guild)."""
+        user = self.world.add_user(username, bot=bot)
+        (guild or self.guild).add_member(user, roles=roles)
+        return user
+
+    def add_attachment(
+        self,
+        filename: str,
+        data: bytes,
+        content_type: str = "",
+        *,
+        channel: FakeChannel | None = None,
+    ) -> FakeAttachment:
+        """A file a user uploaded, served by the fake CDN at `attachment.url`."""
+        return self._builder.upload((filename, data, content_type), (channel or self.channel).id)
+
+    # What is there
+
+    def message(self, message_id: int) -> FakeMessage:
+        """The current state of a message (deleted ones included, with `deleted=True`)."""
+        found = self.world.messages.get(message_id)
+        if found is None:
+            raise KeyError(f"no message {message_id}")
+        return found
+
+    def messages(self, channel: FakeChannel | int | None = None) -> list[FakeMessage]:
+        """Messages not deleted, oldest first, in `channel` (default: in every channel)."""
+        if channel is None:
+            return [m for m in self.world.messages.all() if not m.deleted]
+        channel_id = channel.id if isinstance(channel, FakeChannel) else channel
+        return self.world.messages.in_channel(channel_id)
+
+    def commands(self, guild: FakeGuild | None = None) -> list[dict[str, Any]]:
+        """The commands as last synced (globally, or for `guild`)."""
+        if guild is None:
+            return list(self.world.global_commands)
+        return list(self.world.guild_commands.get(guild.id, []))
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        return self.recorder.requests
+
+    # Waiting for the bot
+
+    async def wait_for(
+        self, predicate: Predicate, timeout: float = 5.0, what: str = "a request"
+    ) -> RecordedRequest:
+        """The first request matching `predicate` that no earlier `wait_for` returned."""
+        return await self.recorder.wait_for(predicate, timeout, what)
+
+    async def wait_for_frame(self, op: int, timeout: float = 5.0) -> GatewayFrame:
+        """The next gateway frame with opcode `op` the bot sent (1 heartbeat, 2 identify,
+        6 resume, 8 request members)."""
+        return await self.recorder.wait_for_frame(lambda f: f.op == op, timeout, f"gateway op {op}")
+
+    async def next_followup_with_file(self, timeout: float = 5.0) -> RecordedRequest:
+        return await self.wait_for(
+            lambda r: r.kind == "followup" and r.ok and bool(r.files),
+            timeout,
+            "a followup with a file",
+        )
+
+    async def next_request(self, kind: str, timeout: float = 5.0) -> RecordedRequest:
+        """The next request answered by the route `kind` ("callback", "followup",
+        "edit_original", "webhook_edit", "channel_send", "channel_edit", "sync_commands"...)."""
+        return await self.wait_for(lambda r: r.kind == kind, timeout, f"a {kind!r} request")
+
+    async def wait_until_connected(self, timeout: float = 5.0) -> None:
+        """Until a bot has identified on the gateway (READY sent)."""
+        await self.recorder.wait_until(
+            lambda: bool(self.gateway.ready_sessions), timeout, "a bot to IDENTIFY"
+        )
+
+    # Acting as Discord and its users
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """Send a gateway event (e.g. "GUILD_MEMBER_ADD") to the connected bot."""
+        await self.wait_until_connected()
+        self.gateway.dispatch(event, data)
+
+    async def drop_gateway(self, code: int = 4000) -> int:
+        """Drop the bot's websocket; it must RESUME (op 6) at the resume URL. Events dispatched
+        before it does are replayed then."""
+        return await self.gateway.drop(code)
+
+    async def interaction(
+        self,
+        command: str,
+        options: Mapping[str, Any] | None = None,
+        *,
+        subcommand: str | None = None,
+        user: FakeUser | FakeMember | None = None,
+        guild: FakeGuild | None = None,
+        channel: FakeChannel | None = None,
+        attachment: AttachmentSpec | None = None,
+        permissions: int | discord.Permissions | None = None,
+        roles: Iterable[FakeRole | int] | None = None,
+        locale: str = "en-US",
+        attachment_size_limit: int | None = None,
+        app_permissions: int | discord.Permissions | None = None,
+        dm: bool = False,
+    ) -> InteractionHandle:
+        """A user runs `/command` (`subcommand="set"` or `"group set"` for nested ones).
+
+        Options are typed from the synced definition; `attachment=` fills the command's single
+        attachment option. `permissions` overrides the member's resolved permissions (default:
+        from their roles, or from `roles` if given); `dm=True` runs it in a DM with the bot.
+        """
+        guild = None if dm else (guild or self.guild)
+        person = user.user if isinstance(user, FakeMember) else (user or self.user)
+        channel = channel or (
+            self.world.dm_channel(person.id) if guild is None else self._first_channel(guild)
+        )
+        path = subcommand.split() if subcommand else []
+        definition = self.world.find_command(command, guild.id if guild else None)
+        values = dict(options or {})
+        if attachment is not None:
+            values[self._builder.attachment_option_name(definition, path)] = attachment
+        resolved: dict[str, dict[str, Any]] = {}
+        typed = self._builder.command_options(
+            definition, command, path, values, resolved, guild.id if guild else None, channel.id
+        )
+        limit = attachment_size_limit or self.world.upload_limit(guild.id if guild else None)
+        payload = self._builder.base_payload(
+            COMMAND,
+            user=person,
+            guild_id=guild.id if guild else None,
+            channel=channel,
+            permissions=None if permissions is None else permission_value(permissions),
+            role_ids=None
+            if roles is None
+            else [r.id if isinstance(r, FakeRole) else int(r) for r in roles],
+            locale=locale,
+            attachment_size_limit=limit,
+            app_permissions=None if app_permissions is None else permission_value(app_permissions),
+        )
+        data: dict[str, Any] = {
+            "id": definition["id"] if definition else str(self.world.snowflakes.next()),
+            "name": command,
+            "type": 1,
+            "options": typed,
+        }
+        if resolved:
+            data["resolved"] = resolved
+        if definition is not None and "guild_id" in definition:
+            data["guild_id"] = definition["guild_id"]
+        payload["data"] = data
+        return await self._send_interaction(
+            payload,
+            type=COMMAND,
+            user=person,
+            guild_id=guild.id if guild else None,
+            channel_id=channel.id,
+            attachment_size_limit=limit,
+            command_name=command,
+        )
+
+    async def click(
+        self,
+        message: FakeMessage | int,
+        custom_id: str,
+        *,
+        user: FakeUser | None = None,
+        values: Iterable[str] | None = None,
+    ) -> InteractionHandle:
+        """A user clicks the button (or picks `values` in the select) `custom_id` on `message`."""
+        current = self.message(message if isinstance(message, int) else message.id)
+        component = current.component(custom_id)
+        if current.deleted or component is None:
+            raise ValueError(
+                f"message {current.id} shows no component {custom_id!r}: {current.custom_ids}"
+            )
+        if component.get("disabled"):
+            raise ValueError(f"{custom_id!r} is disabled: a user cannot click it")
+        person = user or self.user
+        if current.ephemeral:
+            origin = self.world.interactions.get(current.interaction_id or 0)
+            if origin is not None and origin.user.id != person.id:
+                raise ValueError("only the user who ran the command sees this ephemeral message")
+        channel = self.world.channel(current.channel_id)
+        limit = self.world.upload_limit(current.guild_id)
+        payload = self._builder.base_payload(
+            COMPONENT,
+            user=person,
+            guild_id=current.guild_id,
+            channel=channel,
+            permissions=None,
+            role_ids=None,
+            locale="en-US",
+            attachment_size_limit=limit,
+            app_permissions=None,
+        )
+        data: dict[str, Any] = {"custom_id": custom_id, "component_type": component["type"]}
+        if values is not None or component["type"] != 2:
+            data["values"] = list(values or [])
+        payload["data"] = data
+        payload["message"] = self.world.message_json(current)
+        return await self._send_interaction(
+            payload,
+            type=COMPONENT,
+            user=person,
+            guild_id=current.guild_id,
+            channel_id=channel.id,
+            attachment_size_limit=limit,
+            source_message_id=current.id,
+        )
+
+    async def submit_modal(
+        self,
+        shown_by: InteractionHandle,
+        values: Mapping[str, Any],
+        *,
+        user: FakeUser | None = None,
+    ) -> InteractionHandle:
+        """The user fills in and submits the modal the bot answered `shown_by` with."""
+        modal = shown_by.modal
+        if modal is None:
+            raise ValueError(f"the bot answered {shown_by!r} without a modal")
+        origin = self.world.interactions[shown_by.id]
+        person = user or origin.user
+        channel = self.world.channel(origin.channel_id)
+        payload = self._builder.base_payload(
+            MODAL_SUBMIT,
+            user=person,
+            guild_id=origin.guild_id,
+            channel=channel,
+            permissions=None,
+            role_ids=None,
+            locale="en-US",
+            attachment_size_limit=origin.attachment_size_limit,
+            app_permissions=None,
+        )
+        payload["data"] = {
+            "custom_id": modal["custom_id"],
+            "components": self._builder.modal_components(modal.get("components") or [], values),
+        }
+        if origin.source_message_id is not None:
+            payload["message"] = self.world.message_json(self.message(origin.source_message_id))
+        return await self._send_interaction(
+            payload,
+            type=MODAL_SUBMIT,
+            user=person,
+            guild_id=origin.guild_id,
+            channel_id=channel.id,
+            attachment_size_limit=origin.attachment_size_limit,
+            source_message_id=origin.source_message_id,
+        )
+
+    def _first_channel(self, guild: FakeGuild) -> FakeChannel:
+        return next(c for c in guild.channels.values() if c.type == 0)
+
+    async def _send_interaction(self, payload: dict[str, Any], **fields: Any) -> InteractionHandle:
+        await self.wait_until_connected()
+        record = self.world.new_interaction(payload=payload, **fields)
+        payload.update(id=str(record.id), token=record.token)
+        self.gateway.dispatch("INTERACTION_CREATE", payload)
+        # Let the frame go out before the test starts measuring what the bot did.
+        await asyncio.sleep(0)
+        return InteractionHandle(record, self.world, self.recorder)
