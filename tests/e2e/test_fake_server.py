@@ -67,6 +67,22 @@ class EchoBot(discord.Client):
         async def button(interaction: discord.Interaction) -> None:
             await interaction.response.send_message("not clicked", view=ClickView())
 
+        settings = app_commands.Group(name="settings", description="Server settings")
+        quota = app_commands.Group(name="quota", description="Quotas", parent=settings)
+
+        @quota.command(name="set", description="Set a member's quota")
+        async def quota_set(
+            interaction: discord.Interaction,
+            member: discord.Member,
+            role: discord.Role,
+            limit: app_commands.Range[int, 0, 100],
+        ) -> None:
+            allowed = interaction.permissions.manage_guild
+            answer = f"{member.name} {role.name} {limit} manage_guild={allowed}"
+            await interaction.response.send_message(answer, ephemeral=True)
+
+        self.tree.add_command(settings)
+
     async def on_resumed(self) -> None:
         self.resumed.set()
 
@@ -215,8 +231,10 @@ async def test_deferred_command_followed_up_with_a_file(
     assert handle.response_type == 5 and not original.loading and not original.ephemeral
     assert request.json["content"] == "your clip"
     assert [(f.filename, f.data) for f in request.files] == [("echo-cat.png", image)]
-    [followup] = handle.followups
-    [attachment] = followup.attachments
+    # Sent while the answer was still "thinking", the followup became the original message;
+    # editing the original's text afterwards kept the file.
+    assert handle.followups == []
+    [attachment] = original.attachments
     assert (attachment.content_type, attachment.width, attachment.height) == ("image/png", 16, 8)
     # The bot downloaded the user's upload from the fake CDN before answering.
     assert [r.kind for r in server.requests if r.kind in ("cdn", "callback")] == ["cdn", "callback"]
@@ -231,6 +249,58 @@ async def test_interaction_options_are_typed_by_the_synced_definition(
         await fake_discord.interaction("echo", {"colour": "red"}, attachment=b"\x89PNG")
     with pytest.raises(ValueError, match="requires options \\['image'\\]"):
         await fake_discord.interaction("echo", {"text": "no image"})
+
+
+async def test_subcommand_with_member_role_and_integer_options(
+    bot: EchoBot, fake_discord: FakeDiscordServer
+) -> None:
+    server = fake_discord
+    mods = server.add_role("Mods", discord.Permissions(manage_guild=True))
+    mod = server.add_user("mod", roles=[mods])
+
+    handle = await server.interaction(
+        "settings",
+        {"member": mod, "role": mods, "limit": 7},
+        subcommand="quota set",
+        permissions=discord.Permissions(manage_guild=True),
+    )
+    original = await handle.wait_original()
+
+    assert original.content == "mod Mods 7 manage_guild=True" and original.ephemeral
+    [group] = handle.payload["data"]["options"]
+    assert (group["name"], group["type"], group["options"][0]["type"]) == ("quota", 2, 1)
+    with pytest.raises(ValueError, match="above max_value"):
+        await server.interaction(
+            "settings", {"member": mod, "role": mods, "limit": 101}, subcommand="quota set"
+        )
+
+
+async def test_channel_message_send_reply_edit_fetch_delete(
+    bot: EchoBot, fake_discord: FakeDiscordServer
+) -> None:
+    server = fake_discord
+    channel = bot.get_channel(server.channel.id)
+    assert isinstance(channel, discord.TextChannel)
+
+    first = await channel.send("progress 0%", file=discord.File(io.BytesIO(b"log"), "log.txt"))
+    reply = await first.reply("a reply")
+    await first.edit(content="progress 50%", attachments=[])
+    fetched = await channel.fetch_message(first.id)
+
+    assert server.message(reply.id).reference_id == first.id
+    stored = server.message(first.id)
+    assert (stored.content, stored.attachments, stored.edits) == ("progress 50%", (), 1)
+    assert fetched.content == "progress 50%"
+    await first.delete()
+    with pytest.raises(discord.NotFound) as gone:
+        await channel.fetch_message(first.id)
+    assert gone.value.code == 10008 and server.message(first.id).deleted
+
+    # Outside interactions the per-file limit is the guild's: 10 MiB below boost tier 2.
+    too_big = discord.File(io.BytesIO(b"x" * (10 * 1024 * 1024 + 1)), "big.bin")
+    with pytest.raises(discord.HTTPException) as caught:
+        await channel.send(file=too_big)
+    assert (caught.value.status, caught.value.code) == (413, 40005)
 
 
 async def test_rate_limit_is_waited_out(bot: EchoBot, fake_discord: FakeDiscordServer) -> None:
@@ -316,9 +386,14 @@ async def test_upload_over_the_interaction_limit_is_413(
     assert (caught.value.status, caught.value.code) == (413, 40005)
 
     await interaction.followup.send(file=discord.File(io.BytesIO(b"x" * 1024), "fits.bin"))
-    [followup] = handle.followups
-    assert followup.attachments[0].size == 1024
-    assert handle.ephemeral
+    answer = await handle.next_message_with_file()
+    assert answer.attachments[0].size == 1024
+    # The first followup answered the ephemeral defer, so it is the (ephemeral) original; later
+    # followups are messages of their own, public unless asked otherwise.
+    assert handle.original == answer and answer.ephemeral
+    await interaction.followup.send("for everyone")
+    [public] = handle.followups
+    assert public.content == "for everyone" and not public.ephemeral
 
 
 async def test_dropped_gateway_is_resumed_and_missed_events_replayed(
@@ -334,6 +409,8 @@ async def test_dropped_gateway_is_resumed_and_missed_events_replayed(
 
     assert resume.path == RESUME_PATH
     assert resume.data["seq"] == 2  # READY and GUILD_CREATE seen; the interaction was not
+    [session] = server.gateway.ready_sessions
+    assert session.events[:4] == ["READY", "GUILD_CREATE", "INTERACTION_CREATE", "RESUMED"]
     original = await missed.wait_original()
     assert original.content == "not clicked"
 

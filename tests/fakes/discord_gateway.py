@@ -55,14 +55,19 @@ class Session:
     intents: int
     shard: list[int] | None
     sequence: int = 0
-    history: list[tuple[int, str]] = field(default_factory=list)
+    history: list[tuple[int, str, str]] = field(default_factory=list)  # (seq, event, frame)
     connection: Connection | None = None
     invalid: bool = False
+
+    @property
+    def events(self) -> list[str]:
+        """Every event dispatched to this session, in sequence order."""
+        return [event for _, event, _ in self.history]
 
     def send(self, event: str, data: Any) -> None:
         self.sequence += 1
         frame = json.dumps({"op": DISPATCH, "t": event, "s": self.sequence, "d": data})
-        self.history.append((self.sequence, frame))
+        self.history.append((self.sequence, event, frame))
         if self.connection is not None:
             self.connection.outbox.put_nowait(frame)
 
@@ -139,6 +144,8 @@ class Gateway:
                 frame = json.loads(message.data)
                 await self._recorder.add_frame(frame.get("op", -1), frame.get("d"), request.path)
                 await self._on_frame(connection, frame)
+                # Waiters may wait on what the frame changed (a session after IDENTIFY).
+                await self._recorder.changed()
         finally:
             self._detach(connection)
             writer.cancel()
@@ -213,7 +220,7 @@ class Gateway:
             return
         session.connection = connection
         seen = int(data.get("seq") or 0)
-        for sequence, frame in session.history:
+        for sequence, _, frame in session.history:
             if sequence > seen:
                 connection.outbox.put_nowait(frame)
         session.send("RESUMED", {})

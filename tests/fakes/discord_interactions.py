@@ -388,7 +388,10 @@ class InteractionHandle:
     async def wait_followup(
         self, predicate: Callable[[FakeMessage], bool] | None = None, timeout: float = 5.0
     ) -> FakeMessage:
-        """The next followup (in order, each handed out once) that satisfies `predicate`."""
+        """The next followup message (in order, each handed out once) satisfying `predicate`.
+
+        Only separate messages count: the first followup after a defer that is still
+        "thinking" becomes the original instead (see `wait_message`)."""
 
         def find() -> FakeMessage | None:
             for message in self.followups:
@@ -399,5 +402,27 @@ class InteractionHandle:
 
         return await self._recorder.wait_until(find, timeout, f"a followup to {self.id}")
 
-    async def next_followup_with_file(self, timeout: float = 5.0) -> FakeMessage:
-        return await self.wait_followup(lambda m: bool(m.attachments), timeout)
+    @property
+    def messages(self) -> list[FakeMessage]:
+        """The original (if any) and the followups, as they are now."""
+        original = self.original
+        return ([original] if original is not None else []) + self.followups
+
+    async def wait_message(
+        self, predicate: Callable[[FakeMessage], bool] | None = None, timeout: float = 5.0
+    ) -> FakeMessage:
+        """The next message of this interaction, original or followup, satisfying `predicate`,
+        each handed out once. Use it where a followup may have become the original: a followup
+        sent while a deferred answer is still "thinking" edits the original on Discord."""
+
+        def find() -> FakeMessage | None:
+            for message in self.messages:
+                if message.id not in self._handed_out and (predicate is None or predicate(message)):
+                    self._handed_out.add(message.id)
+                    return message
+            return None
+
+        return await self._recorder.wait_until(find, timeout, f"a message of {self.id}")
+
+    async def next_message_with_file(self, timeout: float = 5.0) -> FakeMessage:
+        return await self.wait_message(lambda m: bool(m.attachments), timeout)

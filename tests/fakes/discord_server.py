@@ -8,7 +8,7 @@
 
 It starts with one guild (`server.guild`) holding a #general text channel (`server.channel`), the
 bot's member and role, and a human member (`server.user`); add more with `add_guild`,
-`add_user`, `guild.add_role`, `guild.add_channel`. Time is `server.clock`; failures are
+`add_user`, `add_role`, `guild.add_channel`. Time is `server.clock`; failures are
 `server.faults`; everything the bot sent is in `server.requests` (see `wait_for`).
 """
 
@@ -42,6 +42,7 @@ from tests.fakes.discord_models import (
     FakeUser,
     permission_value,
 )
+from tests.fakes.discord_payloads import member_payload, role_payload
 from tests.fakes.discord_recorder import GatewayFrame, Predicate, RecordedRequest, Recorder
 from tests.fakes.discord_rest import RestApi
 from tests.fakes.discord_time import FakeClock, Snowflakes
@@ -180,10 +181,30 @@ class FakeDiscordServer:
         roles: Iterable[FakeRole | int] = (),
         bot: bool = False,
     ) -> FakeUser:
-        """A user who is a member of `guild` (default: the main guild)."""
+        """A user who is a member of `guild` (default: the main guild). Added after the bot
+        connected, it also reaches the bot as GUILD_MEMBER_ADD (with the members intent)."""
         user = self.world.add_user(username, bot=bot)
-        (guild or self.guild).add_member(user, roles=roles)
+        target = guild or self.guild
+        member = target.add_member(user, roles=roles)
+        self.gateway.dispatch(
+            "GUILD_MEMBER_ADD", member_payload(member) | {"guild_id": str(target.id)}
+        )
         return user
+
+    def add_role(
+        self,
+        name: str,
+        permissions: int | discord.Permissions = 0,
+        *,
+        guild: FakeGuild | None = None,
+    ) -> FakeRole:
+        """A role in `guild` (default: the main guild); GUILD_ROLE_CREATE if the bot is there."""
+        target = guild or self.guild
+        role = target.add_role(name, permissions)
+        self.gateway.dispatch(
+            "GUILD_ROLE_CREATE", {"guild_id": str(target.id), "role": role_payload(role)}
+        )
+        return role
 
     def add_attachment(
         self,

@@ -306,6 +306,14 @@ class DiscordWorld:
         check_upload_sizes(files, record.attachment_size_limit)
         if not isinstance(body, dict):
             raise errors.bad_json()
+        original = self.messages.get(record.original_message_id or 0)
+        if record.response_type == 5 and original is not None and original.loading:
+            # Discord reads a followup sent while the deferred answer still shows "thinking" as
+            # the answer itself: it edits the original, which keeps the defer's ephemerality
+            # whatever flags the followup asks for.
+            return self.edit_message(
+                original.id, {k: v for k, v in body.items() if k != "flags"}, files
+            )
         message = self._create_message(record, body, files)
         record.followup_ids.append(message.id)
         return message
