@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +21,7 @@ from discord import app_commands
 from discord.http import Route
 from PIL import Image
 
-from tests.fakes.discord_client import running_client
+from tests.fakes.discord_client import running_bot_process, running_client
 from tests.fakes.discord_gateway import GATEWAY_PATH, RESUME_PATH
 from tests.fakes.discord_server import FakeDiscordServer
 from tests.fakes.discord_validation import validate_commands
@@ -437,3 +438,28 @@ async def test_message_rules_are_enforced(bot: EchoBot, fake_discord: FakeDiscor
         await bot.http.request(route, json={"content": "six rows", "components": [row] * 6})
     assert caught.value.code == 50035 and "components" in caught.value.text
     assert server.messages(server.channel) == []
+
+
+# A bot configured only through the environment, as `python -m bot` is.
+SUBPROCESS_BOT = """
+import os, discord, yarl
+discord.http.Route.BASE = os.environ["DISCORD_API_URL"]
+discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(os.environ["DISCORD_GATEWAY_URL"])
+client = discord.Client(intents=discord.Intents.default())
+tree = discord.app_commands.CommandTree(client)
+
+@tree.command(description="Answer pong")
+async def ping(interaction):
+    await interaction.response.send_message("pong")
+
+client.run(os.environ["DISCORD_TOKEN"], log_handler=None)
+"""
+
+
+async def test_a_bot_in_another_process_finds_the_fake_through_its_environment(
+    discord_server: FakeDiscordServer,
+) -> None:
+    async with running_bot_process(discord_server, [sys.executable, "-c", SUBPROCESS_BOT]):
+        handle = await discord_server.interaction("ping")
+        original = await handle.wait_original()
+    assert original.content == "pong"

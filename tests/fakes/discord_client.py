@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import os
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 import discord
@@ -78,3 +81,43 @@ async def running_client(
     error = await _stop(client, connection, timeout)
     if error is not None:
         raise error
+
+
+@contextlib.asynccontextmanager
+async def running_bot_process(
+    server: FakeDiscordServer,
+    argv: Sequence[str] = (sys.executable, "-m", "bot"),
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Run the bot as a separate process (default `python -m bot`) against `server`, through
+    DISCORD_TOKEN / DISCORD_API_URL / DISCORD_GATEWAY_URL; yield once it has identified on the
+    gateway; terminate it on exit. If it exits first, the error carries its output."""
+    with tempfile.TemporaryFile() as output:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            env={**os.environ, **server.env(), **(env or {})},
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            connected = asyncio.create_task(server.wait_until_connected(timeout))
+            exited = asyncio.create_task(process.wait())
+            await asyncio.wait({connected, exited}, return_when=asyncio.FIRST_COMPLETED)
+            if not connected.done():
+                connected.cancel()
+                output.seek(0)
+                tail = output.read()[-4000:].decode(errors="replace")
+                raise RuntimeError(f"the bot exited with {process.returncode}:\n{tail}")
+            exited.cancel()
+            connected.result()
+            yield process
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                try:
+                    await asyncio.wait_for(process.wait(), timeout=10)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()

@@ -185,23 +185,9 @@ class MessageStore:
         form = validate_message_body(body, len(files), flags=flags)
         if form:
             raise errors.invalid_form_body(form)
-        reference_id = None
-        reference = body.get("message_reference")
-        if isinstance(reference, dict) and reference.get("message_id"):
-            reference_id = int(reference["message_id"])
-            target = self._messages.get(reference_id)
-            if (
-                target is None or target.deleted or target.channel_id != channel_id
-            ) and reference.get("fail_if_not_exists", True):
-                raise errors.invalid_form_body(
-                    {
-                        "message_reference": errors.form_error(
-                            "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message"
-                        )
-                    }
-                )
-            if message_type == 0:
-                message_type = 19  # a reply
+        reference_id = self._reference(body.get("message_reference"), channel_id)
+        if reference_id is not None and message_type == 0:
+            message_type = 19  # a reply
         message = FakeMessage(
             id=self._snowflakes.next(),
             channel_id=channel_id,
@@ -223,6 +209,26 @@ class MessageStore:
         message = dataclasses.replace(message, attachments=tuple(attachments))
         self._messages[message.id] = message
         return message
+
+    def _reference(self, reference: Any, channel_id: int) -> int | None:
+        """The replied-to message's id; a missing one (deleted, elsewhere, or ephemeral: those
+        cannot be replied to) fails the send unless `fail_if_not_exists` is false, in which
+        case the message goes out as a plain one."""
+        if not isinstance(reference, dict) or not reference.get("message_id"):
+            return None
+        target = self._messages.get(int(reference["message_id"]))
+        if target is not None and not target.deleted and not target.ephemeral:
+            if target.channel_id == channel_id:
+                return target.id
+        if reference.get("fail_if_not_exists", True):
+            raise errors.invalid_form_body(
+                {
+                    "message_reference": errors.form_error(
+                        "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message"
+                    )
+                }
+            )
+        return None
 
     def edit(
         self, message_id: int, body: dict[str, Any], files: Sequence[UploadedFile] = ()
