@@ -1,0 +1,86 @@
+"""`python -m bot` (or `svd-bot`): run the bot; `sync` registers the slash commands; `check`
+says what this host has and what the bot will do; `health` is the container's health check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from bot.logs import configure_logging
+from bot.settings import Settings, SettingsError, load_settings, require_token
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="svd-bot", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the bot (the default)")
+    sync = sub.add_parser("sync", help="register the slash commands with Discord")
+    sync.add_argument("--guild", type=int, help="only in this server (instant; for testing)")
+    sub.add_parser("check", help="what this host has and what the bot would do")
+    sub.add_parser("health", help="exit 0 when the running bot is connected and ready")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = args.command or "run"
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"svd-bot: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    if command == "check":
+        from bot.doctor import run_checks
+
+        return run_checks(settings)
+    if command == "health":
+        from bot.app import healthy
+
+        ok, why = healthy(settings.data_dir / "health.json")
+        print(why)
+        return 0 if ok else 1
+    try:
+        token = require_token(settings)
+    except SettingsError as exc:
+        print(f"svd-bot: {exc}", file=sys.stderr)
+        return 2
+    return _run_async(command, settings, token, args)
+
+
+def _run_async(command: str, settings: Settings, token: str, args: argparse.Namespace) -> int:
+    import discord
+
+    from bot.app import run, sync_commands
+
+    try:
+        if command == "sync":
+            names = asyncio.run(sync_commands(settings, token, args.guild))
+            where = f"server {args.guild}" if args.guild else "all servers (may take up to an hour)"
+            print(f"Registered {len(names)} commands in {where}: {', '.join(sorted(names))}")
+            return 0
+        asyncio.run(run(settings, token))
+        return 0
+    except discord.LoginFailure:
+        print(
+            "svd-bot: Discord refused the token. Reset it in the Developer Portal "
+            "(Bot → Reset Token) and update DISCORD_TOKEN.",
+            file=sys.stderr,
+        )
+        return 2
+    except discord.PrivilegedIntentsRequired:
+        print("svd-bot: Discord refused the requested intents.", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        # The full story is in the log; the host gets one line.
+        logging.getLogger("bot").exception("the bot stopped")
+        print(f"svd-bot: stopped: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

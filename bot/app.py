@@ -1,0 +1,211 @@
+"""The one place that builds everything from `Settings` and tears it down in reverse:
+settings → database → engine → queue → worker → bot."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import discord
+import yarl
+
+from bot.client import BotConfig, SvdBot
+from bot.service import AnimateService, ServiceConfig
+from bot.settings import Settings
+from generation.engine import SVDEngine
+from generation.images import ImageLimits
+from generation.jobs import JobEvent
+from generation.queue import FairQueue
+from generation.reencode import reencode_file
+from generation.worker import LocalJobQueue
+from storage.database import Database
+from storage.jobs import JobStore
+from storage.quotas import QuotaStore
+from storage.settings import GuildSettingsStore
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 30.0
+
+
+def point_discord_at(settings: Settings) -> None:
+    """discord.py reads its REST base and gateway from two class attributes; other values serve
+    Discord-compatible servers and our tests."""
+    discord.http.Route.BASE = settings.discord_api_url.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+def image_limits(settings: Settings) -> ImageLimits:
+    return ImageLimits(
+        max_bytes=int(settings.max_image_mb * 1024 * 1024),
+        max_pixels=int(settings.max_image_megapixels * 1_000_000),
+    )
+
+
+@dataclass
+class App:
+    settings: Settings
+    database: Database
+    engine: SVDEngine
+    queue: LocalJobQueue
+    service: AnimateService
+    bot: SvdBot
+
+
+@contextlib.asynccontextmanager
+async def build_app(
+    settings: Settings,
+    *,
+    engine: SVDEngine | None = None,
+    edit_interval: float = 3.0,
+    guild_ready_timeout: float = 2.0,
+) -> AsyncIterator[App]:
+    """Build every part; on exit, close them in reverse order."""
+    point_discord_at(settings)
+    for folder in (settings.data_dir, settings.inputs_dir, settings.outputs_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    database = await Database.open(settings.database_path)
+    try:
+        jobs = JobStore(database)
+        guilds = GuildSettingsStore(
+            database,
+            default_limit=settings.default_quota,
+            default_period=settings.default_quota_period,
+            max_steps=settings.default_max_steps,
+        )
+        quotas = QuotaStore(database, settings=guilds)
+        if engine is None:
+            engine = SVDEngine(
+                settings.models,
+                device=settings.device,
+                memory_mode=settings.memory_mode,
+                resolution=settings.resolution,
+                local_files_only=settings.hf_offline,
+            )
+        service_box: list[AnimateService] = []
+
+        async def journal(event: JobEvent) -> None:
+            await service_box[0].journal(event)
+
+        queue = LocalJobQueue(
+            engine,
+            output_dir=settings.outputs_dir,
+            queue=FairQueue(
+                max_per_user=settings.max_jobs_per_user, max_waiting=settings.max_waiting
+            ),
+            journal=journal,
+            job_timeout=settings.job_timeout_seconds,
+        )
+        # Waiting-time estimates start from the durations of the last runs, not a guess.
+        queue.eta.seed(await jobs.recent_durations(limit=20))
+        service = AnimateService(
+            config=ServiceConfig(
+                inputs_dir=settings.inputs_dir,
+                models=settings.models,
+                resolution=settings.resolution,
+                image_limits=image_limits(settings),
+            ),
+            jobs=jobs,
+            quotas=quotas,
+            guilds=guilds,
+            queue=queue,
+            frames_for=engine.frames_for,
+        )
+        service_box.append(service)
+        bot = SvdBot(
+            service=service,
+            config=BotConfig(
+                models=settings.models,
+                image_limits=image_limits(settings),
+                edit_interval=edit_interval,
+                guild_ready_timeout=guild_ready_timeout,
+            ),
+            reencode=reencode_file,
+        )
+        yield App(settings, database, engine, queue, service, bot)
+    finally:
+        await database.close()
+
+
+async def run(settings: Settings, token: str, *, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or `stop`): warm the model, connect, serve, then shut down
+    in reverse, letting the job in flight finish within the grace period or recording it."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with build_app(settings) as app:
+        await app.queue.start()
+        heartbeat = asyncio.create_task(_heartbeat(app, settings.data_dir / "health.json"))
+        bot_task = asyncio.create_task(app.bot.start(token))
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({bot_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if bot_task.done() and (exc := bot_task.exception()) is not None:
+                raise exc
+        finally:
+            log.info("shutting down: finishing or recording the job in flight")
+            await app.queue.stop(settings.shutdown_grace_seconds)
+            await app.service.close()
+            await app.bot.close()
+            for task in (heartbeat, stopper, bot_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+
+async def _heartbeat(app: App, path: Path) -> None:
+    """A small file the container's health check reads: is the bot connected and the model
+    ready, as of when?"""
+    while True:
+        state = {
+            "time": time.time(),
+            "discord_ready": app.bot.is_ready(),
+            "queue": app.queue.snapshot().state,
+        }
+        await asyncio.to_thread(_write_json, path, state)
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def healthy(path: Path, max_age: float = 3 * HEARTBEAT_SECONDS) -> tuple[bool, str]:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False, f"no heartbeat at {path}"
+    age = time.time() - float(state.get("time", 0))
+    if age > max_age:
+        return False, f"heartbeat is {age:.0f} s old"
+    if not state.get("discord_ready"):
+        return False, "not connected to Discord"
+    if state.get("queue") == "load_failed":
+        return False, "the model failed to load"
+    return True, f"ok ({state.get('queue')})"
+
+
+async def sync_commands(settings: Settings, token: str, guild_id: int | None) -> list[str]:
+    """Register the slash commands once, globally or for one guild (instant, for testing)."""
+    async with build_app(settings) as app:
+        bot = app.bot
+        async with bot:
+            await bot.login(token)
+            if guild_id is not None:
+                guild = discord.Object(id=guild_id)
+                bot.tree.copy_global_to(guild=guild)
+                synced = await bot.tree.sync(guild=guild)
+            else:
+                synced = await bot.tree.sync()
+        return [command.name for command in synced]

@@ -1,0 +1,162 @@
+"""The discord.py client: wires the cogs, the buttons and the error handler to the service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import messages
+from bot.interactions import member_of, queue_from_interaction
+from bot.presenter import DiscordPresenter, Reencoder
+from bot.service import AnimateService, Member, Origin, Variation
+from bot.views import ClipButton
+from generation.images import ImageLimits
+
+log = logging.getLogger(__name__)
+
+GENERIC_ERROR = "Something went wrong on my side. You were not charged; please try again."
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    models: list[str]
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    # Seconds between progress edits of one message.
+    edit_interval: float = 3.0
+    # How long discord.py waits for GUILD_CREATEs before on_ready; tests make it small.
+    guild_ready_timeout: float = 2.0
+
+
+class SvdBot(commands.Bot):
+    def __init__(self, *, service: AnimateService, config: BotConfig, reencode: Reencoder) -> None:
+        intents = discord.Intents.none()
+        # Guilds: channels and roles; we never read message content.
+        intents.guilds = True
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            help_command=None,
+            guild_ready_timeout=config.guild_ready_timeout,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        self.service = service
+        self.config = config
+        self.presenter = DiscordPresenter(
+            self,
+            reencode=reencode,
+            set_progress_message=service.set_progress_message,
+            lookup=service.job,
+            edit_interval=config.edit_interval,
+        )
+        self._started = False
+        self._pump: asyncio.Task[None] | None = None
+        self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
+
+    async def setup_hook(self) -> None:
+        from bot.cogs.admin import QuotaAdmin
+        from bot.cogs.animate import AnimateCog
+
+        await self.add_cog(AnimateCog(self))
+        await self.add_cog(QuotaAdmin(self))
+        self.add_dynamic_items(ClipButton)
+
+    async def on_ready(self) -> None:
+        log.info("connected as %s to %d guild(s)", self.user, len(self.guilds))
+        if self._started:
+            return
+        # Once per process: a gateway reconnect fires on_ready again.
+        self._started = True
+        self._pump = asyncio.create_task(self.service.pump(self.presenter))
+        counts = await self.service.resume(self.presenter)
+        log.info("resumed after restart: %s", counts)
+
+    async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+        await super().close()
+
+    # ------------------------------------------------------------------ buttons
+
+    async def handle_button(
+        self, interaction: discord.Interaction, action: str, job_id: str
+    ) -> None:
+        try:
+            if action == "delete":
+                await self._delete_clip(interaction, job_id)
+            elif action == "cancel":
+                await self._cancel_job(interaction, job_id)
+            else:
+                await self._vary(interaction, job_id, action)  # type: ignore[arg-type]
+        except Exception as exc:
+            await self.reply_error(interaction, exc)
+
+    async def _vary(
+        self, interaction: discord.Interaction, job_id: str, variation: Variation
+    ) -> None:
+        async def submit(member: Member, origin: Origin) -> Any:
+            return await self.service.vary(member, job_id, variation, origin)
+
+        await queue_from_interaction(interaction, self.service, submit)
+
+    async def _delete_clip(self, interaction: discord.Interaction, job_id: str) -> None:
+        member = await member_of(interaction, self.service)
+        if not await self.service.can_delete(member, job_id):
+            await interaction.response.send_message(
+                "Only the member who made this clip, or a moderator, can delete it.",
+                ephemeral=True,
+            )
+            return
+        await interaction.response.defer()
+        await interaction.delete_original_response()
+
+    async def _cancel_job(self, interaction: discord.Interaction, job_id: str) -> None:
+        member = await member_of(interaction, self.service)
+        cancelled = await self.service.cancel(member, job_id)
+        text = (
+            "🚫 Cancelled. You were not charged."
+            if cancelled
+            else "That clip is already finished or cancelled."
+        )
+        await interaction.response.send_message(text, ephemeral=True)
+
+    # ------------------------------------------------------------------- errors
+
+    async def on_app_command_error(
+        self, interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
+        original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        await self.reply_error(interaction, original)
+
+    async def reply_error(self, interaction: discord.Interaction, error: BaseException) -> None:
+        """One place that turns errors into a message the member understands."""
+        text = getattr(error, "user_message", None)
+        if text is None:
+            if isinstance(error, app_commands.NoPrivateMessage):
+                text = "I only make clips in servers, not in direct messages."
+            elif isinstance(error, app_commands.MissingPermissions):
+                text = "You don't have permission to do that."
+            elif isinstance(error, app_commands.TransformerError):
+                text = f"I couldn't understand `{error.value}`: {error}"
+            else:
+                log.error("command failed", exc_info=error)
+                text = GENERIC_ERROR
+        text = messages.truncate(f"⚠️ {text}")
+        try:
+            if not interaction.response.is_done():
+                await interaction.response.send_message(text, ephemeral=True)
+            elif interaction.type is discord.InteractionType.component:
+                # The original response of a click is the clip message itself: never edit it.
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.edit_original_response(content=text)
+        except discord.HTTPException as exc:
+            log.warning("could not send the error message: %s", exc)

@@ -1,0 +1,197 @@
+"""/quota-admin: the moderators' commands. Every change is audit-logged by the store and
+confirmed with the old and the new value."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import messages
+from bot.interactions import member_of
+from bot.service import Member
+from storage.quota_rules import QuotaRule
+from storage.quotas import RoleLimit
+
+if TYPE_CHECKING:
+    from bot.client import SvdBot
+
+PeriodChoice = Literal["hour", "day", "week"]
+FormatChoice = Literal["mp4", "gif"]
+
+
+class LimitError(Exception):
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.user_message = (
+            f"`{text}` is not a limit. Use a whole number (0 blocks the member) or `unlimited`."
+        )
+
+
+class NotModerator(Exception):
+    user_message = (
+        "Only moderators can do that: you need the Manage Server permission "
+        "or this server's moderator role."
+    )
+
+
+def parse_limit(text: str) -> int | None:
+    """'5' → 5, 'unlimited' → None; anything else is refused with a message saying what works."""
+    cleaned = text.strip().lower()
+    if cleaned in {"unlimited", "none", "∞", "inf"}:
+        return None
+    if cleaned.isdigit() and int(cleaned) < 1_000_000:
+        return int(cleaned)
+    raise LimitError(text)
+
+
+def describe(value: QuotaRule | RoleLimit | None) -> str:
+    """A limit as a moderator reads it: '5 clips per day', 'unlimited', 'blocked', 'not set'."""
+    if value is None:
+        return "not set"
+    if isinstance(value, RoleLimit):
+        value = QuotaRule(value.limit, "day")
+        return value.describe().replace(" per day", "")
+    return value.describe()
+
+
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
+class QuotaAdmin(
+    commands.GroupCog,
+    group_name="quota-admin",
+    group_description="Moderators: set how many clips members may make",
+):
+    def __init__(self, bot: SvdBot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    async def _moderator(self, interaction: discord.Interaction) -> Member:
+        # default_member_permissions is only a default that server admins can change: check again.
+        member = await member_of(interaction, self.bot.service)
+        if not member.is_moderator:
+            raise NotModerator()
+        return member
+
+    @app_commands.command(name="set", description="Set one member's limit")
+    @app_commands.describe(
+        user="The member",
+        limit="A number (0 blocks) or `unlimited`",
+        period="Per hour, day or week (the server's default period if empty)",
+    )
+    async def set_(
+        self,
+        interaction: discord.Interaction,
+        user: discord.Member,
+        limit: str,
+        period: PeriodChoice | None = None,
+    ) -> None:
+        mod = await self._moderator(interaction)
+        value = parse_limit(limit)
+        if period is None:
+            period = (await self.bot.service.guild_settings(mod.guild_id)).default_period
+        old, new = await self.bot.service.quotas.set_user_limit(
+            mod.guild_id, user.id, value, period, actor_id=mod.user_id
+        )
+        await interaction.response.send_message(
+            f"✅ {user.mention}'s limit: {describe(old)} → **{describe(new)}**.",
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+    @app_commands.command(name="reset", description="Give a member back the clips they used")
+    @app_commands.describe(user="The member")
+    async def reset(self, interaction: discord.Interaction, user: discord.Member) -> None:
+        mod = await self._moderator(interaction)
+        old, new = await self.bot.service.quotas.reset_user(
+            mod.guild_id, user.id, actor_id=mod.user_id
+        )
+        await interaction.response.send_message(
+            f"✅ Reset {user.mention}'s usage: {old} → **{new}** clips used.",
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+    @app_commands.command(name="role", description="Set the limit for everyone with a role")
+    @app_commands.describe(role="The role", limit="A number (0 blocks), `unlimited` or `clear`")
+    async def role(self, interaction: discord.Interaction, role: discord.Role, limit: str) -> None:
+        mod = await self._moderator(interaction)
+        if limit.strip().lower() in {"clear", "remove", "default"}:
+            old, new = await self.bot.service.quotas.clear_role_limit(
+                mod.guild_id, role.id, actor_id=mod.user_id
+            )
+        else:
+            old, new = await self.bot.service.quotas.set_role_limit(
+                mod.guild_id, role.id, parse_limit(limit), actor_id=mod.user_id
+            )
+        await interaction.response.send_message(
+            f"✅ Limit for {role.mention}: {describe(old)} → **{describe(new)}**. "
+            "Members get the most generous limit among their roles.",
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+    @app_commands.command(name="default", description="Set the server's default limit")
+    @app_commands.describe(
+        limit="A number (0 blocks everyone) or `unlimited`", period="Per hour, day or week"
+    )
+    async def default(
+        self, interaction: discord.Interaction, limit: str, period: PeriodChoice | None = None
+    ) -> None:
+        mod = await self._moderator(interaction)
+        if period is None:
+            period = (await self.bot.service.guild_settings(mod.guild_id)).default_period
+        old, new = await self.bot.service.quotas.set_default(
+            mod.guild_id, parse_limit(limit), period, actor_id=mod.user_id
+        )
+        await interaction.response.send_message(
+            f"✅ Server default: {describe(old)} → **{describe(new)}**.", ephemeral=True
+        )
+
+    @app_commands.command(name="show", description="Show a member's limit and usage")
+    @app_commands.describe(user="The member")
+    async def show(self, interaction: discord.Interaction, user: discord.Member) -> None:
+        mod = await self._moderator(interaction)
+        roles = tuple(r.id for r in user.roles if r.id != mod.guild_id)
+        status = await self.bot.service.quotas.status(mod.guild_id, user.id, roles)
+        source = {"user": "their own limit", "role": "a role limit", "guild": "the server default"}
+        text = messages.quota_text(status, subject=user.mention)
+        text += f"\nLimit from {source.get(status.source, status.source)}; used {status.used}."
+        await interaction.response.send_message(
+            text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+        )
+
+    @app_commands.command(name="config", description="Server settings: steps, format, moderators")
+    @app_commands.describe(
+        max_steps="Most denoising steps a member may ask for (1-50)",
+        format="Default format when a member does not pick one",
+        moderator_role="A role whose members may use /quota-admin",
+    )
+    async def config(
+        self,
+        interaction: discord.Interaction,
+        max_steps: app_commands.Range[int, 1, 50] | None = None,
+        format: FormatChoice | None = None,
+        moderator_role: discord.Role | None = None,
+    ) -> None:
+        mod = await self._moderator(interaction)
+        changes: dict[str, object] = {}
+        if max_steps is not None:
+            changes["max_steps"] = max_steps
+        if format is not None:
+            changes["default_format"] = format
+        if moderator_role is not None:
+            changes["moderator_role_id"] = moderator_role.id
+        if changes:
+            old, new = await self.bot.service.guilds.update(mod.guild_id, mod.user_id, **changes)
+        else:
+            old = new = await self.bot.service.guild_settings(mod.guild_id)
+        role = f"<@&{new.moderator_role_id}>" if new.moderator_role_id else "none"
+        await interaction.response.send_message(
+            f"⚙️ Max steps **{new.max_steps}** (was {old.max_steps}) · default format "
+            f"**{new.default_format}** (was {old.default_format}) · moderator role {role}.",
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )

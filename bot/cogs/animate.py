@@ -1,0 +1,198 @@
+"""The member's commands: /animate, /queue, /cancel, /quota."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import messages
+from bot.interactions import member_of, queue_from_interaction
+from bot.service import Accepted, Member, Origin
+
+if TYPE_CHECKING:
+    from bot.client import SvdBot
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff")
+
+
+def _model_label(model: str) -> str:
+    """A short, readable choice name for a hub id or a folder (Discord allows 100 chars)."""
+    return model.rstrip("/").split("/")[-1][:100] or model[:100]
+
+
+class AnimateCog(commands.Cog):
+    def __init__(self, bot: SvdBot) -> None:
+        self.bot = bot
+        self._animate = build_animate_command(self, bot.config.models)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self._animate)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self._animate.name)
+
+    async def animate(
+        self,
+        interaction: discord.Interaction,
+        image: discord.Attachment,
+        motion: int | None,
+        preset: str | None,
+        format: str | None,
+        seed: int | None,
+        noise: float | None,
+        fps: int | None,
+        steps: int | None,
+        model: str | None,
+    ) -> None:
+        service = self.bot.service
+        # Cheap checks first, from what Discord tells us about the file, so an obvious mistake is
+        # answered at once and costs nothing.
+        problem = self._precheck(image)
+        if problem is not None:
+            await interaction.response.send_message(problem, ephemeral=True)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if interaction.guild_id is None:
+            await member_of(interaction, service)  # raises NotInGuild with the message
+        options = await service.build_options(
+            interaction.guild_id or 0,
+            preset=preset,
+            motion_bucket_id=motion,
+            format=format,
+            seed=seed,
+            noise_aug_strength=noise,
+            fps=fps,
+            num_inference_steps=steps,
+            model=model,
+        )
+        try:
+            # Attachment URLs are signed and expire: download now, not when the job runs.
+            data = await image.read()
+        except (discord.HTTPException, discord.NotFound) as exc:
+            log.info("attachment download failed: %s", exc)
+            await interaction.edit_original_response(
+                content="I couldn't download your picture (the link may have expired). "
+                "Please upload it again."
+            )
+            return
+
+        async def submit(member: Member, origin: Origin) -> Accepted:
+            return await service.submit(member, data, options, origin)
+
+        await queue_from_interaction(interaction, service, submit)
+
+    def _precheck(self, image: discord.Attachment) -> str | None:
+        limit = self.bot.config.image_limits.max_bytes
+        if image.size > limit:
+            return (
+                f"That file is {image.size / 2**20:.1f} MiB; the most I accept is "
+                f"{limit / 2**20:.0f} MiB. Please send a smaller picture."
+            )
+        content_type = (image.content_type or "").split(";")[0].strip().lower()
+        if content_type and not content_type.startswith("image/"):
+            return "That attachment isn't a picture. Please attach a PNG, JPEG, WebP or GIF image."
+        return None
+
+    @app_commands.command(name="queue", description="Your clips in the queue and when they start")
+    @app_commands.guild_only()
+    async def queue(self, interaction: discord.Interaction) -> None:
+        member = await member_of(interaction, self.bot.service)
+        jobs, snapshot = await self.bot.service.my_jobs(member)
+        await interaction.response.send_message(messages.queue_text(jobs, snapshot), ephemeral=True)
+
+    @app_commands.command(name="cancel", description="Cancel your waiting or running clips")
+    @app_commands.guild_only()
+    async def cancel(self, interaction: discord.Interaction) -> None:
+        member = await member_of(interaction, self.bot.service)
+        cancelled = await self.bot.service.cancel(member)
+        if not cancelled:
+            text = "You have no clips waiting or in progress."
+        else:
+            n = len(cancelled)
+            text = f"🚫 Cancelled {n} clip{'s' if n != 1 else ''}. You were not charged."
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(name="quota", description="How many clips you have left")
+    @app_commands.guild_only()
+    async def quota(self, interaction: discord.Interaction) -> None:
+        member = await member_of(interaction, self.bot.service)
+        status = await self.bot.service.quota(member)
+        await interaction.response.send_message(messages.quota_text(status), ephemeral=True)
+
+
+Preset = Literal["subtle", "normal", "dramatic"]
+Format = Literal["mp4", "gif"]
+Motion = app_commands.Range[int, 1, 255]
+Noise = app_commands.Range[float, 0.0, 1.0]
+Fps = app_commands.Range[int, 1, 30]
+Steps = app_commands.Range[int, 1, 50]
+Seed = app_commands.Range[int, 0, 2**32 - 1]
+
+_DESCRIPTIONS = {
+    "image": "The picture to animate (PNG, JPEG, WebP or GIF)",
+    "motion": "How much it moves: 1 (still) to 255 (wild); 127 by default",
+    "preset": "Motion without numbers: subtle, normal or dramatic",
+    "format": "mp4 (small, smooth) or gif (loops everywhere)",
+    "seed": "Reuse a seed to reproduce a clip; random when empty",
+    "noise": "0.0-1.0: more noise, more freedom to drift from the picture (0.02)",
+    "fps": "Frame rate the model imagines, 1-30 (7); higher means slower motion",
+    "steps": "Denoising steps, 1-50 (25): fewer is faster, rougher",
+    "model": "Which model to use",
+}
+
+
+def build_animate_command(
+    cog: AnimateCog, models: list[str]
+) -> app_commands.Command[Any, ..., None]:
+    """/animate, with the `model` option only when the host configured more than one model."""
+
+    async def animate(
+        interaction: discord.Interaction,
+        image: discord.Attachment,
+        motion: Motion | None = None,
+        preset: Preset | None = None,
+        format: Format | None = None,
+        seed: Seed | None = None,
+        noise: Noise | None = None,
+        fps: Fps | None = None,
+        steps: Steps | None = None,
+    ) -> None:
+        await cog.animate(interaction, image, motion, preset, format, seed, noise, fps, steps, None)
+
+    async def animate_with_model(
+        interaction: discord.Interaction,
+        image: discord.Attachment,
+        motion: Motion | None = None,
+        preset: Preset | None = None,
+        format: Format | None = None,
+        seed: Seed | None = None,
+        noise: Noise | None = None,
+        fps: Fps | None = None,
+        steps: Steps | None = None,
+        model: str | None = None,
+    ) -> None:
+        await cog.animate(
+            interaction, image, motion, preset, format, seed, noise, fps, steps, model
+        )
+
+    with_model = len(models) > 1
+    if with_model:
+        choices = [app_commands.Choice(name=_model_label(m), value=m) for m in models[:25]]
+        callback: Any = app_commands.choices(model=choices)(animate_with_model)
+        descriptions = _DESCRIPTIONS
+    else:
+        callback = animate
+        descriptions = {k: v for k, v in _DESCRIPTIONS.items() if k != "model"}
+    command: app_commands.Command[Any, ..., None] = app_commands.Command(
+        name="animate",
+        description="Turn a picture into a short video clip",
+        callback=app_commands.describe(**descriptions)(callback),
+    )
+    command.guild_only = True
+    return command

@@ -1,0 +1,212 @@
+"""`python -m bot check`: what this host has and what the bot will do with it, in plain words.
+
+It never prints the token, never downloads anything and never loads the model.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.settings import Settings
+
+MODEL_DOWNLOAD_GB = 10
+
+
+@dataclass(frozen=True)
+class Finding:
+    ok: bool
+    label: str
+    detail: str
+    # A problem that stops the bot from running (as opposed to a warning).
+    fatal: bool = False
+
+
+def run_checks(settings: Settings, out: Callable[[str], None] = print) -> int:
+    findings = list(check_all(settings))
+    width = max(len(f.label) for f in findings)
+    for f in findings:
+        mark = "ok " if f.ok else ("ERR" if f.fatal else "!  ")
+        out(f"[{mark}] {f.label.ljust(width)}  {f.detail}")
+    fatal = [f for f in findings if f.fatal and not f.ok]
+    out("")
+    if fatal:
+        out(
+            f"{len(fatal)} problem(s) to fix before the bot can run: "
+            + "; ".join(f.label for f in fatal)
+            + "."
+        )
+        return 1
+    out("Ready: `python -m bot` will start the bot with these settings.")
+    return 0
+
+
+def check_all(settings: Settings) -> list[Finding]:
+    findings = [Finding(True, "Python", f"{platform.python_version()} ({sys.executable})")]
+    findings.extend(_torch_and_gpu(settings))
+    findings.extend(_models(settings))
+    findings.append(_ffmpeg())
+    findings.append(_database(settings.database_path))
+    findings.append(_writable("Data folder", settings.data_dir))
+    findings.append(_token(settings))
+    return findings
+
+
+def _torch_and_gpu(settings: Settings) -> list[Finding]:
+    try:
+        import torch
+    except ImportError:
+        return [Finding(False, "PyTorch", "not installed: run ./run.sh --setup-only", fatal=True)]
+    found = [Finding(True, "PyTorch", f"{torch.__version__}")]
+    cuda = torch.cuda.is_available()
+    if cuda:
+        free, total = torch.cuda.mem_get_info()
+        name = torch.cuda.get_device_name(0)
+        found.append(
+            Finding(
+                True,
+                "GPU",
+                f"{name}, {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB"
+                f" (CUDA {torch.version.cuda})",
+            )
+        )
+    elif settings.device == "cuda":
+        found.append(
+            Finding(
+                False,
+                "GPU",
+                "DEVICE=cuda but no CUDA GPU is visible "
+                "(driver, container runtime, or a CPU-only torch?)",
+                fatal=True,
+            )
+        )
+    else:
+        found.append(
+            Finding(
+                False,
+                "GPU",
+                "no CUDA GPU: clips will be made on the CPU, which "
+                "takes many minutes each at full size. Set RESOLUTION=512 to try.",
+            )
+        )
+    found.append(_plan(settings, cuda))
+    return found
+
+
+def _plan(settings: Settings, cuda: bool) -> Finding:
+    import torch
+
+    from generation.images import target_size
+    from generation.plans import Footprint, Workload, choose_plan, estimate_peak_gib
+
+    use_cuda = cuda and settings.device != "cpu"
+    free_gib = torch.cuda.mem_get_info()[0] / 2**30 if use_cuda else None
+    width, height = target_size(16, 9, settings.resolution)
+    # SVD-XT's 25 frames: the largest clip the default model makes.
+    workload = Workload(frames=25, width=width, height=height)
+    footprint = Footprint.svd_fp16()
+    plan = choose_plan(
+        device="cuda" if use_cuda else "cpu",
+        free_gib=free_gib,
+        footprint=footprint,
+        workload=workload,
+        memory_mode=settings.memory_mode,
+    )
+    if settings.memory_mode != "auto":
+        how = "set by MEMORY_MODE"
+    else:
+        how = "chosen from free VRAM" if use_cuda else "no GPU"
+    detail = f"'{plan.name}' ({how}) for {width}x{height} clips of 25 frames"
+    if plan.on_cuda:
+        detail += f", about {estimate_peak_gib(plan, footprint, workload):.1f} GiB peak VRAM"
+    return Finding(True, "Memory plan", detail)
+
+
+def _models(settings: Settings) -> list[Finding]:
+    findings = []
+    for index, model in enumerate(settings.models):
+        label = "Model" if index == 0 else f"Model {index + 1}"
+        path = Path(model).expanduser()
+        if path.is_dir():
+            ok = (path / "model_index.json").is_file()
+            detail = f"local folder {path}" if ok else f"{path} has no model_index.json"
+            findings.append(Finding(ok, label, detail, fatal=not ok))
+            continue
+        cached = _in_hub_cache(model)
+        if cached:
+            findings.append(Finding(True, label, f"{model} (in the local Hugging Face cache)"))
+        elif settings.hf_offline:
+            findings.append(
+                Finding(
+                    False,
+                    label,
+                    f"{model} is not in the local cache and HF_OFFLINE is set: it cannot be loaded",
+                    fatal=True,
+                )
+            )
+        else:
+            findings.append(
+                Finding(
+                    False,
+                    label,
+                    f"{model} is not cached: the first start "
+                    f"downloads about {MODEL_DOWNLOAD_GB} GB",
+                )
+            )
+    return findings
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    try:
+        hit = try_to_load_from_cache(repo_id, "model_index.json")
+    except Exception:  # a malformed id: treat as not cached
+        return False
+    return isinstance(hit, str)
+
+
+def _ffmpeg() -> Finding:
+    try:
+        import imageio_ffmpeg
+
+        return Finding(True, "ffmpeg", imageio_ffmpeg.get_ffmpeg_exe())
+    except Exception as exc:
+        return Finding(False, "ffmpeg", f"not found ({exc}); reinstall imageio-ffmpeg", fatal=True)
+
+
+def _database(path: Path) -> Finding:
+    state = "exists" if path.exists() else "will be created"
+    folder = _writable("Database", path.parent)
+    if not folder.ok:
+        return folder
+    if path.exists() and not os.access(path, os.W_OK):
+        return Finding(False, "Database", f"{path} is not writable", fatal=True)
+    return Finding(True, "Database", f"{path} ({state}, writable)")
+
+
+def _writable(label: str, folder: Path) -> Finding:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return Finding(False, label, f"{folder} is not writable: {exc.strerror}", fatal=True)
+    return Finding(True, label, f"{folder} (writable)")
+
+
+def _token(settings: Settings) -> Finding:
+    token = settings.discord_token.get_secret_value().strip() if settings.discord_token else ""
+    if not token:
+        return Finding(
+            False, "Discord token", "DISCORD_TOKEN is not set (see .env.example)", fatal=True
+        )
+    # Never print the token, not even a part of it.
+    return Finding(True, "Discord token", f"set ({len(token)} characters)")

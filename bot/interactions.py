@@ -1,0 +1,80 @@
+"""From a Discord interaction to the core's plain values, and the reply flow that /animate and the
+clip buttons share: answer at once, queue, then post the public progress message."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import discord
+
+from bot import messages
+from bot.service import Accepted, AnimateService, Member, Origin
+from bot.views import cancel_view
+
+log = logging.getLogger(__name__)
+
+# Discord's default per-file limit, used when an interaction does not say.
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+
+
+class NotInGuild(Exception):
+    user_message = "I only make clips in servers, not in direct messages. Try me in a server!"
+
+
+async def member_of(interaction: discord.Interaction, service: AnimateService) -> Member:
+    """The member, with moderator rights checked now (server admins can change the defaults)."""
+    if interaction.guild_id is None or not isinstance(interaction.user, discord.Member):
+        raise NotInGuild()
+    roles = tuple(role.id for role in interaction.user.roles if role.id != interaction.guild_id)
+    settings = await service.guild_settings(interaction.guild_id)
+    moderator = interaction.permissions.manage_guild or (
+        settings.moderator_role_id is not None and settings.moderator_role_id in roles
+    )
+    return Member(
+        guild_id=interaction.guild_id,
+        user_id=interaction.user.id,
+        role_ids=roles,
+        is_moderator=moderator,
+    )
+
+
+def origin_of(interaction: discord.Interaction) -> Origin:
+    assert interaction.channel_id is not None
+    limit = getattr(interaction, "filesize_limit", None) or DEFAULT_UPLOAD_LIMIT
+    return Origin(
+        channel_id=interaction.channel_id,
+        max_bytes=int(limit),
+        application_id=interaction.application_id,
+        interaction_id=interaction.id,
+        interaction_token=interaction.token,
+    )
+
+
+Submit = Callable[[Member, Origin], Awaitable[Accepted]]
+
+
+async def queue_from_interaction(
+    interaction: discord.Interaction, service: AnimateService, submit: Submit
+) -> None:
+    """Defer (ephemeral, so only the member sees problems), queue, then post the public progress
+    message that everyone in the channel can follow.
+
+    Errors with a `user_message` propagate to the tree's error handler, which answers ephemerally.
+    """
+    if not interaction.response.is_done():
+        await interaction.response.defer(ephemeral=True, thinking=True)
+    member = await member_of(interaction, service)
+    accepted = await submit(member, origin_of(interaction))
+    queued = accepted.queued
+    note = "".join(f"\nℹ️ {n}" for n in accepted.notes)
+    await interaction.edit_original_response(
+        content=messages.accepted_text(queued.position, queued.eta_seconds, accepted.quota) + note
+    )
+    progress = await interaction.followup.send(
+        messages.progress_text(accepted.job, queued),
+        view=cancel_view(accepted.job.job_id),
+        allowed_mentions=discord.AllowedMentions.none(),
+        wait=True,
+    )
+    await service.set_progress_message(accepted.job.job_id, progress.id)

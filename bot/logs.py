@@ -1,0 +1,42 @@
+"""Logging: one line per record with the job id when there is one, and the bot token redacted
+wherever it might appear (it never should; this is the belt to the braces)."""
+
+from __future__ import annotations
+
+import logging
+
+from bot.settings import Settings
+
+FORMAT = "%(asctime)s %(levelname)-7s %(name)s%(job)s: %(message)s"
+
+
+class ContextFilter(logging.Filter):
+    """Adds ` [job=…]` to records that carry a job id, and hides the token."""
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self._secrets = tuple(s for s in secrets if s)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        job_id = getattr(record, "job_id", None)
+        record.job = f" [job={job_id[:8]}]" if isinstance(job_id, str) else ""
+        if self._secrets:
+            message = record.getMessage()
+            redacted = message
+            for secret in self._secrets:
+                redacted = redacted.replace(secret, "[token]")
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        return True
+
+
+def configure_logging(settings: Settings) -> None:
+    token = settings.discord_token.get_secret_value() if settings.discord_token else ""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(ContextFilter((token,)))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    # discord.py's gateway chatter is noise at INFO.
+    logging.getLogger("discord").setLevel(max(logging.INFO, root.level))

@@ -1,0 +1,163 @@
+"""The words the bot says. Plain functions from core values to Discord-flavoured text (markdown,
+`<t:…:R>` timestamps, mentions), with no discord.py import, so they are tested as plain strings."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import datetime
+
+from generation.jobs import EventKind, JobEvent, QueueSnapshot
+from generation.options import AnimateOptions
+from storage.jobs import JobRecord
+from storage.quotas import QuotaStatus
+
+BAR_WIDTH = 16
+# Discord's limit on a message's content.
+MAX_CONTENT = 2000
+
+
+def mention(user_id: int) -> str:
+    return f"<@{user_id}>"
+
+
+def relative_time(when: datetime) -> str:
+    return f"<t:{int(when.timestamp())}:R>"
+
+
+def duration(seconds: float | None) -> str:
+    """'about 40 s', 'about 3 min': estimates, so never falsely precise."""
+    if seconds is None or math.isnan(seconds):
+        return "a moment"
+    if seconds < 60:
+        return f"about {max(1, round(seconds))} s"
+    minutes = seconds / 60
+    if minutes < 90:
+        return f"about {round(minutes)} min"
+    return f"about {minutes / 60:.1f} h"
+
+
+def bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
+    total = max(total, 1)
+    filled = round(width * min(done, total) / total)
+    return "▰" * filled + "▱" * (width - filled)
+
+
+def progress_text(job: JobRecord, event: JobEvent) -> str:
+    """The public progress message for a job, from its latest event."""
+    who = mention(job.user_id)
+    match event.kind:
+        case EventKind.QUEUED | EventKind.POSITION:
+            position = event.position or 1
+            ahead = "next in line" if position <= 1 else f"position **{position}** in the queue"
+            return f"⏳ {who}'s clip is {ahead} · starts in {duration(event.eta_seconds)}"
+        case EventKind.STARTED | EventKind.LOADING:
+            what = "Loading the model" if event.kind is EventKind.LOADING else "Starting"
+            return f"🎬 {what} for {who}…"
+        case EventKind.STEP:
+            step, total = event.step or 0, event.total or 1
+            percent = round(100 * step / max(total, 1))
+            return (
+                f"🎬 Animating for {who} · step {step}/{total}\n"
+                f"`{bar(step, total)}` {percent}% · {duration(event.eta_seconds)} left"
+            )
+        case EventKind.DECODING:
+            return f"🎞️ Decoding frames for {who}…\n`{bar(1, 1)}` 100%"
+        case EventKind.ENCODING:
+            return f"📦 Encoding {who}'s clip…"
+        case _:
+            return f"⏳ Working on {who}'s clip…"
+
+
+def done_text(job: JobRecord, event: JobEvent) -> str:
+    """What goes with the clip: enough settings for anyone to reproduce it."""
+    options = AnimateOptions.from_dict(job.options)
+    parts = [
+        f"seed `{event.seed if event.seed is not None else job.seed}`",
+        f"motion `{options.motion_bucket_id}`",
+        f"noise `{options.noise_aug_strength:g}`",
+        f"fps `{options.fps}`",
+        f"steps `{options.num_inference_steps}`",
+    ]
+    if options.preset:
+        parts.insert(0, f"preset `{options.preset}`")
+    if event.seconds is not None:
+        parts.append(f"{event.seconds:.0f} s")
+    lines = [f"✅ {mention(job.user_id)}, your clip is ready · " + " · ".join(parts)]
+    if event.fallback_from:
+        lines.append(
+            "ℹ️ The GPU ran short of memory, so this clip was made with a slower, leaner plan."
+        )
+    if event.load_seconds:
+        lines.append(f"ℹ️ Switching models took {event.load_seconds:.0f} s.")
+    if event.clip is not None and event.clip.reduced:
+        lines.append("ℹ️ The file was compressed harder to fit Discord's upload limit.")
+    lines.extend(f"💡 {hint}" for hint in event.hints)
+    return truncate("\n".join(lines))
+
+
+def failed_text(job: JobRecord, message: str) -> str:
+    return truncate(f"❌ {mention(job.user_id)}, your clip could not be made. {message}")
+
+
+def cancelled_text(job: JobRecord) -> str:
+    return f"🚫 {mention(job.user_id)}'s clip was cancelled. No clip was charged."
+
+
+def undelivered_text(job: JobRecord) -> str:
+    return (
+        f"⚠️ {mention(job.user_id)}, your clip is finished but Discord would not accept the "
+        f"upload. It is kept safe (job `{job.job_id[:8]}`) and I will try again when the bot "
+        "restarts; you were not charged."
+    )
+
+
+def quota_text(status: QuotaStatus, *, subject: str = "You") -> str:
+    if status.limit is None:
+        return f"♾️ {subject} can make unlimited clips."
+    if status.limit == 0:
+        return f"⛔ {subject} cannot make clips on this server (limit set to 0 by a moderator)."
+    text = (
+        f"🎟️ {subject} have **{status.remaining}** of {status.limit} clips left "
+        f"this {status.period}."
+    )
+    if status.next_available_at is not None and (status.remaining or 0) < status.limit:
+        text += f" Next clip back {relative_time(status.next_available_at)}."
+    return text
+
+
+def accepted_text(position: int | None, eta: float | None, quota: QuotaStatus) -> str:
+    where = "next in line" if not position or position <= 1 else f"number {position} in the queue"
+    text = f"👍 Got it! Your clip is {where}; it should start in {duration(eta)}."
+    if quota.limit is not None and quota.remaining is not None:
+        text += f" You have {quota.remaining} of {quota.limit} clips left this {quota.period}."
+    return text
+
+
+def queue_text(jobs: Sequence[JobRecord], snapshot: QueueSnapshot) -> str:
+    waiting = {w.job_id: w for w in snapshot.waiting}
+    running = {r.job_id: r for r in snapshot.running}
+    lines = []
+    for job in jobs:
+        short = job.job_id[:8]
+        if job.job_id in running:
+            r = running[job.job_id]
+            step = f" (step {r.step}/{r.total})" if r.total else ""
+            lines.append(f"• `{short}` is being made now{step}")
+        elif job.job_id in waiting:
+            w = waiting[job.job_id]
+            lines.append(
+                f"• `{short}` is at position {w.position}, starting in {duration(w.eta_seconds)}"
+            )
+        else:
+            lines.append(f"• `{short}` is {job.state.value}")
+    total = len(snapshot.waiting)
+    head = f"📋 {total} clip{'s' if total != 1 else ''} waiting in total"
+    head += ", one being made." if snapshot.running else "."
+    if not lines:
+        return head + "\nYou have no clips waiting. Use `/animate` to make one."
+    return head + "\nYour clips:\n" + "\n".join(lines)
+
+
+def truncate(text: str, limit: int = MAX_CONTENT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,261 @@
+"""Shows jobs in Discord: the public progress message, the finished clip, failures.
+
+Interaction tokens die 15 minutes after the command, and a busy queue can be longer than that.
+Every message is therefore sent or edited through the interaction's webhook while its token is
+fresh, and through the channel with the bot token after that (or as soon as Discord answers 401 /
+50027), replying to the original message and mentioning the member so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import discord
+
+from bot import messages
+from bot.views import cancel_view, clip_view
+from generation.jobs import JobEvent
+from storage.jobs import JobRecord
+
+log = logging.getLogger(__name__)
+
+# Discord lets a token live 15 minutes; stop using it a little before, so an edit in flight
+# does not race the expiry.
+TOKEN_LIFETIME = timedelta(minutes=14)
+INVALID_WEBHOOK_TOKEN = 50027
+UNKNOWN_MESSAGE = 10008
+# Rate limits are not published: one progress edit every few seconds per message is safe.
+DEFAULT_EDIT_INTERVAL = 3.0
+SERVER_ERROR_RETRIES = 3
+
+# Re-encode a clip at `path` to fit `max_bytes`; returns the new file. Blocking.
+Reencoder = Callable[[Path, int], Path]
+
+
+@dataclass
+class _Progress:
+    text: str = ""
+    shown: str = ""
+    last_edit: float = float("-inf")
+    flusher: asyncio.Task[None] | None = None
+    finished: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class DiscordPresenter:
+    def __init__(
+        self,
+        client: discord.Client,
+        *,
+        reencode: Reencoder,
+        set_progress_message: Callable[[str, int], Awaitable[None]],
+        lookup: Callable[[str], Awaitable[JobRecord | None]],
+        edit_interval: float = DEFAULT_EDIT_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+        retry_delay: float = 1.0,
+    ) -> None:
+        self._client = client
+        self._reencode = reencode
+        self._set_progress_message = set_progress_message
+        self._lookup = lookup
+        self._interval = edit_interval
+        self._clock = clock
+        self._retry_delay = retry_delay
+        self._progress: dict[str, _Progress] = {}
+        # Tokens Discord has told us are dead, so we stop trying them.
+        self._dead_tokens: set[str] = set()
+
+    # ------------------------------------------------------------------ progress
+
+    async def show(self, job: JobRecord, event: JobEvent) -> None:
+        state = self._progress.setdefault(job.job_id, _Progress())
+        if state.finished:
+            return
+        state.text = messages.progress_text(job, event)
+        if state.flusher is None or state.flusher.done():
+            state.flusher = asyncio.create_task(self._flush(job, state))
+
+    async def _flush(self, job: JobRecord, state: _Progress) -> None:
+        """Edit at most once per interval, and only when the text changed; latest text wins."""
+        while not state.finished and state.text != state.shown:
+            wait = state.last_edit + self._interval - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            text = state.text
+            async with state.lock:
+                if state.finished:
+                    return
+                try:
+                    await self._edit_progress(job, text)
+                except discord.HTTPException as exc:
+                    log.warning("progress edit failed: %s", exc, extra={"job_id": job.job_id})
+                state.shown = text
+                state.last_edit = self._clock()
+
+    async def _edit_progress(self, job: JobRecord, text: str) -> None:
+        current = await self._current(job)
+        if current.progress_message_id is None:
+            message = await self._send(current, text, view=cancel_view(job.job_id))
+            await self._set_progress_message(job.job_id, message.id)
+            return
+        await self._edit(current, current.progress_message_id, text)
+
+    async def _current(self, job: JobRecord) -> JobRecord:
+        # The progress message id may have been stored after this record was read.
+        return await self._lookup(job.job_id) or job
+
+    async def _finish_progress(self, job: JobRecord) -> None:
+        """Stop progress edits and remove the progress message: the result replaces it."""
+        state = self._progress.setdefault(job.job_id, _Progress())
+        state.finished = True
+        async with state.lock:
+            pass
+        if state.flusher is not None and not state.flusher.done():
+            state.flusher.cancel()
+        self._progress.pop(job.job_id, None)
+        current = await self._current(job)
+        if current.progress_message_id is not None:
+            with contextlib.suppress(discord.HTTPException):
+                await self._delete(current, current.progress_message_id)
+
+    # ------------------------------------------------------------------ outcomes
+
+    async def deliver(self, job: JobRecord, event: JobEvent) -> bool:
+        assert event.clip is not None
+        path = event.clip.path
+        budget = job.max_bytes or event.clip.size_bytes
+        text = messages.done_text(job, event)
+        for attempt in range(1 + SERVER_ERROR_RETRIES):
+            try:
+                await self._send(
+                    job,
+                    text,
+                    view=clip_view(job.job_id),
+                    file=discord.File(path, filename=f"clip-{job.job_id[:8]}{path.suffix}"),
+                )
+                break
+            except discord.HTTPException as exc:
+                if exc.status == 413 and budget > 64 * 1024:
+                    # Discord's limit is lower than we were told: shrink to fit, never drop.
+                    budget = budget // 2
+                    log.info(
+                        "upload refused (413); re-encoding to %d bytes",
+                        budget,
+                        extra={"job_id": job.job_id},
+                    )
+                    path = await asyncio.to_thread(self._reencode, path, budget)
+                    continue
+                if exc.status >= 500 and attempt < SERVER_ERROR_RETRIES:
+                    await asyncio.sleep(self._retry_delay * (attempt + 1))
+                    continue
+                log.error("clip upload failed: %s", exc, extra={"job_id": job.job_id})
+                await self._tell(job, messages.undelivered_text(job))
+                return False
+        else:
+            await self._tell(job, messages.undelivered_text(job))
+            return False
+        await self._finish_progress(job)
+        return True
+
+    async def failed(self, job: JobRecord, message: str) -> None:
+        await self._finish_progress(job)
+        await self._tell(job, messages.failed_text(job, message))
+
+    async def cancelled(self, job: JobRecord) -> None:
+        await self._finish_progress(job)
+        await self._tell(job, messages.cancelled_text(job))
+
+    async def _tell(self, job: JobRecord, text: str) -> None:
+        try:
+            await self._send(job, text)
+        except discord.HTTPException as exc:
+            log.error("could not tell the member: %s", exc, extra={"job_id": job.job_id})
+
+    # --------------------------------------------------------- token or channel
+
+    def _webhook(self, job: JobRecord) -> discord.Webhook | None:
+        """The interaction's webhook while its token is alive, else None (use the channel)."""
+        token = job.interaction_token
+        if not token or job.application_id is None or token in self._dead_tokens:
+            return None
+        if job.interaction_id is not None:
+            created = discord.utils.snowflake_time(job.interaction_id)
+            if datetime.now(UTC) - created > TOKEN_LIFETIME:
+                return None
+        return discord.Webhook.partial(job.application_id, token, client=self._client)
+
+    def _token_died(self, job: JobRecord, exc: discord.HTTPException) -> bool:
+        if exc.status == 401 or exc.code == INVALID_WEBHOOK_TOKEN:
+            if job.interaction_token:
+                self._dead_tokens.add(job.interaction_token)
+            log.info("interaction token expired; using the channel", extra={"job_id": job.job_id})
+            return True
+        return False
+
+    async def _send(
+        self,
+        job: JobRecord,
+        text: str,
+        *,
+        view: discord.ui.View | None = None,
+        file: discord.File | None = None,
+    ) -> discord.Message:
+        mentions = discord.AllowedMentions(
+            users=[discord.Object(job.user_id)], roles=False, everyone=False
+        )
+        kwargs: dict[str, Any] = {"allowed_mentions": mentions}
+        if view is not None:
+            kwargs["view"] = view
+        if file is not None:
+            kwargs["file"] = file
+        webhook = self._webhook(job)
+        if webhook is not None:
+            try:
+                return await webhook.send(text, wait=True, **kwargs)
+            except discord.HTTPException as exc:
+                if not self._token_died(job, exc):
+                    raise
+                if file is not None:
+                    file.reset()
+        channel = self._client.get_partial_messageable(job.channel_id)
+        reference = None
+        if job.progress_message_id is not None:
+            reference = discord.MessageReference(
+                message_id=job.progress_message_id,
+                channel_id=job.channel_id,
+                fail_if_not_exists=False,
+            )
+        return await channel.send(text, reference=reference, **kwargs)  # type: ignore[arg-type]
+
+    async def _edit(self, job: JobRecord, message_id: int, text: str) -> None:
+        webhook = self._webhook(job)
+        if webhook is not None:
+            try:
+                await webhook.edit_message(message_id, content=text)
+                return
+            except discord.HTTPException as exc:
+                if not self._token_died(job, exc):
+                    raise
+        channel = self._client.get_partial_messageable(job.channel_id)
+        await channel.get_partial_message(message_id).edit(content=text)
+
+    async def _delete(self, job: JobRecord, message_id: int) -> None:
+        webhook = self._webhook(job)
+        if webhook is not None:
+            try:
+                await webhook.delete_message(message_id)
+                return
+            except discord.HTTPException as exc:
+                if not self._token_died(job, exc):
+                    raise
+        channel = self._client.get_partial_messageable(job.channel_id)
+        await channel.get_partial_message(message_id).delete()

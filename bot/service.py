@@ -1,0 +1,461 @@
+"""What the bot does, in plain Python: no discord.py types, so the whole flow is testable without
+Discord.
+
+The Discord layer (bot/cogs, bot/presenter.py) turns interactions into calls here and implements
+`Presenter` to show what happens. This module owns the order of things that must not go wrong:
+an image is checked before anything is charged, a reservation becomes a charge only when the clip
+is delivered, and every state change is on disk before the queue moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from generation.errors import GenerationError, InvalidOptions
+from generation.images import ImageLimits, fit_image, load_image
+from generation.jobs import EventKind, JobEvent, JobQueue, JobRequest, QueueSnapshot
+from generation.options import AnimateOptions
+from storage.jobs import JobRecord, JobState, JobStore
+from storage.quotas import QuotaStatus, QuotaStore
+from storage.settings import GuildSettings, GuildSettingsStore
+
+log = logging.getLogger(__name__)
+
+Variation = Literal["reroll", "more", "less"]
+# How far More / Less motion move the motion bucket.
+MOTION_STEP = 40
+# A job still running after a restart is retried once; the second crash fails it with a refund.
+MAX_ATTEMPTS = 2
+# Discord's default per-file upload limit, for records that do not say.
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Member:
+    """Who is asking, as the core needs to know them."""
+
+    guild_id: int
+    user_id: int
+    role_ids: tuple[int, ...] = ()
+    # Manage Server or the guild's moderator role, as checked by the Discord layer at run time.
+    is_moderator: bool = False
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a request came from: what delivery needs, even after a restart."""
+
+    channel_id: int
+    # The per-file upload limit Discord gave with the interaction: the encoder's byte budget.
+    max_bytes: int
+    application_id: int | None = None
+    interaction_id: int | None = None
+    interaction_token: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A request that is queued: the job, its place in line and what the member has left."""
+
+    job: JobRecord
+    queued: JobEvent
+    quota: QuotaStatus
+    notes: tuple[str, ...] = ()
+
+
+class Presenter(Protocol):
+    """Shows a job's life to its members; the Discord layer implements it."""
+
+    async def show(self, job: JobRecord, event: JobEvent) -> None:
+        """Progress (queued, position, started, step, decoding, encoding). Must return quickly."""
+
+    async def deliver(self, job: JobRecord, event: JobEvent) -> bool:
+        """Post the finished clip; True once it is posted, False when it stays on disk."""
+
+    async def failed(self, job: JobRecord, message: str) -> None:
+        """Tell the member the job failed, why, and that they were not charged."""
+
+    async def cancelled(self, job: JobRecord) -> None:
+        """Tell the member the job was cancelled."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    inputs_dir: Path
+    models: Sequence[str]
+    resolution: int = 1024
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    # Inputs are kept this long for Re-roll / More / Less motion.
+    keep_inputs_seconds: float = 7 * 24 * 3600
+
+
+class AnimateService:
+    def __init__(
+        self,
+        *,
+        config: ServiceConfig,
+        jobs: JobStore,
+        quotas: QuotaStore,
+        guilds: GuildSettingsStore,
+        queue: JobQueue,
+        frames_for: Callable[[str | None], int],
+    ) -> None:
+        self._config = config
+        self._jobs = jobs
+        self._quotas = quotas
+        self._guilds = guilds
+        self._queue = queue
+        self._frames_for = frames_for
+        self._presenter: Presenter | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ----------------------------------------------------------------- requests
+
+    async def build_options(
+        self, guild_id: int, *, preset: str | None = None, **given: Any
+    ) -> AnimateOptions:
+        """Options from what the member typed, the guild's defaults and its step cap."""
+        settings = await self._guilds.get(guild_id)
+        given = {k: v for k, v in given.items() if v is not None}
+        given.setdefault("format", settings.default_format)
+        steps = given.get("num_inference_steps")
+        if steps is not None and steps > settings.max_steps:
+            raise InvalidOptions(
+                "steps", f"This server allows at most {settings.max_steps} steps; pick fewer."
+            )
+        model = given.get("model")
+        if model is not None and model not in self._config.models:
+            raise InvalidOptions("model", "That model is not available on this server.")
+        if preset is not None:
+            return AnimateOptions.from_preset(preset, **given)
+        return AnimateOptions(**given)
+
+    async def submit(
+        self, member: Member, image_bytes: bytes, options: AnimateOptions, origin: Origin
+    ) -> Accepted:
+        """Check the image, reserve a clip, store the input, record and queue the job.
+
+        Raises a `GenerationError` (bad image, queue full...) or `QuotaExceeded`; in every such
+        case nothing is charged.
+        """
+        job_id = uuid.uuid4().hex
+        input_path = self._config.inputs_dir / f"{job_id}.png"
+        # Decoding and resizing a large upload takes a while: keep it off the event loop.
+        notes = await asyncio.to_thread(self._prepare_input, image_bytes, input_path)
+        try:
+            return await self._enqueue(member, job_id, input_path, options, origin, notes)
+        except BaseException:
+            input_path.unlink(missing_ok=True)
+            raise
+
+    async def vary(
+        self, member: Member, source_job_id: str, variation: Variation, origin: Origin
+    ) -> Accepted:
+        """Re-roll / More motion / Less motion: a new job for `member` from an earlier one."""
+        source = await self._jobs.get(source_job_id)
+        if source is None or not await _exists(source.input_path):
+            raise GenerationError(
+                "The original picture for this clip is no longer kept. "
+                "Use `/animate` with the picture again."
+            )
+        options = AnimateOptions.from_dict(source.options)
+        if variation == "reroll":
+            options = replace(options, seed=None)
+        else:
+            delta = MOTION_STEP if variation == "more" else -MOTION_STEP
+            motion = min(255, max(1, options.motion_bucket_id + delta))
+            options = replace(options, motion_bucket_id=motion, seed=None, preset=None)
+        job_id = uuid.uuid4().hex
+        input_path = self._config.inputs_dir / f"{job_id}.png"
+        await asyncio.to_thread(_copy_file, Path(source.input_path or ""), input_path)
+        try:
+            return await self._enqueue(member, job_id, input_path, options, origin, ())
+        except BaseException:
+            input_path.unlink(missing_ok=True)
+            raise
+
+    def _prepare_input(self, data: bytes, path: Path) -> tuple[str, ...]:
+        loaded = load_image(data, self._config.image_limits)
+        fitted = fit_image(loaded.image, self._config.resolution)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fitted.save(path, format="PNG")
+        return loaded.notes
+
+    async def _enqueue(
+        self,
+        member: Member,
+        job_id: str,
+        input_path: Path,
+        options: AnimateOptions,
+        origin: Origin,
+        notes: tuple[str, ...],
+    ) -> Accepted:
+        # Fix the seed now so the record (and a retry after a restart) reproduces the same clip.
+        options = options.with_seed(options.seed)
+        quota = await self._quotas.reserve(member.guild_id, member.user_id, member.role_ids, job_id)
+        record = JobRecord(
+            job_id=job_id,
+            guild_id=member.guild_id,
+            channel_id=origin.channel_id,
+            user_id=member.user_id,
+            application_id=origin.application_id,
+            interaction_id=origin.interaction_id,
+            interaction_token=origin.interaction_token,
+            options=options.to_dict(),
+            model=options.model or self._config.models[0],
+            seed=options.seed,
+            input_path=str(input_path),
+            max_bytes=origin.max_bytes,
+            cost_units=self._cost(options),
+        )
+        try:
+            await self._jobs.create(record)
+            queued = await self._queue.submit(self._request(record))
+        except BaseException as exc:
+            await self._quotas.refund(job_id)
+            message = getattr(exc, "user_message", "The request could not be queued.")
+            with contextlib.suppress(Exception):
+                await self._jobs.set_state(job_id, JobState.FAILED, error=message)
+            raise
+        stored = await self._jobs.get(job_id)
+        return Accepted(job=stored or record, queued=queued, quota=quota, notes=notes)
+
+    def _cost(self, options: AnimateOptions) -> int:
+        frames = options.num_frames or self._frames_for(options.model)
+        return frames * options.num_inference_steps
+
+    @staticmethod
+    def _request(record: JobRecord) -> JobRequest:
+        return JobRequest(
+            job_id=record.job_id,
+            user_id=record.user_id,
+            options=AnimateOptions.from_dict(record.options),
+            input_path=Path(record.input_path or ""),
+            max_bytes=record.max_bytes or DEFAULT_MAX_BYTES,
+            group=record.guild_id,
+        )
+
+    @property
+    def quotas(self) -> QuotaStore:
+        return self._quotas
+
+    @property
+    def guilds(self) -> GuildSettingsStore:
+        return self._guilds
+
+    # ------------------------------------------------------------ member views
+
+    async def cancel(self, member: Member, job_id: str | None = None) -> list[JobRecord]:
+        """Cancel one job (a button) or all of the member's active ones (`/cancel`).
+
+        A job may be cancelled by its owner or by a moderator of its guild."""
+        if job_id is not None:
+            job = await self._jobs.get(job_id)
+            if job is None or job.guild_id != member.guild_id:
+                return []
+            if job.user_id != member.user_id and not member.is_moderator:
+                raise GenerationError("Only the member who asked for this clip can cancel it.")
+            targets = [job]
+        else:
+            targets = await self._jobs.active_for_user(member.guild_id, member.user_id)
+        cancelled = []
+        for job in targets:
+            if job.state in (JobState.QUEUED, JobState.RUNNING) and await self._queue.cancel(
+                job.job_id
+            ):
+                cancelled.append(job)
+        return cancelled
+
+    async def my_jobs(self, member: Member) -> tuple[list[JobRecord], QueueSnapshot]:
+        return await self._jobs.active_for_user(member.guild_id, member.user_id), (
+            self._queue.snapshot()
+        )
+
+    async def quota(self, member: Member) -> QuotaStatus:
+        return await self._quotas.status(member.guild_id, member.user_id, member.role_ids)
+
+    async def guild_settings(self, guild_id: int) -> GuildSettings:
+        return await self._guilds.get(guild_id)
+
+    async def job(self, job_id: str) -> JobRecord | None:
+        return await self._jobs.get(job_id)
+
+    async def can_delete(self, member: Member, job_id: str) -> bool:
+        job = await self._jobs.get(job_id)
+        if job is None:
+            return member.is_moderator
+        return job.user_id == member.user_id or member.is_moderator
+
+    async def set_progress_message(self, job_id: str, message_id: int) -> None:
+        await self._jobs.update(job_id, progress_message_id=message_id)
+
+    # ------------------------------------------------------------- the journal
+
+    async def journal(self, event: JobEvent) -> None:
+        """Every state change, written before the queue moves on (the runtime awaits this)."""
+        job_id = event.job_id
+        match event.kind:
+            case EventKind.STARTED:
+                await self._jobs.increment_attempts(job_id)
+                await self._jobs.set_state(job_id, JobState.RUNNING)
+            case EventKind.ENCODING:
+                await self._jobs.set_state(job_id, JobState.ENCODING)
+            case EventKind.DONE:
+                await self._jobs.set_state(
+                    job_id,
+                    JobState.DONE,
+                    output_path=str(event.clip.path) if event.clip else None,
+                    seed=event.seed,
+                    duration_seconds=event.seconds,
+                )
+            case EventKind.FAILED:
+                await self._jobs.set_state(job_id, JobState.FAILED, error=event.error)
+                if event.reason != "invalid":
+                    await self._quotas.refund(job_id)
+            case EventKind.CANCELLED:
+                await self._jobs.set_state(job_id, JobState.CANCELLED, error=event.error)
+                await self._quotas.refund(job_id)
+            case EventKind.INTERRUPTED:
+                # Shutdown, not a crash: the retry after the restart should not use up an attempt.
+                await self._jobs.requeue(job_id, refund_attempt=True)
+            case _:
+                pass
+
+    # --------------------------------------------------------- events → members
+
+    async def pump(self, presenter: Presenter) -> None:
+        """Forward the queue's events to the presenter until the queue stops."""
+        self._presenter = presenter
+        async for event in self._queue.events():
+            try:
+                await self._dispatch(presenter, event)
+            except Exception:
+                log.exception("presenting event failed", extra={"job_id": event.job_id})
+
+    async def _dispatch(self, presenter: Presenter, event: JobEvent) -> None:
+        job = await self._jobs.get(event.job_id)
+        if job is None:
+            return
+        match event.kind:
+            case EventKind.DONE:
+                # Uploading can take seconds: other jobs' progress must not wait for it.
+                self._spawn(self._deliver(presenter, job, event))
+            case EventKind.FAILED:
+                await presenter.failed(job, event.error or "Something went wrong.")
+            case EventKind.CANCELLED:
+                await presenter.cancelled(job)
+            case EventKind.INTERRUPTED:
+                pass
+            case _:
+                await presenter.show(job, event)
+
+    async def _deliver(self, presenter: Presenter, job: JobRecord, event: JobEvent) -> None:
+        if not await presenter.deliver(job, event):
+            # The clip stays on disk in state "done"; the next start tries again.
+            log.warning("clip not delivered; kept on disk", extra={"job_id": job.job_id})
+            return
+        await self._quotas.charge(job.job_id)
+        await self._jobs.set_state(job.job_id, JobState.DELIVERED)
+        if job.output_path or event.clip:
+            path = Path(job.output_path) if job.output_path else event.clip.path  # type: ignore[union-attr]
+            await asyncio.to_thread(path.unlink, True)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ restart
+
+    async def resume(self, presenter: Presenter) -> dict[str, int]:
+        """After a restart: re-queue waiting jobs in order, retry a crashed job once, and deliver
+        clips that were finished but not posted. Returns counts for the log."""
+        counts = {"requeued": 0, "retried": 0, "failed": 0, "redelivered": 0}
+        for job in await self._jobs.unfinished():
+            if job.state is JobState.DONE:
+                if await _exists(job.output_path):
+                    event = _done_event_from_record(job)
+                    self._spawn(self._deliver(presenter, job, event))
+                    counts["redelivered"] += 1
+                else:
+                    await self._fail(presenter, job, _LOST_MESSAGE)
+                    counts["failed"] += 1
+                continue
+            if job.state in (JobState.RUNNING, JobState.ENCODING):
+                if job.attempts >= MAX_ATTEMPTS:
+                    await self._fail(presenter, job, _CRASHED_MESSAGE)
+                    counts["failed"] += 1
+                    continue
+                await self._jobs.requeue(job.job_id)
+                counts["retried"] += 1
+            else:
+                counts["requeued"] += 1
+            if not await _exists(job.input_path):
+                await self._fail(presenter, job, _LOST_MESSAGE)
+                counts["failed"] += 1
+                continue
+            queued = await self._queue.submit(self._request(job), resume=True)
+            await presenter.show(job, queued)
+        return counts
+
+    async def _fail(self, presenter: Presenter, job: JobRecord, message: str) -> None:
+        await self._jobs.set_state(job.job_id, JobState.FAILED, error=message)
+        await self._quotas.refund(job.job_id)
+        await presenter.failed(job, message)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, timeout=30)
+
+
+_CRASHED_MESSAGE = (
+    "The bot stopped twice while making this clip, so I gave up on it. "
+    "You were not charged; try again, perhaps with fewer steps."
+)
+_LOST_MESSAGE = (
+    "This clip's files were lost while the bot restarted. "
+    "You were not charged; please use `/animate` again."
+)
+
+
+def _done_event_from_record(job: JobRecord) -> JobEvent:
+    from generation.results import EncodedClip  # local: only needed on this restart path
+
+    path = Path(job.output_path or "")
+    options = AnimateOptions.from_dict(job.options)
+    clip = EncodedClip(
+        path=path,
+        format=options.format,
+        size_bytes=path.stat().st_size,
+        width=0,
+        height=0,
+        frame_count=0,
+        fps=float(options.output_fps),
+        seconds=0.0,
+    )
+    return JobEvent(
+        job_id=job.job_id,
+        kind=EventKind.DONE,
+        user_id=job.user_id,
+        clip=clip,
+        seed=job.seed,
+        model=job.model,
+        seconds=job.duration_seconds,
+    )
+
+
+async def _exists(path: str | None) -> bool:
+    return bool(path) and await asyncio.to_thread(Path(path or "").exists)
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(source.read_bytes())

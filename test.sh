@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up a virtual environment with the CPU build of torch, then lint, type-check and test.
+# Works on a machine where nothing is installed but Python 3.11+; extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")"
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+# The CPU build first: with torch 2.13.0 already present, nothing pulls the CUDA wheels.
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/ruff check .
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"

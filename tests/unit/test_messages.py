@@ -1,0 +1,54 @@
+"""The words members read."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from bot import messages
+from bot.cogs.admin import LimitError, parse_limit
+from storage.quota_rules import QuotaStatus
+
+
+def test_bar_fills_with_progress() -> None:
+    assert messages.bar(0, 25, width=10) == "▱" * 10
+    assert messages.bar(25, 25, width=10) == "▰" * 10
+    assert messages.bar(12, 24, width=10) == "▰" * 5 + "▱" * 5
+
+
+def test_durations_are_rounded_estimates() -> None:
+    assert messages.duration(0.2) == "about 1 s"
+    assert messages.duration(42) == "about 42 s"
+    assert messages.duration(150) == "about 2 min"
+    assert messages.duration(None) == "a moment"
+
+
+def test_quota_text_says_what_remains_and_when_the_next_clip_is_back() -> None:
+    back = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+    status = QuotaStatus(
+        limit=5, used=5, remaining=0, period="day", next_available_at=back, source="guild"
+    )
+    text = messages.quota_text(status)
+    assert "**0** of 5" in text and f"<t:{int(back.timestamp())}:R>" in text
+    unlimited = QuotaStatus(
+        limit=None, used=3, remaining=None, period="day", next_available_at=None, source="role"
+    )
+    assert "unlimited" in messages.quota_text(unlimited)
+    blocked = QuotaStatus(
+        limit=0, used=0, remaining=0, period="day", next_available_at=None, source="user"
+    )
+    assert "cannot make clips" in messages.quota_text(blocked)
+
+
+def test_limits_parse_numbers_and_unlimited() -> None:
+    assert parse_limit("5") == 5
+    assert parse_limit(" Unlimited ") is None
+    assert parse_limit("0") == 0
+    with pytest.raises(LimitError) as info:
+        parse_limit("-3")
+    assert "whole number" in info.value.user_message
+
+
+def test_long_text_is_cut_to_discords_limit() -> None:
+    assert len(messages.truncate("x" * 5000)) == messages.MAX_CONTENT

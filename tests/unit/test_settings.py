@@ -1,0 +1,115 @@
+"""Settings and the `python -m bot` entry: clear one-line answers instead of tracebacks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.logs import ContextFilter
+from bot.settings import SettingsError, load_settings, require_token
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "SVD_"))}
+    env.update({"DATA_DIR": str(tmp_path / "data"), "DATABASE_PATH": str(tmp_path / "db.sqlite3")})
+    env.update(extra)
+    return env
+
+
+def _run_bot(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    # cwd is tmp_path so no developer's .env leaks into the test.
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        cwd=tmp_path,
+        env={**_clean_env(tmp_path, **env), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_defaults_match_the_documentation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.models == ["stabilityai/stable-video-diffusion-img2vid-xt"]
+    assert settings.resolution == 1024
+    assert settings.memory_mode == "auto"
+    assert settings.database_path == Path("data/bot.sqlite3")
+    assert settings.default_quota == 5
+
+
+def test_every_setting_is_documented_in_env_example() -> None:
+    from bot.settings import Settings
+
+    documented = {
+        line.split("=", 1)[0]
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert {name.upper() for name in Settings.model_fields} == documented
+
+
+def test_several_models_first_is_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SVD_MODEL", " a/xt , ./local-svd ")
+    assert load_settings().models == ["a/xt", "./local-svd"]
+
+
+def test_bad_value_names_the_setting_and_allowed_values(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEMORY_MODE", "banana")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "MEMORY_MODE" in str(info.value)
+    assert "'offload'" in str(info.value) and "banana" in str(info.value)
+
+
+def test_missing_token_says_where_to_get_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError, match=r"discord\.com/developers"):
+        require_token(load_settings())
+
+
+def test_run_without_token_exits_with_one_line(tmp_path: Path) -> None:
+    result = _run_bot(tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DISCORD_TOKEN" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_run_with_bad_setting_exits_with_one_line(tmp_path: Path) -> None:
+    result = _run_bot(tmp_path, DISCORD_TOKEN="x", MEMORY_MODE="banana")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "MEMORY_MODE" in result.stderr and "sequential" in result.stderr
+
+
+def test_check_runs_on_a_cpu_host_and_never_prints_the_token(tmp_path: Path) -> None:
+    secret = "MTIz.secret-token-value"
+    result = _run_bot(tmp_path, "check", DISCORD_TOKEN=secret, HF_OFFLINE="false")
+    out = result.stdout
+    assert secret not in out + result.stderr
+    assert "no CUDA GPU" in out
+    assert "Memory plan" in out
+    assert "downloads about 10 GB" in out
+    assert "Database" in out and "writable" in out
+    assert "Discord token" in out and "set (" in out
+    assert result.returncode == 0
+
+
+def test_token_is_redacted_from_logs() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "got %s", ("abc.TOKEN",), None)
+    ContextFilter(("abc.TOKEN",)).filter(record)
+    assert record.getMessage() == "got [token]"
