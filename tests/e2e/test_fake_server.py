@@ -121,6 +121,7 @@ async def test_login_reaches_on_ready_with_guild_roles_channels_and_members(
         assert guild.me.guild_permissions.attach_files
         assert isinstance(client.get_channel(server.channel.id), discord.TextChannel)
         assert identify.path == GATEWAY_PATH and identify.data["intents"] == intents.value
+        assert client.latency < 1.0  # the first heartbeat was acknowledged (else: infinity)
     assert [r.kind for r in server.requests[:2]] == ["me", "application"]
 
 
@@ -241,6 +242,19 @@ async def test_deferred_command_followed_up_with_a_file(
     assert [r.kind for r in server.requests if r.kind in ("cdn", "callback")] == ["cdn", "callback"]
     async with aiohttp.ClientSession() as session, session.get(attachment.url) as response:
         assert response.status == 200 and await response.read() == image
+
+
+async def test_attachment_urls_expire_like_discords_signed_links(
+    bot: EchoBot, fake_discord: FakeDiscordServer
+) -> None:
+    server = fake_discord
+    upload = server.add_attachment("photo.jpg", b"jpeg bytes")
+    assert upload.content_type == "image/jpeg" and "ex=" in upload.url
+
+    assert await bot.http.get_from_cdn(upload.url) == b"jpeg bytes"
+    server.clock.advance(24 * 3600)
+    with pytest.raises(discord.NotFound):
+        await bot.http.get_from_cdn(upload.url)
 
 
 async def test_interaction_options_are_typed_by_the_synced_definition(

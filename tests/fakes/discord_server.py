@@ -1,15 +1,22 @@
 """A fake Discord on 127.0.0.1 for end-to-end tests of the real, unmodified discord.py client.
 
-    async with FakeDiscordServer() as server:
-        # point discord.py at server.api_url / server.gateway_url, start the bot, then:
-        handle = await server.interaction("animate", attachment=("cat.png", png, "image/png"))
-        await handle.wait_response()
-        clip = await handle.next_followup_with_file(timeout=30)
+    async with FakeDiscordServer() as server:   # or the `discord_server` fixture
+        # start the bot with DISCORD_API_URL=server.api_url, DISCORD_GATEWAY_URL=server.gateway_url
+        handle = await server.interaction("animate", {"motion": 127}, attachment=("cat.png", png))
+        assert await handle.wait_response() == 5                # deferred
+        clip = await handle.next_message_with_file(timeout=30)  # original or followup
+        await server.click(clip, "svd:reroll:42")
 
 It starts with one guild (`server.guild`) holding a #general text channel (`server.channel`), the
 bot's member and role, and a human member (`server.user`); add more with `add_guild`,
-`add_user`, `add_role`, `guild.add_channel`. Time is `server.clock`; failures are
-`server.faults`; everything the bot sent is in `server.requests` (see `wait_for`).
+`add_user`, `add_role`, `guild.add_channel`. Everything the bot sent is in `server.requests`
+(see `wait_for`, `next_request`); messages as they are now in `server.message(id)`.
+
+Faults: `server.faults.rate_limit(...)`, `.server_error(...)`, `.add(method, path, status, body)`;
+`server.clock.advance(15 * 60)` expires interaction tokens (401 / 50027) and a first answer
+later than 3 s gets 404 / 10062 (`enforce_first_answer_deadline`); uploads above the
+interaction's `attachment_size_limit` (channel messages: the guild's) get 413 / 40005;
+`await server.drop_gateway()` makes the bot RESUME.
 """
 
 # Waits take a `timeout` so that running out of time fails the test with a dump of what the
