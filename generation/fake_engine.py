@@ -8,12 +8,14 @@ many runs ever overlapped (the worker must never run two at once).
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -22,12 +24,22 @@ from generation.errors import Cancelled
 from generation.options import AnimateOptions, OutputFormat
 from generation.results import EncodedClip, GenerationResult, OnStep, Progress, ShouldCancel
 
+# How the fakes spend their time: asleep; busy on the CPU with the GIL released, as torch kernels
+# and ffmpeg are; or busy in pure Python holding the GIL (the worst case for the event loop).
+Work = Literal["sleep", "cpu", "python"]
+_BLOCK = bytes(256 * 1024)
 
-def _spin(seconds: float) -> None:
-    """Busy CPU work holding the GIL, like a Python-heavy step would."""
+
+def burn(seconds: float, work: Work) -> None:
+    if seconds <= 0:
+        return
+    if work == "sleep":
+        time.sleep(seconds)
+        return
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
-        pass
+        if work == "cpu":
+            hashlib.sha256(_BLOCK)  # hashlib releases the GIL for large inputs
 
 
 def fake_frames(count: int, width: int, height: int, seed: int) -> np.ndarray:
@@ -48,8 +60,8 @@ class FakeEngine:
     frames: int = 14
     load_seconds: float = 0.0
     decode_seconds: float = 0.0
-    # Burn CPU (holding the GIL) instead of sleeping: the event-loop benchmark's stand-in load.
-    busy: bool = False
+    # The event-loop benchmark's stand-in load uses "cpu" or "python" instead of sleeping.
+    work: Work = "sleep"
     # Called at the start of each run; an exception it returns is raised (a failing job).
     fail_when: Callable[[AnimateOptions], BaseException | None] | None = None
     plan: str = "fake"
@@ -129,12 +141,7 @@ class FakeEngine:
         )
 
     def _work(self, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        if self.busy:
-            _spin(seconds)
-        else:
-            time.sleep(seconds)
+        burn(seconds, self.work)
 
 
 @dataclass
@@ -143,7 +150,7 @@ class FakeEncoder:
     Same call signature as `generation.encode.encode_clip`."""
 
     seconds: float = 0.0
-    busy: bool = False
+    work: Work = "sleep"
     calls: list[Path] = field(default_factory=list)
 
     def __call__(
@@ -155,8 +162,7 @@ class FakeEncoder:
         fps: float,
         max_bytes: int,
     ) -> EncodedClip:
-        if self.seconds > 0:
-            _spin(self.seconds) if self.busy else time.sleep(self.seconds)
+        burn(self.seconds, self.work)
         path.write_bytes(frames.tobytes()[:max_bytes])
         self.calls.append(path)
         count, height, width = frames.shape[:3]

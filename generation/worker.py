@@ -200,12 +200,14 @@ class LocalJobQueue:
 
     @property
     def state(self) -> str:
-        """starting, loading, ready, load_failed, stopping or stopped."""
+        """starting, loading, ready, load_failed, stopping, stopped (or failed: a bug)."""
         return self._state
 
     async def start(self) -> None:
         """Start the worker; it loads the model first (`ready` is set once loaded). Jobs may be
         submitted before that: they wait."""
+        if self._stopping:
+            raise QueueClosed()
         if self._main is not None:
             return
         self._output_dir.mkdir(parents=True, exist_ok=True)
@@ -213,6 +215,7 @@ class LocalJobQueue:
         self._encode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svd-encode")
         self._state = "loading"
         self._main = asyncio.create_task(self._run(), name="svd-worker")
+        self._main.add_done_callback(self._worker_ended)
 
     async def submit(self, request: JobRequest, *, resume: bool = False) -> JobEvent:
         if self._stopping:
@@ -362,6 +365,12 @@ class LocalJobQueue:
             await encoder_task
         finally:
             encoder_task.cancel()
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # Only a bug of ours gets here (jobs' own errors are caught): say so loudly.
+            self._log.error("the worker stopped unexpectedly", exc_info=task.exception())
+            self._state = "failed"
 
     async def _warm_up(self) -> None:
         self._state = "loading"
