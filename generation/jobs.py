@@ -124,8 +124,9 @@ class JobEvent:
     cost_units: int | None = None
     # failed / cancelled / interrupted: a message safe to show the member as is.
     error: str | None = None
-    # failed / cancelled / interrupted: "oom", "timeout", "error", "invalid", "cancelled",
-    # "shutdown". Everything except "invalid" is not the member's fault.
+    # failed / cancelled / interrupted: "oom", "timeout", "error", "input" (the stored picture is
+    # missing or unreadable), "invalid" (options the model refused), "cancelled", "shutdown".
+    # Everything except "invalid" is not the member's fault.
     reason: str | None = None
 
     @property
@@ -171,10 +172,16 @@ class JobQueue(Protocol):
     """The queue as the bot sees it; the embedded `LocalJobQueue` and a distributed backend both
     satisfy it."""
 
+    def check_admission(self, user_id: int) -> None:
+        """Raise `TooManyJobs`, `QueueFull` or `QueueClosed` if a job from this member would be
+        refused now; lets the caller refuse before it reserves quota or records anything."""
+        ...
+
     async def submit(self, request: JobRequest, *, resume: bool = False) -> JobEvent:
-        """Queue a job and return its `queued` event (position, ETA). Raises `TooManyJobs` or
-        `QueueFull` (nothing queued). `resume=True` re-queues a job recorded before a restart:
-        the caps are not applied again."""
+        """Queue a job and return its `queued` event (position, ETA). Raises `TooManyJobs`,
+        `QueueFull` or `QueueClosed` (nothing queued). Record the job before calling this: the
+        worker may journal "started" as soon as the caller next awaits. `resume=True` re-queues
+        a job recorded before a restart: the caps are not applied again."""
         ...
 
     async def cancel(self, job_id: str) -> bool:

@@ -92,13 +92,9 @@ class FairQueue:
             raise QueueClosed()
         if request.job_id in self._waiting or request.job_id in self._taken:
             raise ValueError(f"job {request.job_id} is already queued")
-        user = self._users.setdefault(request.user_id, _UserState())
         if not force:
-            active = user.waiting + user.taken
-            if active >= self.max_per_user:
-                raise TooManyJobs(active, self.max_per_user)
-            if len(self._waiting) >= self.max_waiting:
-                raise QueueFull(len(self._waiting), self.max_waiting)
+            self.check(request.user_id)
+        user = self._users.setdefault(request.user_id, _UserState())
         job_round = max(self._round, user.last_round + 1)
         job = QueuedJob(request, self._seq, job_round, self.clock(), cost_units)
         self._seq += 1
@@ -107,6 +103,17 @@ class FairQueue:
         self._waiting[job.job_id] = job
         self._touch()
         return job
+
+    def check(self, user_id: int) -> None:
+        """Raise what `push` would raise for this member now (`TooManyJobs`, `QueueFull`,
+        `QueueClosed`), without queueing anything."""
+        if self._closed:
+            raise QueueClosed()
+        active = self.active_count(user_id)
+        if active >= self.max_per_user:
+            raise TooManyJobs(active, self.max_per_user)
+        if len(self._waiting) >= self.max_waiting:
+            raise QueueFull(len(self._waiting), self.max_waiting)
 
     def remove(self, job_id: str) -> QueuedJob | None:
         """Take a waiting job out of the line (cancel); None if it is not waiting."""

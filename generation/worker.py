@@ -66,6 +66,10 @@ OOM_ERROR = (
     "The GPU ran out of memory for this clip; you were not charged. "
     "Try fewer frames or steps, or try again later."
 )
+INPUT_ERROR = (
+    "The picture for this clip could not be read back; you were not charged. "
+    "Please upload it again."
+)
 SHUTDOWN_MESSAGE = "The bot is restarting; your clip will be made when it is back."
 # Frames per clip assumed for the ETA when the engine cannot say (SVD-XT's count).
 _DEFAULT_FRAMES = 25
@@ -216,6 +220,11 @@ class LocalJobQueue:
         self._state = "loading"
         self._main = asyncio.create_task(self._run(), name="svd-worker")
         self._main.add_done_callback(self._worker_ended)
+
+    def check_admission(self, user_id: int) -> None:
+        if self._stopping:
+            raise QueueClosed()
+        self._queue.check(user_id)
 
     async def submit(self, request: JobRequest, *, resume: bool = False) -> JobEvent:
         if self._stopping:
@@ -449,7 +458,10 @@ class LocalJobQueue:
         def on_step(progress: Progress) -> None:
             loop.call_soon_threadsafe(self._on_progress, job, progress)
 
-        image = self._load_input(job.request.input_path)
+        try:
+            image = self._load_input(job.request.input_path)
+        except OSError as exc:  # missing or unreadable (PIL's UnidentifiedImageError included)
+            raise GenerationFailed(INPUT_ERROR, reason="input") from exc
         return self._engine.run(image, job.request.options, on_step, job.cancel.is_set)
 
     async def _time_out(self, job: _Job, future: asyncio.Future[GenerationResult]) -> None:

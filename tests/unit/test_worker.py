@@ -359,6 +359,22 @@ async def test_a_failing_job_does_not_stop_the_queue(
     assert all(r.getMessage().startswith("[job bad]") for r in records)
 
 
+async def test_a_missing_input_file_fails_the_job_with_a_clear_reason(
+    make: Callable[..., Harness],
+) -> None:
+    h = make()
+    await h.runtime.start()
+    request = h.request("lost")
+    await h.runtime.submit(
+        JobRequest("lost", 1, request.options, h.input_path.with_name("gone.png"), 1000)
+    )
+    await h.runtime.submit(h.request("next", 2))
+    lost = await h.wait_terminal("lost")
+    assert (lost.kind, lost.reason) == (EventKind.FAILED, "input")
+    assert "upload it again" in (lost.error or "")
+    assert (await h.wait_terminal("next")).kind is EventKind.DONE
+
+
 async def test_a_job_over_its_time_limit_fails_and_the_next_one_runs(
     make: Callable[..., Harness],
 ) -> None:
@@ -561,9 +577,13 @@ async def test_cancel_during_encoding_discards_the_clip(make: Callable[..., Harn
 async def test_caps_through_the_runtime(make: Callable[..., Harness]) -> None:
     h = make(queue=FairQueue(max_per_user=2, max_waiting=50))
     await h.runtime.submit(h.request("A1", 1))
+    h.runtime.check_admission(1)
     await h.runtime.submit(h.request("A2", 1))
     with pytest.raises(TooManyJobs):
+        h.runtime.check_admission(1)
+    with pytest.raises(TooManyJobs):
         await h.runtime.submit(h.request("A3", 1))
+    h.runtime.check_admission(2)
     # After a restart, recorded jobs come back even over the cap.
     await h.runtime.submit(h.request("A3", 1), resume=True)
     assert len(h.runtime.snapshot().waiting) == 3
