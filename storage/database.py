@@ -3,8 +3,10 @@ transactions every store runs its SQL in.
 
 All access goes through one aiosqlite connection (one thread) guarded by an asyncio lock: a
 transaction's statements never interleave with another coroutine's, and `BEGIN IMMEDIATE` takes
-SQLite's write lock up front, so a check-then-write (a quota reservation) is atomic even against
-another process using the same file (it waits up to the busy timeout, then fails loudly).
+SQLite's write lock up front, so a check-then-write is atomic even against another process using
+the same file (it waits up to the busy timeout, then fails loudly). Each statement costs a round
+trip to the connection's thread, so hot paths (a quota reservation) use `locked()` and fewer,
+self-guarding statements instead.
 """
 
 from __future__ import annotations
@@ -104,6 +106,14 @@ class Database:
                 yield self._conn
             finally:
                 await _rollback(self._conn)
+
+    @asynccontextmanager
+    async def locked(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection to ourselves, outside any transaction: each statement is atomic and
+        commits on its own. For a consistent read followed by a guarded write (compare-and-set),
+        which needs two round trips to the database thread where a transaction needs five."""
+        async with self._lock:
+            yield self._conn
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
         """One write statement on its own (atomic by itself); returns the number of rows changed."""

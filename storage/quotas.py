@@ -20,6 +20,7 @@ from storage.clock import Clock, to_micros, utc_now
 from storage.database import Database
 from storage.errors import QuotaExceeded
 from storage.quota_rules import (
+    PERIODS,
     Period,
     QuotaRule,
     QuotaSource,
@@ -34,22 +35,61 @@ from storage.settings import GuildSettingsStore
 
 ReservationState = Literal["reserved", "charged", "refunded"]
 
-# Every limit that could apply to the member, in one round trip: their override, each of their
-# roles' limits, and the guild default. The role ids travel as one bound JSON array.
-_RULES = """
-    SELECT 'user', clip_limit, period FROM user_quotas WHERE guild_id = :guild AND user_id = :user
+# Everything reserve and status need to know about a member, in one statement (one consistent
+# snapshot, one round trip to the database thread): their override, each of their roles' limits,
+# the guild default, when each of their counted clips of the last week was reserved, and the
+# job's own reservation if it has one (is it this member's?, its state). Role ids travel as one
+# bound JSON array.
+_MEMBER = """
+    SELECT 'user', clip_limit, period FROM user_quotas
+    WHERE guild_id = :guild AND user_id = :user
     UNION ALL
     SELECT 'role', clip_limit, NULL FROM role_quotas
     WHERE guild_id = :guild AND role_id IN (SELECT value FROM json_each(:roles))
     UNION ALL
     SELECT 'guild', clip_limit, period FROM guild_quotas WHERE guild_id = :guild
+    UNION ALL
+    SELECT 'use', reserved_at_us, NULL FROM quota_usage
+    WHERE guild_id = :guild AND user_id = :user AND reserved_at_us > :since
+      AND state IN ('reserved', 'charged') AND forgiven = 0
+    UNION ALL
+    SELECT 'job', guild_id = :guild AND user_id = :user, state FROM quota_usage
+    WHERE job_id = :job
 """
 
-# The member's reservations inside the window, plus the job's own row wherever it is.
-_USES = """
-    SELECT job_id, guild_id, user_id, state, forgiven, reserved_at_us FROM quota_usage
-    WHERE (guild_id = :guild AND user_id = :user AND reserved_at_us > :since) OR job_id = :job
+# Hold a clip for the job, but only if the member's count is still the one the decision was made
+# on (compare-and-set): a single statement takes SQLite's write lock before it reads, so this is
+# atomic even against another process using the file. A refunded job takes a clip again; a job
+# that holds one is left alone.
+_TAKE = """
+    INSERT INTO quota_usage (job_id, guild_id, user_id, state, reserved_at_us)
+    SELECT :job, :guild, :user, 'reserved', :now
+    WHERE (
+        SELECT count(*) FROM quota_usage
+        WHERE guild_id = :guild AND user_id = :user AND reserved_at_us > :window_start
+          AND state IN ('reserved', 'charged') AND forgiven = 0
+    ) = :used
+    ON CONFLICT (job_id) DO UPDATE SET
+        state = 'reserved',
+        forgiven = 0,
+        reserved_at_us = excluded.reserved_at_us,
+        settled_at_us = NULL
+    WHERE quota_usage.state = 'refunded'
 """
+_LONGEST_PERIOD = max(period_micros(p) for p in PERIODS)
+# Only another process changing the same member's clips between our read and write makes a
+# reservation look again; this many times in a row means something is badly wrong.
+_MAX_TRIES = 20
+
+
+@dataclass(frozen=True)
+class _Member:
+    rule: QuotaRule
+    source: QuotaSource
+    # When each counted clip of the last week was reserved (measure() keeps the rule's window).
+    counted: list[int]
+    # The job's reservation: (belongs to this member, state), or None.
+    own: tuple[bool, ReservationState] | None
 
 
 @dataclass(frozen=True)
@@ -81,56 +121,35 @@ class QuotaStore:
         member has none left or is blocked. Reserving a job that already holds a clip (or was
         charged for one) changes nothing; a refunded job may reserve again.
         """
-        async with self._db.transaction() as conn:
-            rule, source = await self._rule(conn, guild_id, user_id, role_ids)
-            now = to_micros(self._clock())
-            rows = list(
-                await conn.execute_fetchall(
-                    _USES,
-                    {
-                        "guild": guild_id,
-                        "user": user_id,
-                        "since": now - period_micros(rule.period),
-                        "job": job_id,
-                    },
-                )
-            )
-            counted = [
-                row[5]
-                for row in rows
-                if (row[1], row[2]) == (guild_id, user_id)
-                and row[3] in ("reserved", "charged")
-                and not row[4]
-            ]
-            status = measure(rule, source, counted, now)
-            own = next((row for row in rows if row[0] == job_id), None)
-            if own is not None:
-                if (own[1], own[2]) != (guild_id, user_id):
-                    raise ValueError(f"job {job_id} is reserved for another member")
-                if own[3] != "refunded":
-                    return status
-            if status.limit is not None and status.remaining == 0:
-                raise QuotaExceeded(
-                    status.limit, status.used, status.period, status.next_available_at
-                )
-            if own is None:
-                await conn.execute(
-                    """
-                    INSERT INTO quota_usage (job_id, guild_id, user_id, state, reserved_at_us)
-                    VALUES (?, ?, ?, 'reserved', ?)
-                    """,
-                    (job_id, guild_id, user_id, now),
-                )
-            else:
-                await conn.execute(
-                    """
-                    UPDATE quota_usage
-                    SET state = 'reserved', forgiven = 0, reserved_at_us = ?, settled_at_us = NULL
-                    WHERE job_id = ?
-                    """,
-                    (now, job_id),
-                )
-        return measure(rule, source, [*counted, now], now)
+        for _ in range(_MAX_TRIES):
+            async with self._db.locked() as conn:
+                now = to_micros(self._clock())
+                member = await self._member(conn, guild_id, user_id, role_ids, job_id, now)
+                status = measure(member.rule, member.source, member.counted, now)
+                if member.own is not None:
+                    same_member, state = member.own
+                    if not same_member:
+                        raise ValueError(f"job {job_id} is reserved for another member")
+                    if state != "refunded":
+                        return status
+                if status.limit is not None and status.remaining == 0:
+                    raise QuotaExceeded(
+                        status.limit, status.used, status.period, status.next_available_at
+                    )
+                params = {
+                    "job": job_id,
+                    "guild": guild_id,
+                    "user": user_id,
+                    "now": now,
+                    "window_start": now - period_micros(member.rule.period),
+                    "used": status.used,
+                }
+                cursor = await conn.execute(_TAKE, params)
+                if cursor.rowcount == 1:
+                    return measure(member.rule, member.source, [*member.counted, now], now)
+        raise RuntimeError(
+            f"could not reserve a clip for job {job_id}: the database keeps changing"
+        )
 
     async def charge(self, job_id: str) -> bool:
         """The clip was delivered: its reservation becomes a charge. True if it just did; False
@@ -160,11 +179,10 @@ class QuotaStore:
     async def status(
         self, guild_id: int, user_id: int, role_ids: Iterable[int] = ()
     ) -> QuotaStatus:
-        async with self._db.snapshot() as conn:
-            rule, source = await self._rule(conn, guild_id, user_id, role_ids)
+        async with self._db.locked() as conn:
             now = to_micros(self._clock())
-            used = await _counted(conn, guild_id, user_id, now - period_micros(rule.period))
-        return measure(rule, source, used, now)
+            member = await self._member(conn, guild_id, user_id, role_ids, "", now)
+        return measure(member.rule, member.source, member.counted, now)
 
     async def reservation_state(self, job_id: str) -> ReservationState | None:
         rows = await self._db.fetch("SELECT state FROM quota_usage WHERE job_id = ?", (job_id,))
@@ -232,8 +250,8 @@ class QuotaStore:
         now = to_micros(at)
         async with self._db.transaction() as conn:
             # The period does not depend on roles (a role limit counts in the guild's period).
-            rule, _ = await self._rule(conn, guild_id, user_id, ())
-            before = len(await _counted(conn, guild_id, user_id, now - period_micros(rule.period)))
+            member = await self._member(conn, guild_id, user_id, (), "", now)
+            before = measure(member.rule, member.source, member.counted, now).used
             await conn.execute(
                 """
                 UPDATE quota_usage SET forgiven = 1
@@ -336,39 +354,40 @@ class QuotaStore:
 
     # ------------------------------------------------------------------- helpers
 
-    async def _rule(
-        self, conn: aiosqlite.Connection, guild_id: int, user_id: int, role_ids: Iterable[int]
-    ) -> tuple[QuotaRule, QuotaSource]:
-        rows = await conn.execute_fetchall(
-            _RULES,
-            {"guild": guild_id, "user": user_id, "roles": json.dumps([int(r) for r in role_ids])},
-        )
+    async def _member(
+        self,
+        conn: aiosqlite.Connection,
+        guild_id: int,
+        user_id: int,
+        role_ids: Iterable[int],
+        job_id: str,
+        now: int,
+    ) -> _Member:
+        params = {
+            "guild": guild_id,
+            "user": user_id,
+            "roles": json.dumps([int(r) for r in role_ids]),
+            "since": now - _LONGEST_PERIOD,
+            "job": job_id,
+        }
         user: QuotaRule | None = None
         roles: list[int | None] = []
         guild = self._settings.host_quota
-        for kind, limit, period in rows:
-            if kind == "user":
-                user = QuotaRule(limit, period)
+        counted: list[int] = []
+        own: tuple[bool, ReservationState] | None = None
+        for kind, number, text in await conn.execute_fetchall(_MEMBER, params):
+            if kind == "use":
+                counted.append(number)
+            elif kind == "user":
+                user = QuotaRule(number, text)
             elif kind == "role":
-                roles.append(limit)
+                roles.append(number)
+            elif kind == "guild":
+                guild = QuotaRule(number, text)
             else:
-                guild = QuotaRule(limit, period)
-        return choose_rule(user, roles, guild)
-
-
-async def _counted(
-    conn: aiosqlite.Connection, guild_id: int, user_id: int, since: int
-) -> list[int]:
-    """When each of the member's counted clips since `since` was reserved."""
-    rows = await conn.execute_fetchall(
-        """
-        SELECT reserved_at_us FROM quota_usage
-        WHERE guild_id = ? AND user_id = ? AND reserved_at_us > ?
-          AND state IN ('reserved', 'charged') AND forgiven = 0
-        """,
-        (guild_id, user_id, since),
-    )
-    return [row[0] for row in rows]
+                own = (bool(number), text)
+        rule, source = choose_rule(user, roles, guild)
+        return _Member(rule, source, counted, own)
 
 
 async def _user_rule(conn: aiosqlite.Connection, guild_id: int, user_id: int) -> QuotaRule | None:

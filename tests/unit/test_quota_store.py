@@ -235,3 +235,11 @@ async def test_bad_limits_are_refused_before_anything_is_written(quotas: QuotaSt
     with pytest.raises(ValueError):
         await quotas.set_role_limit(GUILD, VIP_ROLE, -5, actor_id=MOD)
     assert await quotas.audit_log(GUILD) == []
+
+
+async def test_real_discord_snowflakes_work_as_ids(quotas: QuotaStore) -> None:
+    guild, user, role = 1_180_000_000_000_000_001, 987_654_321_098_765_432, 2**63 - 1
+    await quotas.set_role_limit(guild, role, 7, actor_id=MOD)
+    status = await quotas.reserve(guild, user, (role, role - 1), "job")
+    assert (status.limit, status.used, status.source) == (7, 1, "role")
+    assert (await quotas.status(guild, user, (role - 1,))).limit == 3
