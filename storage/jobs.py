@@ -154,10 +154,15 @@ class JobStore:
         return await self._change(job_id, None, changes)
 
     async def requeue(self, job_id: str, *, refund_attempt: bool = False) -> JobRecord:
-        """Put an interrupted job (running / encoding) back in the queue. `refund_attempt` gives
-        back the attempt it used, for an orderly shutdown that was not the job's fault."""
+        """Put an interrupted job (running / encoding) back in the queue; a job still queued is
+        left as it is. `refund_attempt` gives back the attempt it used, for an orderly shutdown
+        that was not the job's fault."""
         return await self._change(
-            job_id, JobState.QUEUED, {}, attempts_delta=-1 if refund_attempt else 0
+            job_id,
+            JobState.QUEUED,
+            {},
+            attempts_delta=-1 if refund_attempt else 0,
+            unless_already=True,
         )
 
     async def increment_attempts(self, job_id: str) -> int:
@@ -237,6 +242,7 @@ class JobStore:
         changes: dict[str, Any],
         *,
         attempts_delta: int = 0,
+        unless_already: bool = False,
     ) -> JobRecord:
         unknown = set(changes) - UPDATABLE
         if unknown:
@@ -247,6 +253,8 @@ class JobStore:
             if not rows:
                 raise JobNotFound(job_id)
             old = _from_row(rows[0])
+            if unless_already and state is old.state:
+                return old
             new = replace(old, **changes, attempts=max(0, old.attempts + attempts_delta))
             if state is not None:
                 if state not in TRANSITIONS[old.state]:

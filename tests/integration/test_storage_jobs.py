@@ -152,6 +152,10 @@ async def test_requeue_after_a_crash_and_after_a_shutdown(jobs: JobStore) -> Non
     await jobs.set_state(job.job_id, JobState.RUNNING)
     shut_down = await jobs.requeue(job.job_id, refund_attempt=True)
     assert (shut_down.state, shut_down.attempts) == (JobState.QUEUED, 1)
+    # A job interrupted while still waiting is simply still waiting.
+    assert await jobs.requeue(job.job_id, refund_attempt=True) == shut_down
+    assert [s for s, _ in await jobs.events(job.job_id)].count(JobState.QUEUED) == 3
+    await jobs.set_state(job.job_id, JobState.CANCELLED)
     with pytest.raises(IllegalTransition):
         await jobs.requeue(job.job_id)
 
