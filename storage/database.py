@@ -25,6 +25,7 @@ from storage.errors import DatabaseUnreadable, SchemaTooNew
 from storage.migrations import LATEST_VERSION, migrate, user_version
 
 MEMORY = ":memory:"
+_NOT_A_DATABASE = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
 
 
 class Database:
@@ -52,7 +53,10 @@ class Database:
             await _configure(conn, location, busy_timeout_seconds)
         except sqlite3.DatabaseError as exc:
             await conn.close()
-            raise DatabaseUnreadable(location, str(exc)) from exc
+            if getattr(exc, "sqlite_errorname", None) in _NOT_A_DATABASE:
+                raise DatabaseUnreadable(location, str(exc)) from exc
+            # Anything else (e.g. locked by another process past the busy timeout) as it is.
+            raise
         except BaseException:
             await conn.close()
             raise
@@ -96,16 +100,6 @@ class Database:
             except BaseException:
                 await _rollback(self._conn)
                 raise
-
-    @asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A read transaction: several SELECTs that see one consistent state of the file."""
-        async with self._lock:
-            try:
-                await self._conn.execute("BEGIN")
-                yield self._conn
-            finally:
-                await _rollback(self._conn)
 
     @asynccontextmanager
     async def locked(self) -> AsyncIterator[aiosqlite.Connection]:
