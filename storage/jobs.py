@@ -6,7 +6,7 @@ show, and where waiting-time estimates learn from (`recent_durations`).
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from enum import StrEnum
@@ -145,7 +145,8 @@ class JobStore:
 
         Raises `IllegalTransition` when `state` cannot follow the current one (see TRANSITIONS)
         and `JobNotFound`. Running stamps `started_at`; done computes `duration_seconds` from it
-        unless given; delivered / failed / cancelled stamp `finished_at`.
+        unless given (a number); delivered / failed / cancelled stamp `finished_at`. A change to
+        None is written as None (that is how a path is forgotten).
         """
         return await self._change(job_id, JobState(state), changes)
 
@@ -259,7 +260,7 @@ class JobStore:
             if state is not None:
                 if state not in TRANSITIONS[old.state]:
                     raise IllegalTransition(job_id, old.state.value, state.value)
-                new = _stamp(replace(new, state=state), at, explicit=changes.keys())
+                new = _stamp(replace(new, state=state), at)
             values = dict(zip(_COLUMNS, _to_row(new), strict=True))
             del values["job_id"]
             # Column names come from JobRecord's fields, never from the caller; values are bound.
@@ -273,11 +274,11 @@ class JobStore:
         return new
 
 
-def _stamp(record: JobRecord, at: datetime, explicit: Collection[str]) -> JobRecord:
+def _stamp(record: JobRecord, at: datetime) -> JobRecord:
     """The timestamps a move into `record.state` records."""
     if record.state is JobState.RUNNING:
         return replace(record, started_at=at, finished_at=None)
-    if record.state is JobState.DONE and "duration_seconds" not in explicit and record.started_at:
+    if record.state is JobState.DONE and record.duration_seconds is None and record.started_at:
         return replace(record, duration_seconds=(at - record.started_at).total_seconds())
     if record.state.finished:
         return replace(record, finished_at=at)

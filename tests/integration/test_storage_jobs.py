@@ -119,11 +119,19 @@ def test_finished_states_are_final_and_every_other_state_can_end() -> None:
             assert JobState.FAILED in targets
 
 
-async def test_explicit_duration_wins_and_unknown_fields_are_refused(jobs: JobStore) -> None:
+async def test_explicit_duration_wins_and_unknown_fields_are_refused(
+    jobs: JobStore, clock: FakeClock
+) -> None:
     job = await jobs.create(new_job())
     await jobs.set_state(job.job_id, JobState.RUNNING)
     done = await jobs.set_state(job.job_id, JobState.DONE, duration_seconds=12.5)
     assert done.duration_seconds == 12.5
+    # A worker that does not know the duration passes None: the store's own timing stands in.
+    other = await jobs.create(new_job())
+    await jobs.set_state(other.job_id, JobState.RUNNING)
+    clock.advance(7)
+    timed = await jobs.set_state(other.job_id, JobState.DONE, duration_seconds=None)
+    assert timed.duration_seconds == 7.0
     with pytest.raises(TypeError, match="state"):
         await jobs.update(job.job_id, state="queued")
     with pytest.raises(TypeError, match="attempts"):
