@@ -99,6 +99,8 @@ def encode_clip(
     time spent encoding. The file appears at `path` only once it fits.
     """
     _check_frames(frames)
+    if format not in ("mp4", "gif"):
+        raise ValueError(f"unknown format {format!r}")
     if fps <= 0:
         raise ValueError(f"fps must be positive, not {fps}")
     if max_bytes <= 0:
@@ -117,12 +119,10 @@ def encode_clip(
         if format == "mp4":
             attempt = _fit_mp4(frames, partial, fps, max_bytes, exe, timeout_s)
             played_fps = float(fps)
-        elif format == "gif":
+        else:
             delay_cs = max(GIF_MIN_DELAY_CS, round(100 / fps))
             attempt = _fit_gif(frames, partial, delay_cs, max_bytes, exe, timeout_s)
             played_fps = 100 / delay_cs
-        else:
-            raise ValueError(f"unknown format {format!r}")
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
