@@ -25,7 +25,14 @@ DType = Literal["float16", "bfloat16", "float32"]
 
 # The order the planner tries, and the order an out-of-memory error steps down through.
 GPU_PLANS: tuple[PlanName, ...] = ("fast", "full", "offload", "offload_chunked", "sequential")
-MEMORY_MODES: tuple[MemoryMode, ...] = ("auto", *GPU_PLANS)
+MEMORY_MODES: tuple[MemoryMode, ...] = (
+    "auto",
+    "fast",
+    "full",
+    "offload",
+    "offload_chunked",
+    "sequential",
+)
 
 GIB = 1024**3
 
@@ -98,6 +105,9 @@ class PlanSettings:
     # "max-autotune-no-cudagraphs" tunes matmuls and convolutions; "reduce-overhead" adds CUDA
     # graphs; "default" compiles fastest.
     compile_mode: str = "max-autotune-no-cudagraphs"
+    # torch.compile's backend: "inductor" generates kernels; tests use "aot_eager" or "eager" to
+    # check dynamo's graph capture and guards without minutes of C++ compilation on a CPU.
+    compile_backend: str = "inductor"
     fast_decode_chunk: int = DEFAULT_DECODE_CHUNK
 
 
@@ -114,6 +124,7 @@ class Plan:
     decode_chunk_size: int = DEFAULT_DECODE_CHUNK
     compile: bool = False
     compile_mode: str | None = None
+    compile_backend: str = "inductor"
 
     @property
     def on_cuda(self) -> bool:
@@ -139,6 +150,7 @@ def make_plan(name: PlanName, device: str, settings: PlanSettings | None = None)
             compile=True,
             # Autotuning and CUDA graphs are GPU features; inductor's default mode serves the CPU.
             compile_mode=settings.compile_mode if cuda else "default",
+            compile_backend=settings.compile_backend,
         )
     if name in ("full", "cpu"):
         return Plan(name, device, dtype)

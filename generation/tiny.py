@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -103,7 +104,8 @@ def build_tiny_pipeline(num_frames: int = 4, seed: int = 0) -> StableVideoDiffus
             hidden_act="gelu",
         )
     )
-    pipe = StableVideoDiffusionPipeline(
+    # Typed loosely: diffusers' lazy imports hide the pipeline's inherited methods from mypy.
+    pipe: Any = StableVideoDiffusionPipeline(
         vae=vae,
         image_encoder=image_encoder,
         unet=unet,
@@ -117,7 +119,8 @@ def build_tiny_pipeline(num_frames: int = 4, seed: int = 0) -> StableVideoDiffus
 def save_tiny_pipeline(path: str | Path, num_frames: int = 4, seed: int = 0) -> Path:
     """Build the tiny pipeline and save it as a model folder `from_pretrained` can load."""
     out = Path(path)
-    build_tiny_pipeline(num_frames=num_frames, seed=seed).save_pretrained(out)
+    pipe: Any = build_tiny_pipeline(num_frames=num_frames, seed=seed)
+    pipe.save_pretrained(out)
     return out
 
 
