@@ -35,9 +35,17 @@ UNKNOWN_MESSAGE = 10008
 # Rate limits are not published: one progress edit every few seconds per message is safe.
 DEFAULT_EDIT_INTERVAL = 3.0
 SERVER_ERROR_RETRIES = 3
+# How long after the command its flow may still be posting the progress message.
+PROGRESS_POST_GRACE = timedelta(seconds=30)
 
 # Re-encode a clip at `path` to fit `max_bytes`; returns the new file. Blocking.
 Reencoder = Callable[[Path, int], Path]
+
+
+def _age(job: JobRecord) -> timedelta:
+    if job.interaction_id is None:
+        return TOKEN_LIFETIME
+    return datetime.now(UTC) - discord.utils.snowflake_time(job.interaction_id)
 
 
 @dataclass
@@ -95,19 +103,28 @@ class DiscordPresenter:
                 if state.finished:
                     return
                 try:
-                    await self._edit_progress(job, text)
+                    shown = await self._edit_progress(job, text)
                 except discord.HTTPException as exc:
                     log.warning("progress edit failed: %s", exc, extra={"job_id": job.job_id})
-                state.shown = text
+                    shown = True
+                if shown:
+                    state.shown = text
                 state.last_edit = self._clock()
 
-    async def _edit_progress(self, job: JobRecord, text: str) -> None:
+    async def _edit_progress(self, job: JobRecord, text: str) -> bool:
+        """Show `text` on the job's progress message; False when it has none yet."""
         current = await self._current(job)
         if current.progress_message_id is None:
+            if _age(current) < PROGRESS_POST_GRACE:
+                # The command's own flow is posting the progress message right now: wait for it
+                # rather than post a second one.
+                return False
+            # A job resumed after a restart whose progress message was never posted.
             message = await self._send(current, text, view=cancel_view(job.job_id))
             await self._set_progress_message(job.job_id, message.id)
-            return
+            return True
         await self._edit(current, current.progress_message_id, text)
+        return True
 
     async def _current(self, job: JobRecord) -> JobRecord:
         # The progress message id may have been stored after this record was read.
@@ -140,7 +157,7 @@ class DiscordPresenter:
                     job,
                     text,
                     view=clip_view(job.job_id),
-                    file=discord.File(path, filename=f"clip-{job.job_id[:8]}{path.suffix}"),
+                    file=(path, f"clip-{job.job_id[:8]}{path.suffix}"),
                 )
                 break
             except discord.HTTPException as exc:
@@ -187,10 +204,8 @@ class DiscordPresenter:
         token = job.interaction_token
         if not token or job.application_id is None or token in self._dead_tokens:
             return None
-        if job.interaction_id is not None:
-            created = discord.utils.snowflake_time(job.interaction_id)
-            if datetime.now(UTC) - created > TOKEN_LIFETIME:
-                return None
+        if _age(job) > TOKEN_LIFETIME:
+            return None
         return discord.Webhook.partial(job.application_id, token, client=self._client)
 
     def _token_died(self, job: JobRecord, exc: discord.HTTPException) -> bool:
@@ -207,25 +222,29 @@ class DiscordPresenter:
         text: str,
         *,
         view: discord.ui.View | None = None,
-        file: discord.File | None = None,
+        file: tuple[Path, str] | None = None,
     ) -> discord.Message:
+        """Send through the interaction's webhook, or the channel once the token is dead.
+
+        `file` is (path, name to show); each try opens it afresh, since discord.py closes a
+        `discord.File` once it has been sent, even when the request failed."""
         mentions = discord.AllowedMentions(
             users=[discord.Object(job.user_id)], roles=False, everyone=False
         )
         kwargs: dict[str, Any] = {"allowed_mentions": mentions}
         if view is not None:
             kwargs["view"] = view
-        if file is not None:
-            kwargs["file"] = file
         webhook = self._webhook(job)
         if webhook is not None:
+            if file is not None:
+                kwargs["file"] = discord.File(file[0], filename=file[1])
             try:
                 return await webhook.send(text, wait=True, **kwargs)
             except discord.HTTPException as exc:
                 if not self._token_died(job, exc):
                     raise
-                if file is not None:
-                    file.reset()
+        if file is not None:
+            kwargs["file"] = discord.File(file[0], filename=file[1])
         channel = self._client.get_partial_messageable(job.channel_id)
         reference = None
         if job.progress_message_id is not None:

@@ -199,6 +199,8 @@ class AnimateService:
     ) -> Accepted:
         # Fix the seed now so the record (and a retry after a restart) reproduces the same clip.
         options = options.with_seed(options.seed)
+        # A full queue or too many clips of this member's: refuse before anything is reserved.
+        self._queue.check_admission(member.user_id)
         quota = await self._quotas.reserve(member.guild_id, member.user_id, member.role_ids, job_id)
         record = JobRecord(
             job_id=job_id,
@@ -357,7 +359,13 @@ class AnimateService:
                 await presenter.show(job, event)
 
     async def _deliver(self, presenter: Presenter, job: JobRecord, event: JobEvent) -> None:
-        if not await presenter.deliver(job, event):
+        try:
+            delivered = await presenter.deliver(job, event)
+        except Exception:
+            # Not posted, and not lost: the clip stays on disk in state "done".
+            log.exception("delivering the clip failed", extra={"job_id": job.job_id})
+            delivered = False
+        if not delivered:
             # The clip stays on disk in state "done"; the next start tries again.
             log.warning("clip not delivered; kept on disk", extra={"job_id": job.job_id})
             return

@@ -4,10 +4,13 @@ but the file needs to be kept."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
-import imageio.v3 as iio
+import imageio_ffmpeg
 import numpy as np
+from PIL import Image, ImageSequence
 
 from generation.encode import encode_clip
 from generation.options import OutputFormat
@@ -16,17 +19,35 @@ DEFAULT_FPS = 7.0
 
 
 def read_frames(path: Path) -> tuple[np.ndarray, float]:
-    """The clip's frames (uint8 RGB, (n, h, w, 3)) and its frame rate."""
-    frames = iio.imread(path, index=None)
-    if frames.ndim == 3:  # a single frame
-        frames = frames[None]
-    frames = np.ascontiguousarray(frames[..., :3])
-    meta = iio.immeta(path)
-    fps = float(meta.get("fps") or 0.0)
-    if not fps and meta.get("duration"):
-        # GIF metadata gives the frame duration in milliseconds.
-        fps = 1000.0 / float(meta["duration"])
-    return frames, fps or DEFAULT_FPS
+    """The clip's frames (uint8 RGB, (n, h, w, 3)) and its frame rate, MP4 or GIF."""
+    if path.suffix.lower() == ".gif":
+        return _read_gif(path)
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    # `ffmpeg -i` alone describes the streams on stderr (and exits non-zero: no output named).
+    info = subprocess.run([exe, "-hide_banner", "-i", str(path)], capture_output=True, text=True)
+    size = re.search(r"Video: .*?, (\d+)x(\d+)", info.stderr)
+    rate = re.search(r"([\d.]+) fps", info.stderr)
+    if size is None:
+        raise ValueError(f"{path} has no video stream")
+    width, height = int(size[1]), int(size[2])
+    decoded = subprocess.run(
+        [exe, "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    frames = np.frombuffer(decoded, np.uint8).reshape(-1, height, width, 3)
+    return frames, float(rate[1]) if rate else DEFAULT_FPS
+
+
+def _read_gif(path: Path) -> tuple[np.ndarray, float]:
+    with Image.open(path) as image:
+        durations = []
+        frames = []
+        for frame in ImageSequence.Iterator(image):
+            durations.append(frame.info.get("duration", 0) or 0)
+            frames.append(np.asarray(frame.convert("RGB")))
+    mean_ms = sum(durations) / len(durations) if durations else 0
+    return np.stack(frames), (1000.0 / mean_ms) if mean_ms else DEFAULT_FPS
 
 
 def reencode_file(path: Path, max_bytes: int) -> Path:
@@ -34,5 +55,4 @@ def reencode_file(path: Path, max_bytes: int) -> Path:
     frames, fps = read_frames(path)
     fmt: OutputFormat = "gif" if path.suffix.lower() == ".gif" else "mp4"
     target = path.with_name(f"{path.stem}.{max_bytes}{path.suffix}")
-    clip = encode_clip(frames, target, format=fmt, fps=fps, max_bytes=max_bytes)
-    return clip.path
+    return encode_clip(frames, target, format=fmt, fps=fps, max_bytes=max_bytes).path

@@ -1,0 +1,302 @@
+"""The whole bot, end to end: the real discord.py client against the fake Discord server, the real
+engine on the tiny SVD model, the real SQLite database. Each test does what a member or a
+moderator would do and checks what they would see."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import discord
+import numpy as np
+import pytest
+from PIL import Image
+
+from bot.app import App, build_app
+from bot.settings import Settings
+from generation.reencode import read_frames
+from tests.fakes.discord_models import FakeMessage
+from tests.fakes.discord_server import FakeDiscordServer
+
+# Generating on a CPU takes seconds; messages arrive after it.
+CLIP_TIMEOUT = 90.0
+TINY_FRAMES = 4
+MANAGE_GUILD = discord.Permissions(manage_guild=True).value
+MEMBER = discord.Permissions(send_messages=True, attach_files=True).value
+
+
+def picture(width: int = 320, height: int = 200) -> bytes:
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def settings_for(server: FakeDiscordServer, model: Path, data: Path, **extra: Any) -> Settings:
+    values: dict[str, Any] = {
+        "discord_token": server.bot_token,
+        "discord_api_url": server.api_url,
+        "discord_gateway_url": server.gateway_url,
+        "svd_model": str(model),
+        "resolution": 256,
+        "device": "cpu",
+        "database_path": data / "bot.sqlite3",
+        "data_dir": data,
+        "default_quota": 3,
+        "_env_file": None,
+    }
+    values.update(extra)
+    return Settings(**values)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[App]:
+    async with build_app(settings, edit_interval=0.05, guild_ready_timeout=0.1) as app:
+        await app.queue.start()
+        token = settings.discord_token.get_secret_value() if settings.discord_token else ""
+        task = asyncio.create_task(app.bot.start(token))
+        try:
+            await asyncio.wait_for(app.bot.wait_until_ready(), 30)
+            await asyncio.wait_for(app.queue.ready.wait(), 60)
+            await app.bot.tree.sync()
+            yield app
+        finally:
+            await app.queue.stop(5)
+            await app.service.close()
+            await app.bot.close()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+async def bot(
+    fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path
+) -> AsyncIterator[App]:
+    async with running(settings_for(fake_discord, tiny_model_dir, data_dir)) as app:
+        yield app
+
+
+async def animate(server: FakeDiscordServer, user: Any = None, **options: Any) -> Any:
+    # Few steps keep the tiny model quick on a CPU; tests that need a long job ask for more.
+    options.setdefault("steps", 3)
+    return await server.interaction(
+        "animate",
+        options,
+        user=user,
+        attachment=options.pop("attachment", ("cat.png", picture(), "image/png")),
+        permissions=MEMBER,
+    )
+
+
+async def clip_message(server: FakeDiscordServer, user_id: int | None = None) -> FakeMessage:
+    """The next message in the channel that carries a clip."""
+
+    def has_clip(message: FakeMessage) -> bool:
+        return bool(message.attachments) and (user_id is None or f"<@{user_id}>" in message.content)
+
+    return await wait_for_message(server, has_clip, CLIP_TIMEOUT)
+
+
+async def wait_for_message(
+    server: FakeDiscordServer, predicate: Callable[[FakeMessage], bool], within: float
+) -> FakeMessage:
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        for message in server.messages(server.channel):
+            if not message.deleted and predicate(message):
+                return message
+        await asyncio.sleep(0.05)
+    contents = [m.content[:80] for m in server.messages(server.channel)]
+    raise AssertionError(f"no such message within {within} s; channel has {contents}")
+
+
+def frames_of(message: FakeMessage, tmp_path: Path) -> np.ndarray:
+    attachment = message.attachments[0]
+    path = tmp_path / attachment.filename
+    path.write_bytes(attachment.data)
+    return read_frames(path)[0]
+
+
+async def reply_text(handle: Any, within: float = 10.0) -> str:
+    """The ephemeral answer the member sees (immediate or the edited deferral)."""
+    message = await handle.wait_original(lambda m: bool(m.content), timeout=within)
+    return str(message.content)
+
+
+async def test_animate_posts_a_clip_with_the_frames_asked_for(
+    bot: App, fake_discord: FakeDiscordServer, tmp_path: Path
+) -> None:
+    handle = await animate(fake_discord, motion=200, seed=42)
+    await handle.wait_response()
+    assert handle.deferred and handle.ephemeral
+    accepted = await reply_text(handle)
+    assert "Got it" in accepted and "2 of 3" in accepted
+
+    message = await clip_message(fake_discord, fake_discord.user.id)
+    frames = frames_of(message, tmp_path)
+    assert frames.shape[0] == TINY_FRAMES
+    assert frames.shape[1:3] == (144, 256)
+    assert "seed `42`" in message.content and "motion `200`" in message.content
+    assert {"svd:reroll", "svd:more", "svd:less", "svd:delete"} <= {
+        cid.rsplit(":", 1)[0] for cid in message.custom_ids
+    }
+
+    quota = await fake_discord.interaction("quota", permissions=MEMBER)
+    assert "**2** of 3" in await reply_text(quota)
+
+
+async def test_not_an_image_costs_nothing(bot: App, fake_discord: FakeDiscordServer) -> None:
+    by_type = await animate(fake_discord, attachment=("notes.txt", b"hello", "text/plain"))
+    assert "isn't a picture" in await reply_text(by_type)
+    assert by_type.ephemeral
+
+    disguised = await animate(fake_discord, attachment=("cat.png", b"not a png", "image/png"))
+    text = await reply_text(disguised)
+    assert "PNG" in text and disguised.ephemeral
+
+    quota = await fake_discord.interaction("quota", permissions=MEMBER)
+    assert "**3** of 3" in await reply_text(quota)
+
+
+async def test_quota_runs_out_and_a_moderator_resets_it(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    mod = fake_discord.add_user("mod")
+    member = fake_discord.user
+    change = await fake_discord.interaction(
+        "quota-admin",
+        {"limit": "1", "period": "day"},
+        subcommand="default",
+        user=mod,
+        permissions=MANAGE_GUILD,
+    )
+    assert "3 clips per day → **1 clip per day**" in await reply_text(change)
+
+    await animate(fake_discord)
+    await clip_message(fake_discord, member.id)
+    refused = await animate(fake_discord)
+    text = await reply_text(refused)
+    assert "1" in text and "<t:" in text, text
+
+    reset = await fake_discord.interaction(
+        "quota-admin",
+        {"user": member.id},
+        subcommand="reset",
+        user=mod,
+        permissions=MANAGE_GUILD,
+    )
+    assert "Reset" in await reply_text(reset)
+    again = await animate(fake_discord)
+    assert "Got it" in await reply_text(again)
+
+
+async def test_quota_admin_checks_permissions_at_run_time(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    # Server admins can let everyone see /quota-admin; the bot still says no.
+    handle = await fake_discord.interaction(
+        "quota-admin",
+        {"user": fake_discord.user.id, "limit": "unlimited"},
+        subcommand="set",
+        permissions=MEMBER,
+    )
+    assert "Only moderators" in await reply_text(handle)
+    quota = await fake_discord.interaction("quota", permissions=MEMBER)
+    assert "**3** of 3" in await reply_text(quota)
+
+
+async def test_cancel_refunds_the_clip(bot: App, fake_discord: FakeDiscordServer) -> None:
+    first = await animate(fake_discord, steps=30)
+    await reply_text(first)
+    second = await animate(fake_discord, steps=30)
+    await reply_text(second)
+    cancel = await fake_discord.interaction("cancel", permissions=MEMBER)
+    assert "Cancelled 2 clips" in await reply_text(cancel)
+    seen: set[int] = set()
+    for _ in range(2):
+        notice = await wait_for_message(
+            fake_discord, lambda m: "was cancelled" in m.content and m.id not in seen, 30
+        )
+        seen.add(notice.id)
+    quota = await fake_discord.interaction("quota", permissions=MEMBER)
+    assert "**3** of 3" in await reply_text(quota, within=30)
+
+
+async def test_reroll_makes_a_new_clip_with_a_new_seed(
+    bot: App, fake_discord: FakeDiscordServer, tmp_path: Path
+) -> None:
+    await animate(fake_discord, seed=7)
+    first = await clip_message(fake_discord)
+    other = fake_discord.add_user("other")
+    reroll = next(c for c in first.custom_ids if c.startswith("svd:reroll:"))
+    click = await fake_discord.click(first, reroll, user=other)
+    assert "Got it" in await reply_text(click)
+    second = await clip_message(fake_discord, other.id)
+    assert "seed `7`" not in second.content
+    assert frames_of(second, tmp_path).shape[0] == TINY_FRAMES
+
+
+async def test_expired_token_falls_back_to_the_channel(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    handle = await animate(fake_discord, steps=10)
+    await reply_text(handle)
+    await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)  # the progress message
+    # The queue took longer than Discord lets a token live.
+    fake_discord.clock.advance(16 * 60)
+    message = await clip_message(fake_discord, fake_discord.user.id)
+    assert message.webhook_id is None  # posted with the bot token, not the interaction's
+    assert message.reference_id is not None  # a reply to the progress message
+    assert any(r.status == 401 for r in fake_discord.requests)
+
+
+async def test_upload_refused_as_too_large_is_reencoded_smaller(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    fake_discord.faults.add(
+        "POST",
+        r"^/webhooks/\d+/[^/]+$",
+        413,
+        {"code": 40005, "message": "Request entity too large"},
+        times=1,
+    )
+    handle = await animate(fake_discord)
+    await reply_text(handle)
+    message = await clip_message(fake_discord)
+    assert message.attachments
+    assert any(r.status == 413 for r in fake_discord.requests)
+
+
+async def test_restart_in_the_middle_of_the_queue_loses_nothing(
+    fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path
+) -> None:
+    settings = settings_for(fake_discord, tiny_model_dir, data_dir)
+    other = fake_discord.add_user("other")
+    async with running(settings) as app:
+        for user in (fake_discord.user, other):
+            assert "Got it" in await reply_text(await animate(fake_discord, user=user, steps=10))
+        snapshot = app.queue.snapshot()
+        assert len(snapshot.waiting) + len(snapshot.running) == 2
+    # The bot stopped with both clips unfinished; a new process picks them up.
+    async with running(settings) as app:
+        await clip_message(fake_discord, fake_discord.user.id)
+        await clip_message(fake_discord, other.id)
+        for user in (fake_discord.user, other):
+            status = await app.service.quotas.status(fake_discord.guild.id, user.id, ())
+            assert status.used == 1
+
+
+async def test_commands_refuse_direct_messages(bot: App, fake_discord: FakeDiscordServer) -> None:
+    handle = await fake_discord.interaction("quota", dm=True)
+    assert "servers" in await reply_text(handle)
