@@ -310,13 +310,12 @@ class AnimateService:
             case EventKind.ENCODING:
                 await self._jobs.set_state(job_id, JobState.ENCODING)
             case EventKind.DONE:
-                await self._jobs.set_state(
-                    job_id,
-                    JobState.DONE,
-                    output_path=str(event.clip.path) if event.clip else None,
-                    seed=event.seed,
-                    duration_seconds=event.seconds,
-                )
+                done: dict[str, Any] = {"duration_seconds": event.seconds}
+                if event.clip is not None:
+                    done["output_path"] = str(event.clip.path)
+                if event.seed is not None:  # never erase the seed recorded at submit
+                    done["seed"] = event.seed
+                await self._jobs.set_state(job_id, JobState.DONE, **done)
             case EventKind.FAILED:
                 await self._jobs.set_state(job_id, JobState.FAILED, error=event.error)
                 if event.reason != "invalid":

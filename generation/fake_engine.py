@@ -48,7 +48,7 @@ def fake_frames(count: int, width: int, height: int, seed: int) -> np.ndarray:
     y = np.arange(height, dtype=np.int32)[:, None]
     frames = np.empty((count, height, width, 3), dtype=np.uint8)
     for i in range(count):
-        frames[i, :, :, 0] = (x + 4 * i + seed) % 256
+        frames[i, :, :, 0] = (x + 4 * i + seed % 256) % 256
         frames[i, :, :, 1] = (y + 2 * i) % 256
         frames[i, :, :, 2] = ((x + y) // 2 + 3 * i) % 256
     return frames

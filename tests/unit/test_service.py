@@ -1,0 +1,215 @@
+"""The service layer without Discord: a real queue on the fake engine, a real SQLite database in a
+temporary file, and a presenter that records what members would be shown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.service import AnimateService, Member, Origin, ServiceConfig
+from generation.errors import GenerationFailed, InvalidImage, InvalidOptions
+from generation.fake_engine import FakeEngine
+from generation.jobs import JobEvent
+from generation.options import AnimateOptions
+from generation.worker import LocalJobQueue
+from storage.database import Database
+from storage.errors import QuotaExceeded
+from storage.jobs import JobRecord, JobState, JobStore
+from storage.quotas import QuotaStore
+from storage.settings import GuildSettingsStore
+
+ALICE = Member(guild_id=1, user_id=10)
+ORIGIN = Origin(channel_id=5, max_bytes=10 * 2**20)
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (320, 180), (10, 120, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Recorder:
+    """A presenter that remembers what it was asked to show."""
+
+    delivered: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    cancels: list[str] = field(default_factory=list)
+    refuse_uploads: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def show(self, job: JobRecord, event: JobEvent) -> None:
+        pass
+
+    async def deliver(self, job: JobRecord, event: JobEvent) -> bool:
+        if self.refuse_uploads:
+            return False
+        self.delivered.append(job.job_id)
+        self.changed.set()
+        return True
+
+    async def failed(self, job: JobRecord, message: str) -> None:
+        self.failures.append(message)
+        self.changed.set()
+
+    async def cancelled(self, job: JobRecord) -> None:
+        self.cancels.append(job.job_id)
+        self.changed.set()
+
+    async def until(self, count: int) -> None:
+        async with asyncio.timeout(10):
+            while len(self.delivered) + len(self.failures) + len(self.cancels) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@dataclass
+class Rig:
+    service: AnimateService
+    queue: LocalJobQueue
+    jobs: JobStore
+    quotas: QuotaStore
+    engine: FakeEngine
+    presenter: Recorder
+
+
+@contextlib.asynccontextmanager
+async def rig(tmp_path: Path, engine: FakeEngine | None = None) -> AsyncIterator[Rig]:
+    engine = engine or FakeEngine(frames=4, step_seconds=0.001)
+    async with await Database.open(tmp_path / "bot.sqlite3") as db:
+        guilds = GuildSettingsStore(db, default_limit=3, default_period="day")
+        quotas = QuotaStore(db, settings=guilds)
+        jobs = JobStore(db)
+        box: list[AnimateService] = []
+
+        async def journal(event: JobEvent) -> None:
+            await box[0].journal(event)
+
+        queue = LocalJobQueue(engine, output_dir=tmp_path / "out", journal=journal)
+        service = AnimateService(
+            config=ServiceConfig(inputs_dir=tmp_path / "in", models=["m"], resolution=256),
+            jobs=jobs,
+            quotas=quotas,
+            guilds=guilds,
+            queue=queue,
+            frames_for=engine.frames_for,
+        )
+        box.append(service)
+        presenter = Recorder()
+        await queue.start()
+        pump = asyncio.create_task(service.pump(presenter))
+        try:
+            yield Rig(service, queue, jobs, quotas, engine, presenter)
+        finally:
+            await queue.stop(1)
+            await service.close()
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+
+
+async def _wait_for_state(jobs: JobStore, job_id: str, state: JobState) -> JobRecord:
+    async with asyncio.timeout(10):
+        while True:
+            job = await jobs.get(job_id)
+            if job is not None and job.state is state:
+                return job
+            await asyncio.sleep(0.01)
+
+
+async def test_a_delivered_clip_is_charged_once(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        accepted = await r.service.submit(
+            ALICE, png(), AnimateOptions(num_inference_steps=3), ORIGIN
+        )
+        assert accepted.quota.remaining == 2
+        assert accepted.job.seed is not None  # fixed at submit, so a retry reproduces it
+        await _wait_for_state(r.jobs, accepted.job.job_id, JobState.DELIVERED)
+        assert r.presenter.delivered == [accepted.job.job_id]
+        assert (await r.service.quota(ALICE)).remaining == 2
+
+
+async def test_bad_image_is_refused_before_anything_is_charged(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        with pytest.raises(InvalidImage):
+            await r.service.submit(ALICE, b"%PDF-1.7 not a picture", AnimateOptions(), ORIGIN)
+        assert (await r.service.quota(ALICE)).remaining == 3
+        assert await r.jobs.active_for_user(1, 10) == []
+
+
+async def test_a_failing_job_is_refunded_and_the_next_one_runs(tmp_path: Path) -> None:
+    def fail_on_high_motion(options: AnimateOptions) -> BaseException | None:
+        if options.motion_bucket_id == 255:
+            return GenerationFailed("The GPU ran out of memory.", reason="oom")
+        return None
+
+    engine = FakeEngine(frames=4, step_seconds=0.001, fail_when=fail_on_high_motion)
+    async with rig(tmp_path, engine) as r:
+        await r.service.submit(ALICE, png(), AnimateOptions(motion_bucket_id=255), ORIGIN)
+        await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        await r.presenter.until(2)
+        assert r.presenter.failures == ["The GPU ran out of memory."]
+        assert len(r.presenter.delivered) == 1
+        assert (await r.service.quota(ALICE)).remaining == 2
+
+
+async def test_quota_exhaustion_says_when_and_costs_nothing(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        for done in range(1, 4):
+            await r.service.submit(ALICE, png(), AnimateOptions(num_inference_steps=1), ORIGIN)
+            await r.presenter.until(done)
+        with pytest.raises(QuotaExceeded) as info:
+            await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        assert "<t:" in info.value.user_message
+
+
+async def test_steps_above_the_servers_cap_are_refused(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        with pytest.raises(InvalidOptions) as info:
+            await r.service.build_options(1, num_inference_steps=45)
+        assert "at most 30 steps" in info.value.user_message
+
+
+async def test_an_undeliverable_clip_stays_on_disk_uncharged(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        r.presenter.refuse_uploads = True
+        accepted = await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        job = await _wait_for_state(r.jobs, accepted.job.job_id, JobState.DONE)
+        assert job.output_path and await asyncio.to_thread(Path(job.output_path).exists)
+        status = await r.quotas.reservation_state(accepted.job.job_id)
+        assert status is not None and str(status) != "charged"
+
+
+async def test_a_job_that_crashed_twice_is_failed_and_refunded_on_restart(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        accepted = await r.service.submit(
+            ALICE, png(), AnimateOptions(num_inference_steps=1), ORIGIN
+        )
+        await r.presenter.until(1)
+    # Pretend the process died twice while the next job ran.
+    async with rig(tmp_path) as r:
+        job = accepted.job
+        crashed = JobRecord(
+            job_id="f" * 32,
+            guild_id=1,
+            channel_id=5,
+            user_id=10,
+            options=job.options,
+            input_path=job.input_path,
+            max_bytes=job.max_bytes,
+            attempts=2,
+        )
+        await r.jobs.create(crashed)
+        await r.quotas.reserve(1, 10, (), crashed.job_id)
+        await r.jobs.set_state(crashed.job_id, JobState.RUNNING)
+        counts = await r.service.resume(r.presenter)
+        assert counts["failed"] == 1
+        assert "stopped twice" in r.presenter.failures[0]
+        assert (await r.service.quota(ALICE)).remaining == 2
