@@ -29,9 +29,13 @@ class Preset:
 
 # Follows the seed guidance: under 100 for subtle pans; 180-200 with noise 0.1 for dramatic motion.
 PRESETS: dict[str, Preset] = {
-    "subtle": Preset("subtle", 70, 0.02, "Gentle camera drift, the picture stays close to the original"),
+    "subtle": Preset(
+        "subtle", 70, 0.02, "Gentle camera drift, the picture stays close to the original"
+    ),
     "normal": Preset("normal", 127, 0.02, "The model's default amount of motion"),
-    "dramatic": Preset("dramatic", 190, 0.1, "Big motion; drifts further from the original picture"),
+    "dramatic": Preset(
+        "dramatic", 190, 0.1, "Big motion; drifts further from the original picture"
+    ),
 }
 
 
