@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import imageio.v3 as iio
+import numpy as np
 import pytest
 from PIL import Image
 
 from generation.jobs import EventKind, JobEvent, JobRequest
 from generation.options import AnimateOptions, OutputFormat
 from generation.queue import FairQueue
+from generation.reencode import read_frames
 from generation.worker import LocalJobQueue
 
 engine_module = pytest.importorskip("generation.engine", reason="generation/engine.py not ready")
@@ -19,6 +20,13 @@ tiny = pytest.importorskip("generation.tiny")
 
 FRAMES = 4
 WIDTH, HEIGHT = 256, 144
+
+
+def read_clip(path: Path) -> np.ndarray:
+    """The frames a player would show: decoded by ffmpeg (MP4) or Pillow (GIF).
+
+    Not imageio's readers: they leave pipes open, which pytest's -W error turns into failures."""
+    return read_frames(path)[0]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +73,7 @@ async def test_two_jobs_back_to_back_make_two_playable_clips(
     for event, ext in zip(done, ["mp4", "gif"], strict=True):
         assert event.clip is not None
         assert event.clip.path == tmp_path / "outputs" / f"{event.job_id}.{ext}"
-        frames = iio.imread(event.clip.path, index=None)
+        frames = read_clip(event.clip.path)
         assert frames.shape[0] == FRAMES
         assert frames.shape[1:3] == (HEIGHT, WIDTH)
         assert event.seed == 7
