@@ -255,6 +255,11 @@ class SVDEngine:
         loaded = self._pool.peek(self._model_name(model))
         return loaded.plan.name if loaded else None
 
+    def pipeline(self, model: str | None = None) -> Pipeline | None:
+        """The loaded pipeline of a model, as placed (for benchmarks and diagnostics)."""
+        loaded = self._pool.peek(self._model_name(model))
+        return loaded.pipe if loaded else None
+
     def loaded_models(self) -> list[str]:
         """Models loaded now, least recently used first."""
         return self._pool.names
@@ -456,7 +461,9 @@ class SVDEngine:
     ) -> np.ndarray:
         """Latents (1, F, C, h, w) to uint8 frames (F, H, W, 3), `chunk` frames at a time."""
         vae = pipe.vae
-        flat = latents.flatten(0, 1) / vae.config.scaling_factor
+        # Written as diffusers writes it (decode_latents and postprocess), so that the frames are
+        # bit for bit the pipeline's own.
+        flat = 1 / vae.config.scaling_factor * latents.flatten(0, 1)
         total = math.ceil(flat.shape[0] / chunk)
         on_step(Progress("decoding", 0, total))
         parts = []
@@ -465,8 +472,7 @@ class SVDEngine:
                 raise Cancelled()
             part = flat[start : start + chunk].to(vae.dtype)
             decoded = vae.decode(part, num_frames=part.shape[0]).sample
-            # The same mapping as diffusers' postprocess to PIL: [-1, 1] to rounded 0..255.
-            pixels = ((decoded.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+            pixels = ((decoded.float() * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
             parts.append(pixels.permute(0, 2, 3, 1).cpu())
             on_step(Progress("decoding", index + 1, total))
         return torch.cat(parts).numpy()

@@ -1,0 +1,693 @@
+"""Seconds per clip and peak memory of the engine's memory plans, beside the seed recipe.
+
+    python -m bench.engine --tiny [--repeats 5]            # CPU: the engine's overhead
+    python -m bench.engine --gpu [--plans seed,fast,full]   # CUDA: full-size SVD-XT, every plan
+
+--tiny (CPU). The tiny random model (generation/tiny.py), saved and loaded with `from_pretrained`.
+The bare pipeline call as the seed recipe makes it (`pipe(image, decode_chunk_size=8)`, PIL
+frames) against `SVDEngine.run` on the same picture, seed and steps, interleaved so that a busy
+machine slows both alike; reports the engine's overhead and whether the frames are identical.
+
+--gpu (CUDA). The full-size SVD-XT architecture with random weights, no download: the UNet's
+default config (which is SVD-XT's), the VAE with SVD's config, a ViT-H/14 CLIP image encoder,
+SVD's Euler scheduler. Built once (seeded) and copied for each plan, so every plan runs the same
+weights. For the seed recipe (fp16, all on the GPU, decode_chunk_size=8) and each plan
+(`--plans`): seconds per clip (median of `--repeats` after `--warmup`), UNet seconds per step,
+VAE decode seconds, peak VRAM, load and compile time; for the fast plan also dynamo's recompile
+count over new pictures, seeds and motion values in both orientations (must be 0), and one UNet
+call against the fp16 eager UNet on the same inputs (relative error; NaN fails). Results are
+written after each plan (`--out`), and plans that would start after `--max-seconds` are skipped
+and listed, so a run that must fit a time limit still reports what it measured.
+
+`--gpu --arch tiny --device cpu` runs the same code path with the tiny model on a CPU (a smoke
+test of this script where there is no GPU); its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import itertools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from generation.engine import SVDEngine
+from generation.images import target_size
+from generation.models import Pipeline
+from generation.options import AnimateOptions
+from generation.placement import compile_counters
+from generation.plans import GIB, GPU_PLANS, Footprint, PlanSettings, Workload, choose_plan
+from generation.results import Progress
+from generation.tiny import build_tiny_pipeline, svd_feature_extractor, svd_scheduler
+
+MODEL = "random/svd-xt"  # a label: the loader below builds the weights
+SEED_RECIPE = "seed"
+# Different conditioning for every timed clip: none of it may cause a recompile.
+MOTIONS = ((127, 7, 0.02), (180, 6, 0.1), (60, 10, 0.05), (200, 12, 0.3))
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+def build_svd_xt(device: str, seed: int = 0) -> Pipeline:
+    """SVD-XT's architecture with random weights (fp32), built on `device`."""
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        # The defaults are SVD-XT's config (25 frames, 320/640/1280/1280, cross-attention 1024).
+        unet = UNetSpatioTemporalConditionModel(sample_size=96)
+        vae = AutoencoderKLTemporalDecoder(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=768,
+            force_upcast=True,
+        )
+        image_encoder = CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                hidden_size=1280,
+                intermediate_size=5120,
+                num_hidden_layers=32,
+                num_attention_heads=16,
+                patch_size=14,
+                image_size=224,
+                projection_dim=1024,
+                hidden_act="gelu",
+            )
+        )
+    pipe: Any = StableVideoDiffusionPipeline(
+        vae=vae,
+        image_encoder=image_encoder,
+        unet=unet,
+        scheduler=svd_scheduler(),
+        feature_extractor=svd_feature_extractor(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def parameter_counts(pipe: Pipeline) -> dict[str, int]:
+    return {
+        name: sum(p.numel() for p in getattr(pipe, name).parameters())
+        for name in ("unet", "vae", "image_encoder")
+    }
+
+
+class CopyLoader:
+    """A `PipelineLoader` that hands out copies of one pipeline kept on the CPU, so every plan
+    runs the same weights and no plan pays for building them."""
+
+    def __init__(self, master: Pipeline) -> None:
+        self.master = master
+
+    def __call__(self, model: str, dtype: torch.dtype) -> Pipeline:
+        pipe = copy.deepcopy(self.master)
+        if pipe.unet.dtype != dtype:
+            pipe.to(dtype=dtype)
+        return pipe
+
+    def num_frames(self, model: str) -> int:
+        return int(self.master.unet.config.num_frames)
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+
+def synchronizer(device: str) -> Callable[[], None]:
+    if device.startswith("cuda"):
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+class PhaseClock:
+    """An `on_step` that timestamps each progress report (after the GPU has caught up)."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.sync = sync
+        self.marks: list[tuple[str, int, float]] = []
+        self.started = time.perf_counter()
+
+    def start(self) -> None:
+        self.sync()
+        self.marks.clear()
+        self.started = time.perf_counter()
+
+    def __call__(self, progress: Progress) -> None:
+        self.sync()
+        self.marks.append((progress.phase, progress.step, time.perf_counter()))
+
+    def step_seconds(self) -> float | None:
+        """Median time between denoising steps: one UNet call (x2 for guidance) + scheduler."""
+        times = [t for phase, _step, t in self.marks if phase == "denoising"]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        return statistics.median(gaps) if gaps else None
+
+    def decode_seconds(self, ended: float) -> float | None:
+        decoding = [t for phase, _step, t in self.marks if phase == "decoding"]
+        if decoding:
+            return decoding[-1] - decoding[0]
+        denoising = [t for phase, _step, t in self.marks if phase == "denoising"]
+        # The seed recipe reports no decode phase: what follows the last step is the decode
+        # (and the conversion to PIL images).
+        return ended - denoising[-1] if denoising else None
+
+
+@dataclass
+class Row:
+    name: str
+    clip_seconds: list[float] = field(default_factory=list)
+    # CPU time of this process (all its threads): the work done, however busy the machine is.
+    cpu_seconds: list[float] = field(default_factory=list)
+    unet_step_seconds: list[float] = field(default_factory=list)
+    decode_seconds: list[float] = field(default_factory=list)
+    peak_vram_gib: float | None = None
+    peak_reserved_gib: float | None = None
+    load_seconds: float = 0.0
+    compile_seconds: float | None = None
+    recompiles: int | None = None
+    unet_relative_error: float | None = None
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.clip_seconds) if self.clip_seconds else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        def med(values: list[float]) -> float | None:
+            return round(statistics.median(values), 4) if values else None
+
+        data = asdict(self)
+        data.update(
+            median_seconds=round(self.median, 3),
+            median_unet_step_seconds=med(self.unet_step_seconds),
+            median_decode_seconds=med(self.decode_seconds),
+            median_cpu_seconds=med(self.cpu_seconds),
+        )
+        return data
+
+
+def reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def record_peak(row: Row, device: str) -> None:
+    if device.startswith("cuda"):
+        row.peak_vram_gib = max(row.peak_vram_gib or 0.0, torch.cuda.max_memory_allocated() / GIB)
+        row.peak_reserved_gib = max(
+            row.peak_reserved_gib or 0.0, torch.cuda.max_memory_reserved() / GIB
+        )
+
+
+def free_memory(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def picture(width: int, height: int, seed: int) -> Image.Image:
+    """A photo-like picture: smooth colour gradients and fine detail."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    phase = rng.uniform(0, 6.28, size=3)
+    base = 127 + 100 * np.stack(
+        [np.sin(x / width * 6 + phase[0]), np.cos(y / height * 5 + phase[1]), np.sin((x + y) / 90)],
+        axis=-1,
+    )
+    return Image.fromarray(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
+
+
+# --- the GPU (or smoke-test) benchmark -------------------------------------------------------
+
+
+def bench_seed_recipe(
+    loader: CopyLoader, device: str, image: Image.Image, args: argparse.Namespace
+) -> Row:
+    """diffusers as its docs show it: fp16, everything on the GPU, decode_chunk_size=8."""
+    row = Row(SEED_RECIPE, note="pipe(image, decode_chunk_size=8).frames[0], fp16, all on GPU")
+    sync = synchronizer(device)
+    started = time.perf_counter()
+    pipe = loader(MODEL, torch.float16 if device.startswith("cuda") else torch.float32)
+    pipe.to(device)
+    sync()
+    row.load_seconds = time.perf_counter() - started
+    width, height = image.size
+    for index in range(args.warmup + args.repeats):
+        motion, fps, noise = MOTIONS[index % len(MOTIONS)]
+        clock = PhaseClock(sync)
+
+        def on_step_end(_pipe: Any, i: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            clock(Progress("denoising", i + 1, args.steps))  # noqa: B023 (called within the loop)
+            return tensors
+
+        reset_peak(device)
+        clock.start()
+        pipe(
+            image,
+            height=height,
+            width=width,
+            num_inference_steps=args.steps,
+            decode_chunk_size=8,
+            motion_bucket_id=motion,
+            fps=fps,
+            noise_aug_strength=noise,
+            generator=torch.manual_seed(index),
+            callback_on_step_end=on_step_end,
+        ).frames[0]
+        sync()
+        ended = time.perf_counter()
+        record_peak(row, device)
+        if index >= args.warmup:
+            row.clip_seconds.append(ended - clock.started)
+            step = clock.step_seconds()
+            decode = clock.decode_seconds(ended)
+            if step is not None:
+                row.unet_step_seconds.append(step)
+            if decode is not None:
+                row.decode_seconds.append(decode)
+    del pipe
+    free_memory(device)
+    return row
+
+
+def bench_plan(
+    plan: str, loader: CopyLoader, device: str, args: argparse.Namespace
+) -> tuple[Row, SVDEngine]:
+    settings = PlanSettings(
+        fast_dtype=args.fast_dtype,
+        compile_mode=args.compile_mode,
+        compile_backend=args.compile_backend,
+        fast_decode_chunk=args.fast_decode_chunk,
+    )
+    engine = SVDEngine(
+        [MODEL],
+        device=device,
+        memory_mode=plan,  # type: ignore[arg-type]
+        resolution=args.resolution,
+        plan_settings=settings,
+        loader=loader,
+    )
+    row = Row(plan)
+    sync = synchronizer(device)
+    started = time.perf_counter()
+    engine.load()
+    sync()
+    row.load_seconds = time.perf_counter() - started
+    if plan == "fast":
+        row.compile_seconds = engine.compile_seconds()
+    before = compile_counters()
+    (width, height), (p_width, p_height) = (
+        target_size(16, 9, args.resolution),
+        target_size(9, 16, args.resolution),
+    )
+    slow = plan in ("offload_chunked", "sequential")
+    warmup = 0 if slow and not args.full_repeats else args.warmup
+    repeats = min(args.repeats, 1) if slow and not args.full_repeats else args.repeats
+    for index in range(warmup + repeats):
+        motion, fps, noise = MOTIONS[index % len(MOTIONS)]
+        options = AnimateOptions(
+            num_inference_steps=args.steps,
+            seed=1000 + index,
+            motion_bucket_id=motion,
+            fps=fps,
+            noise_aug_strength=noise,
+        )
+        clock = PhaseClock(sync)
+        reset_peak(device)
+        clock.start()
+        engine.run(picture(width, height, seed=index), options, clock, lambda: False)
+        sync()
+        ended = time.perf_counter()
+        record_peak(row, device)
+        if index >= warmup:
+            row.clip_seconds.append(ended - clock.started)
+            step, decode = clock.step_seconds(), clock.decode_seconds(ended)
+            if step is not None:
+                row.unet_step_seconds.append(step)
+            if decode is not None:
+                row.decode_seconds.append(decode)
+    if plan == "fast":
+        # A portrait clip too, then count what dynamo compiled since the warm-up: nothing.
+        options = AnimateOptions(num_inference_steps=2, seed=7, motion_bucket_id=33)
+        engine.run(picture(p_width, p_height, seed=99), options, lambda _p: None, lambda: False)
+        after = compile_counters()
+        row.recompiles = (after["recompiles"] - before["recompiles"]) + (
+            after["unique_graphs"] - before["unique_graphs"]
+        )
+    if slow and not args.full_repeats:
+        row.note = "1 clip, no warm-up (slow plan; --full-repeats for more)"
+    return row, engine
+
+
+def unet_relative_error(
+    fast: SVDEngine, loader: CopyLoader, device: str, args: argparse.Namespace
+) -> tuple[float, float]:
+    """One UNet call of the fast plan against the fp16 eager UNet with the same weights and
+    inputs: ||fast - ref|| / ||ref||, and whether the weights matched (max |difference|)."""
+    pipe = fast.pipeline()
+    assert pipe is not None
+    fast_unet = pipe.unet
+    ref_dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    reference = loader(MODEL, ref_dtype).unet.to(device)
+    width, height = target_size(16, 9, args.resolution)
+    frames = int(reference.config.num_frames)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, frames, 8, height // 8, width // 8, generator=generator)
+    embeddings = torch.randn(2, 1, reference.config.cross_attention_dim, generator=generator)
+    time_ids = torch.tensor([[6.0, 127.0, 0.02]] * 2)
+    timestep = torch.tensor(1.0, device=device)
+
+    def call(unet: Any, dtype: torch.dtype) -> torch.Tensor:
+        # The pipeline's own call, so the compiled UNet's guards hold.
+        with torch.no_grad():
+            out = unet(
+                sample.to(device, dtype),
+                timestep,
+                encoder_hidden_states=embeddings.to(device, dtype),
+                added_time_ids=time_ids.to(device, dtype),
+                return_dict=False,
+            )[0]
+        return out.float()
+
+    fast_dtype = fast_unet.dtype
+    weight_gap = (
+        (fast_unet.conv_in.weight.float() - reference.conv_in.weight.to(fast_dtype).float())
+        .abs()
+        .max()
+        .item()
+    )
+    expected = call(reference, ref_dtype)
+    got = call(fast_unet, fast_dtype)
+    error = ((got - expected).norm() / expected.norm()).item()
+    del reference, expected, got
+    free_memory(device)
+    return error, weight_gap
+
+
+def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("no CUDA GPU here; use --tiny, or --gpu --arch tiny --device cpu")
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if args.log_recompiles:
+        torch._logging.set_logs(recompiles=True)
+    started = time.perf_counter()
+    build_device = device if device.startswith("cuda") else "cpu"
+    if args.arch == "xt":
+        master = build_svd_xt(build_device)
+    else:
+        master = build_tiny_pipeline(num_frames=args.frames or 4)
+    counts = parameter_counts(master)
+    base = torch.float16 if device.startswith("cuda") else torch.float32
+    master.to("cpu", dtype=base)
+    free_memory(device)
+    build_seconds = time.perf_counter() - started
+    loader = CopyLoader(master)
+    frames = loader.num_frames(MODEL)
+    width, height = target_size(16, 9, args.resolution)
+    print(f"built {args.arch} in {build_seconds:.1f} s: {counts} parameters; {frames} frames")
+
+    planner: dict[str, Any] = {}
+    if device.startswith("cuda"):
+        free = torch.cuda.mem_get_info()[0] / GIB
+        pick = choose_plan(
+            device=device,
+            free_gib=free,
+            footprint=Footprint.svd_fp16(),
+            workload=Workload(frames, width, height),
+        )
+        planner = {"free_vram_gib": round(free, 2), "auto_plan": pick.name}
+        print(f"planner: {free:.1f} GiB free -> {pick.name}")
+
+    result: dict[str, Any] = {
+        "mode": "gpu",
+        "arch": args.arch,
+        "machine": machine(device),
+        "args": vars(args),
+        "parameters": counts,
+        "build_seconds": round(build_seconds, 1),
+        "planner": planner,
+        "rows": [],
+        "skipped": [],
+    }
+    rows: list[Row] = []
+    for plan in args.plans:
+        if time.perf_counter() - started > args.max_seconds:
+            result["skipped"].append(plan)
+            print(f"skipping {plan}: past --max-seconds")
+            continue
+        print(f"timing {plan} ...", flush=True)
+        if plan == SEED_RECIPE:
+            row = bench_seed_recipe(loader, device, picture(width, height, seed=0), args)
+        else:
+            row, engine = bench_plan(plan, loader, device, args)
+            if plan == "fast":
+                row.unet_relative_error, gap = unet_relative_error(engine, loader, device, args)
+                if gap > 1e-2:
+                    row.note += f" weights differ from the reference by {gap:g}!"
+            engine.close()
+            del engine
+            free_memory(device)
+        rows.append(row)
+        result["rows"] = [r.summary() for r in rows]
+        write(result, args.out)
+        print(table(rows), flush=True)
+    return result
+
+
+# --- the CPU overhead benchmark ----------------------------------------------------------------
+
+
+def run_tiny(args: argparse.Namespace) -> dict[str, Any]:
+    from diffusers import StableVideoDiffusionPipeline
+
+    from generation.tiny import save_tiny_pipeline
+
+    frames = args.frames or 4
+    width, height = target_size(16, 9, args.resolution)
+    image = picture(width, height, seed=0)
+    with tempfile.TemporaryDirectory() as folder:
+        path = save_tiny_pipeline(Path(folder) / "tiny", num_frames=frames)
+        bare: Any = StableVideoDiffusionPipeline.from_pretrained(path)
+        bare.set_progress_bar_config(disable=True)
+        engine = SVDEngine([str(path)], device="cpu", resolution=args.resolution)
+        engine.load()
+        bare_row = Row(SEED_RECIPE, note="the bare pipeline call, PIL frames")
+        engine_row = Row("engine (cpu plan)", note="SVDEngine.run, uint8 frames")
+        identical = True
+        for index in range(args.warmup + args.repeats):
+            seed = 100 + index
+            timings: dict[str, float] = {}
+            cpu: dict[str, float] = {}
+            outputs: dict[str, np.ndarray] = {}
+
+            def call_bare(seed: int = seed) -> np.ndarray:
+                out = bare(
+                    image,
+                    height=height,
+                    width=width,
+                    num_frames=frames,
+                    num_inference_steps=args.steps,
+                    decode_chunk_size=8,
+                    generator=torch.Generator().manual_seed(seed),
+                ).frames[0]
+                return np.stack([np.asarray(frame) for frame in out])
+
+            def call_engine(seed: int = seed) -> np.ndarray:
+                options = AnimateOptions(num_inference_steps=args.steps, seed=seed)
+                return engine.run(image, options, lambda _p: None, lambda: False).frames
+
+            # Alternate the order so that neither always runs on the warmer (or busier) machine.
+            calls = [("bare", call_bare), ("engine", call_engine)]
+            for name, call in calls if index % 2 == 0 else calls[::-1]:
+                begun, begun_cpu = time.perf_counter(), time.process_time()
+                outputs[name] = call()
+                timings[name] = time.perf_counter() - begun
+                cpu[name] = time.process_time() - begun_cpu
+            identical &= bool(np.array_equal(outputs["bare"], outputs["engine"]))
+            if index >= args.warmup:
+                bare_row.clip_seconds.append(timings["bare"])
+                engine_row.clip_seconds.append(timings["engine"])
+                bare_row.cpu_seconds.append(cpu["bare"])
+                engine_row.cpu_seconds.append(cpu["engine"])
+        engine.close()
+    overhead = engine_row.median - bare_row.median
+    cpu_overhead = statistics.median(engine_row.cpu_seconds) - statistics.median(
+        bare_row.cpu_seconds
+    )
+    rows = [bare_row, engine_row]
+    print(table(rows))
+    print(
+        f"engine overhead: {overhead:+.3f} s wall ({overhead / bare_row.median:+.1%}), "
+        f"{cpu_overhead:+.3f} s CPU per clip; frames identical to the bare call's: {identical}"
+    )
+    return {
+        "mode": "tiny",
+        "machine": machine("cpu"),
+        "args": vars(args),
+        "clip": {"frames": frames, "width": width, "height": height, "steps": args.steps},
+        "rows": [r.summary() for r in rows],
+        "overhead_seconds": round(overhead, 4),
+        "overhead_fraction": round(overhead / bare_row.median, 4),
+        "cpu_overhead_seconds": round(cpu_overhead, 4),
+        "frames_identical": identical,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+# --- reporting --------------------------------------------------------------------------------
+
+
+def machine(device: str) -> dict[str, Any]:
+    import diffusers
+    import transformers
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(device))
+        info.update(
+            gpu=props.name,
+            gpu_memory_gib=round(props.total_memory / GIB, 1),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
+        try:
+            smi = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            info["driver"] = smi.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            info["driver"] = None
+    return info
+
+
+def table(rows: list[Row]) -> str:
+    baseline = next((r.median for r in rows if r.name == SEED_RECIPE), None)
+    lines = [
+        "| plan | s/clip (median) | vs seed | UNet s/step | decode s | peak VRAM GiB "
+        "| load s | compile s | recompiles | UNet rel. err |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(value: float | int | None, spec: str = ".2f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    for row in rows:
+        data = row.summary()
+        speedup = baseline / row.median if baseline and row.clip_seconds else None
+        lines.append(
+            f"| {row.name} | {fmt(row.median)} | {fmt(speedup, '.2f')}x "
+            f"| {fmt(data['median_unet_step_seconds'], '.3f')} "
+            f"| {fmt(data['median_decode_seconds'])} | {fmt(row.peak_vram_gib)} "
+            f"| {fmt(row.load_seconds, '.1f')} | {fmt(row.compile_seconds, '.1f')} "
+            f"| {fmt(row.recompiles, 'd')} | {fmt(row.unet_relative_error, '.2e')} |"
+        )
+    return "\n".join(lines)
+
+
+def write(result: dict[str, Any], out: Path | None) -> None:
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.engine", description=__doc__)
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--tiny", action="store_true", help="CPU: engine overhead, tiny model")
+    mode.add_argument("--gpu", action="store_true", help="CUDA: full-size SVD-XT, every plan")
+    parser.add_argument("--device", default="cuda", help="--gpu only (cpu for a smoke test)")
+    parser.add_argument("--arch", choices=("xt", "tiny"), default="xt", help="--gpu only")
+    parser.add_argument(
+        "--plans",
+        type=lambda s: [p.strip() for p in s.split(",") if p.strip()],
+        default=[SEED_RECIPE, *GPU_PLANS],
+        help=f"comma-separated, from {SEED_RECIPE},{','.join(GPU_PLANS)} (default: all)",
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--full-repeats", action="store_true", help="repeat the slow plans too")
+    parser.add_argument("--steps", type=int, default=None, help="default 25 (--gpu), 4 (--tiny)")
+    parser.add_argument("--frames", type=int, default=None, help="tiny model's frames (4)")
+    parser.add_argument("--resolution", type=int, default=None, help="1024 (--gpu), 256 (--tiny)")
+    parser.add_argument("--fast-dtype", choices=("float16", "bfloat16"), default="float16")
+    parser.add_argument("--compile-mode", default=PlanSettings().compile_mode)
+    parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument("--fast-decode-chunk", type=int, default=PlanSettings().fast_decode_chunk)
+    parser.add_argument("--max-seconds", type=float, default=540.0, help="start no plan after")
+    parser.add_argument("--log-recompiles", action="store_true", help="torch's recompile log")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results (default: none)")
+    args = parser.parse_args(argv)
+    unknown = set(args.plans) - {SEED_RECIPE, *GPU_PLANS}
+    if unknown:
+        parser.error(f"unknown plans: {', '.join(sorted(unknown))}")
+    if args.steps is None:
+        args.steps = 4 if args.tiny else 25
+    if args.resolution is None:
+        args.resolution = 256 if args.tiny or args.arch == "tiny" else 1024
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import diffusers
+    import transformers
+
+    # Their progress bars and notices (e.g. about casting the random model to fp16) are noise here.
+    for library in (diffusers, transformers):
+        library.utils.logging.disable_progress_bar()
+        library.utils.logging.set_verbosity_error()
+    if args.tiny:
+        result = run_tiny(args)
+        write(result, args.out)
+        return 0
+    result = run_gpu(args)
+    write(result, args.out)
+    failures = [
+        row["name"]
+        for row in result["rows"]
+        if (row["unet_relative_error"] is not None and not row["unet_relative_error"] < 0.05)
+        or (row["recompiles"] or 0) > 0
+    ]
+    if failures:
+        print(f"FAILED: {', '.join(failures)} (relative error >= 0.05 or NaN, or recompiles)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
