@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import imageio_ffmpeg
 import numpy as np
@@ -142,3 +143,14 @@ def test_progress_line_writes_a_line_per_phase_to_a_pipe(tmp_path: Path) -> None
     # The first step, each quarter, then the decode's start and end: never a line per step.
     assert [t.split()[0] for t in text].count("denoising") == 5
     assert "8/8" in text[4] and text[-1].startswith("decoding") and "1/1" in text[-1]
+
+
+def test_the_tiny_model_saves_from_the_command_line(tmp_path: Path) -> None:
+    from diffusers import StableVideoDiffusionPipeline
+
+    from generation.tiny import main as save_tiny
+
+    assert save_tiny([str(tmp_path / "tiny"), "--frames", "3"]) == 0
+    pipe: Any = StableVideoDiffusionPipeline.from_pretrained(tmp_path / "tiny")
+    assert pipe.unet.config.num_frames == 3
+    assert pipe.vae_scale_factor == 8  # four VAE levels: latents are 1/8 of the picture

@@ -19,6 +19,7 @@ from PIL import Image
 
 from generation.engine import SVDEngine
 from generation.errors import Cancelled, GenerationFailed, InvalidOptions
+from generation.models import PretrainedLoader
 from generation.options import AnimateOptions
 from generation.placement import channels_last, compile_counters, fuse_attention_projections
 from generation.plans import PlanSettings
@@ -325,3 +326,55 @@ def test_the_fast_plan_compiles_at_load_and_never_again(
     eager = run(engine, landscape, seed=7, motion_bucket_id=200, fps=12, noise_aug_strength=0.1)
     difference = np.abs(clip.frames.astype(int) - eager.frames.astype(int))
     assert difference.max() <= 2
+
+
+def test_fp16_loading_falls_back_when_a_model_has_no_fp16_variant(tiny_svd_dir: Path) -> None:
+    # The tiny folder, like some repositories, has only full-precision files.
+    pipe = PretrainedLoader()(str(tiny_svd_dir), torch.float16)
+    assert pipe.unet.dtype == torch.float16
+    assert PretrainedLoader().num_frames(str(tiny_svd_dir)) == FRAMES
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_on_cuda_every_plan_makes_the_clip(tiny_svd_dir: Path, small: Image.Image) -> None:
+    clips = {}
+    for mode in ("full", "offload", "offload_chunked", "sequential"):
+        engine = SVDEngine([str(tiny_svd_dir)], device="cuda", memory_mode=mode, resolution=256)
+        result = run(engine, small, seed=3)
+        assert (result.plan, result.frames.shape) == (mode, (FRAMES, 64, 128, 3))
+        clips[mode] = result.frames.astype(int)
+        engine.close()
+    # Offloading moves weights, not arithmetic: the same clip as all on the GPU.
+    assert np.abs(clips["offload"] - clips["full"]).max() <= 1
+    assert torch.cuda.memory_allocated() < 64 * 1024**2  # close() gave the memory back
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@needs_cuda
+def test_on_cuda_the_fast_plan_compiles_once_and_matches_full(
+    tiny_svd_dir: Path, picture: Picture
+) -> None:
+    image = picture(256, 144)
+    full = SVDEngine([str(tiny_svd_dir)], device="cuda", memory_mode="full", resolution=256)
+    expected = run(full, image, seed=4).frames.astype(int)
+    full.close()
+    fast = SVDEngine(
+        [str(tiny_svd_dir)],
+        device="cuda",
+        memory_mode="fast",
+        resolution=256,
+        plan_settings=PlanSettings(compile_mode="default"),
+    )
+    fast.load()
+    compiled = compile_counters()
+    got = run(fast, image, seed=4)
+    run(fast, picture(144, 256, seed=2), seed=5, motion_bucket_id=250)
+    assert compile_counters() == compiled
+    assert got.plan == "fast"
+    assert np.abs(got.frames.astype(int) - expected).mean() < 2.0
