@@ -222,18 +222,17 @@ class SVDEngine:
                     raise
                 except Exception as exc:
                     if not is_out_of_memory(exc):
-                        log.exception("generation failed on %s under plan %s", name, first_plan)
+                        log.exception("generation failed on %s, plan %s", name, loaded.plan.name)
                         raise GenerationFailed(_ERROR_MESSAGE) from exc
                     failed_plan = loaded.plan
                     log.warning("out of memory on %s under plan %s", name, failed_plan.name)
                 # Outside the except block, so the traceback's frames (and their tensors) are gone.
-                smaller = next_plan(failed_plan, self.plan_settings)
-                if smaller is None:
+                if next_plan(failed_plan, self.plan_settings) is None:
                     release_memory(self.device)
                     raise GenerationFailed(_OOM_MESSAGE, reason="oom")
                 on_step(Progress("loading"))
                 reload_started = time.perf_counter()
-                loaded = self._step_down(loaded, smaller)
+                loaded = self._step_down(name, failed_plan)
                 load_seconds += time.perf_counter() - reload_started
             seconds = time.perf_counter() - started
         hint = static_hint(frames)
@@ -383,16 +382,27 @@ class SVDEngine:
         loaded.warm_shapes = frozenset(clip_sizes(self.resolution))
         log.info("compiled and warmed up %s in %.1f s", loaded.name, loaded.compile_seconds)
 
-    def _step_down(self, loaded: LoadedModel, plan: Plan) -> LoadedModel:
-        """Reload `loaded` under the smaller `plan`: a clean pipeline is the only reliable way
-        off a compiled or offloaded one, and an out-of-memory error is rare."""
-        name = loaded.name
-        log.warning("stepping %s down from plan %s to %s", name, loaded.plan.name, plan.name)
+    def _step_down(self, name: str, failed: Plan) -> LoadedModel:
+        """Reload `name` under the next plan smaller than `failed` (and the next, if even the
+        reload runs out of memory). A clean pipeline is the only reliable way off a compiled or
+        offloaded one, and an out-of-memory error is rare."""
         self._pool.evict(name)
-        self._plans[name] = plan
-        fresh = self._load_model(name, plan)
-        self._pool.replace(fresh)
-        return fresh
+        release_memory(self.device)
+        while (plan := next_plan(failed, self.plan_settings)) is not None:
+            log.warning("stepping %s down from plan %s to %s", name, failed.name, plan.name)
+            try:
+                fresh = self._load_model(name, plan)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    log.exception("could not reload model %s", name)
+                    raise GenerationFailed(_LOAD_MESSAGE, reason="load") from exc
+                failed = plan
+            else:
+                self._plans[name] = plan
+                self._pool.replace(fresh)
+                return fresh
+            release_memory(self.device)
+        raise GenerationFailed(_OOM_MESSAGE, reason="oom")
 
     def _release(self, loaded: LoadedModel) -> None:
         loaded.pipe.remove_all_hooks()

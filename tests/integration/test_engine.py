@@ -201,6 +201,28 @@ def test_a_plain_runtime_error_saying_out_of_memory_counts_too(
     assert (result.plan, result.fallback_from) == ("sequential", "offload_chunked")
 
 
+def test_running_out_of_memory_while_reloading_steps_down_further(
+    tiny_svd_dir: Path, small: Image.Image
+) -> None:
+    loads: list[str] = []
+
+    def loader(model: str, dtype: torch.dtype) -> Any:
+        loads.append(model)
+        if len(loads) == 2:  # the reload under "offload" does not fit either
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return PretrainedLoader()(model, dtype)
+
+    engine = SVDEngine(
+        [str(tiny_svd_dir)],
+        device="cpu",
+        memory_mode="full",
+        loader=loader,
+        pipeline_call=FailOnce(torch.OutOfMemoryError("CUDA out of memory")),
+    )
+    result = run(engine, small)
+    assert (result.plan, result.fallback_from, len(loads)) == ("offload_chunked", "full", 3)
+
+
 def test_out_of_memory_on_the_last_plan_fails_cleanly(
     tiny_svd_dir: Path, small: Image.Image
 ) -> None:
