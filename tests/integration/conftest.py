@@ -15,11 +15,9 @@ TINY_FRAMES_B = 3
 
 
 @pytest.fixture(scope="session")
-def tiny_svd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random SVD pipeline (4 frames) saved with `save_pretrained`."""
-    from generation.tiny import save_tiny_pipeline
-
-    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-svd") / "a", num_frames=TINY_FRAMES)
+def tiny_svd_dir(tiny_model_dir: Path) -> Path:
+    """A tiny random SVD pipeline (4 frames): the one every test folder shares."""
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="session")

@@ -29,9 +29,9 @@ def read_clip(path: Path) -> np.ndarray:
     return read_frames(path)[0]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny.save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "svd", num_frames=FRAMES)
+@pytest.fixture
+def tiny_model(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir
 
 
 @pytest.mark.slow
