@@ -33,6 +33,7 @@ from storage.settings import GuildSettingsStore
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 30.0
+CLEANUP_SECONDS = 3600.0
 
 
 def point_discord_at(settings: Settings) -> None:
@@ -145,6 +146,7 @@ async def run(settings: Settings, token: str, *, stop: asyncio.Event | None = No
     async with build_app(settings) as app:
         await app.queue.start()
         heartbeat = asyncio.create_task(_heartbeat(app, settings.data_dir / "health.json"))
+        cleaner = asyncio.create_task(_clean_up_files(app))
         bot_task = asyncio.create_task(app.bot.start(token))
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -156,10 +158,22 @@ async def run(settings: Settings, token: str, *, stop: asyncio.Event | None = No
             await app.queue.stop(settings.shutdown_grace_seconds)
             await app.service.close()
             await app.bot.close()
-            for task in (heartbeat, stopper, bot_task):
+            for task in (heartbeat, cleaner, stopper, bot_task):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+
+async def _clean_up_files(app: App) -> None:
+    """Hourly: delete pictures and clips of long-finished jobs, so the disk does not fill."""
+    while True:
+        try:
+            removed = await app.service.clean_up()
+            if removed:
+                log.info("cleaned up the files of %d old jobs", removed)
+        except Exception:
+            log.exception("file clean-up failed")
+        await asyncio.sleep(CLEANUP_SECONDS)
 
 
 async def _heartbeat(app: App, path: Path) -> None:

@@ -15,6 +15,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -416,6 +417,21 @@ class AnimateService:
         await self._jobs.set_state(job.job_id, JobState.FAILED, error=message)
         await self._quotas.refund(job.job_id)
         await presenter.failed(job, message)
+
+    async def clean_up(self, now: datetime | None = None) -> int:
+        """Delete the files of jobs that finished longer ago than inputs are kept for Re-roll;
+        returns how many jobs' files went. Clips not yet delivered are never touched."""
+        now = now or datetime.now(UTC)
+        before = now - timedelta(seconds=self._config.keep_inputs_seconds)
+        removed = 0
+        while batch := await self._jobs.finished_with_files(before, limit=100):
+            for job in batch:
+                for name in (job.input_path, job.output_path):
+                    if name:
+                        await asyncio.to_thread(Path(name).unlink, True)
+                await self._jobs.update(job.job_id, input_path=None, output_path=None)
+                removed += 1
+        return removed
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -8,6 +8,7 @@ import contextlib
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,17 @@ async def test_a_job_that_crashed_twice_is_failed_and_refunded_on_restart(tmp_pa
         assert counts["failed"] == 1
         assert "stopped twice" in r.presenter.failures[0]
         assert (await r.service.quota(ALICE)).remaining == 2
+
+
+async def test_old_files_are_cleaned_up_but_recent_ones_kept(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        accepted = await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        await _wait_for_state(r.jobs, accepted.job.job_id, JobState.DELIVERED)
+        picture = Path(accepted.job.input_path or "")
+        assert await r.service.clean_up() == 0  # kept for Re-roll
+        assert await asyncio.to_thread(picture.exists)
+        later = datetime.now(UTC) + timedelta(days=8)
+        assert await r.service.clean_up(now=later) == 1
+        assert not await asyncio.to_thread(picture.exists)
+        job = await r.jobs.get(accepted.job.job_id)
+        assert job is not None and job.input_path is None
