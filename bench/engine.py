@@ -53,7 +53,7 @@ from generation.options import AnimateOptions
 from generation.placement import compile_counters
 from generation.plans import GIB, GPU_PLANS, Footprint, PlanSettings, Workload, choose_plan
 from generation.results import Progress
-from generation.tiny import build_tiny_pipeline, svd_feature_extractor, svd_scheduler
+from generation.tiny import assemble_pipeline, build_tiny_pipeline
 
 MODEL = "random/svd-xt"  # a label: the loader below builds the weights
 SEED_RECIPE = "seed"
@@ -68,7 +68,6 @@ def build_svd_xt(device: str, seed: int = 0) -> Pipeline:
     """SVD-XT's architecture with random weights (fp32), built on `device`."""
     from diffusers import (
         AutoencoderKLTemporalDecoder,
-        StableVideoDiffusionPipeline,
         UNetSpatioTemporalConditionModel,
     )
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -97,15 +96,7 @@ def build_svd_xt(device: str, seed: int = 0) -> Pipeline:
                 hidden_act="gelu",
             )
         )
-    pipe: Any = StableVideoDiffusionPipeline(
-        vae=vae,
-        image_encoder=image_encoder,
-        unet=unet,
-        scheduler=svd_scheduler(),
-        feature_extractor=svd_feature_extractor(),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return assemble_pipeline(unet, vae, image_encoder)
 
 
 def parameter_counts(pipe: Pipeline) -> dict[str, int]:

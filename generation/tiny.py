@@ -104,6 +104,12 @@ def build_tiny_pipeline(num_frames: int = 4, seed: int = 0) -> StableVideoDiffus
             hidden_act="gelu",
         )
     )
+    return assemble_pipeline(unet, vae, image_encoder)
+
+
+def assemble_pipeline(unet: Any, vae: Any, image_encoder: Any) -> Any:
+    """An SVD pipeline from its three networks, with SVD's scheduler and CLIP preprocessing; used
+    for the tiny test model and for the full-size random build of the GPU benchmark."""
     # Typed loosely: diffusers' lazy imports hide the pipeline's inherited methods from mypy.
     pipe: Any = StableVideoDiffusionPipeline(
         vae=vae,
