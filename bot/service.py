@@ -23,6 +23,7 @@ from generation.errors import GenerationError, InvalidOptions
 from generation.images import ImageLimits, fit_image, load_image
 from generation.jobs import EventKind, JobEvent, JobQueue, JobRequest, QueueSnapshot
 from generation.options import AnimateOptions
+from generation.results import EncodedClip
 from storage.jobs import JobRecord, JobState, JobStore
 from storage.quotas import QuotaStatus, QuotaStore
 from storage.settings import GuildSettings, GuildSettingsStore
@@ -450,8 +451,6 @@ _LOST_MESSAGE = (
 
 
 def _done_event_from_record(job: JobRecord) -> JobEvent:
-    from generation.results import EncodedClip  # local: only needed on this restart path
-
     path = Path(job.output_path or "")
     options = AnimateOptions.from_dict(job.options)
     clip = EncodedClip(
