@@ -292,16 +292,20 @@ class QueueFront:
 
     async def _finish(self, job: TrackedJob, kind: EventKind, **fields: Any) -> None:
         """Report a terminal event once; free the member's slot."""
+        await self._end(job, JobEvent(job.job_id, kind, user_id=job.request.user_id, **fields))
+
+    async def _end(self, job: TrackedJob, event: JobEvent) -> None:
+        """`_finish` with the terminal event already built (e.g. one a remote worker sent)."""
         if job.finished:
             return
         job.finished = True
         self._queue.finish(job.job_id)
         self._positions.pop(job.job_id, None)
         if self._metrics is not None:
-            self._metrics.finished(kind.value, fields.get("reason"))
+            self._metrics.finished(event.kind.value, event.reason)
         self._set_queue_metrics()
         try:
-            await self._emit(job, kind, **fields)
+            await self._record(job, event)
         finally:
             self._jobs.pop(job.job_id, None)
             self._finished(job)
@@ -310,14 +314,16 @@ class QueueFront:
         """A job ended (hook for backends that dispatch)."""
 
     async def _emit(self, job: TrackedJob, kind: EventKind, **fields: Any) -> None:
+        await self._record(job, JobEvent(job.job_id, kind, user_id=job.request.user_id, **fields))
+
+    async def _record(self, job: TrackedJob, event: JobEvent) -> None:
         """Journal (awaited) then publish."""
-        event = JobEvent(job.job_id, kind, user_id=job.request.user_id, **fields)
-        if kind in JOURNALED and self._journal is not None:
+        if event.kind in JOURNALED and self._journal is not None:
             try:
                 await self._journal(event)
             except Exception:
                 # A storage hiccup must not take the GPU down with it; the log keeps the trail.
-                job.log.exception("journal failed for %s", kind.value)
+                job.log.exception("journal failed for %s", event.kind.value)
         self._bus.publish(event)
 
     # -- positions and estimates ---------------------------------------------------------------

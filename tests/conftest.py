@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.fakes.redis_server import redis_server  # noqa: F401  (a shared fixture)
+
 # One intra-op thread: on a 2-core machine a second one spins against the event loop, ffmpeg and
 # the fake Discord server, and the tiny model runs ten times slower, not faster.
 torch.set_num_threads(1)

@@ -1,0 +1,150 @@
+"""The taskiq broker both sides use, and the registry of live workers.
+
+taskiq-redis's `RedisStreamBroker` gives at-least-once delivery: a message stays pending in the
+consumer group until the worker acknowledges it (we do so only after the job's outcome is
+stored), and a message left pending longer than `idle_timeout` by a dead worker is claimed by
+another (XAUTOCLAIM). Two settings matter for a GPU queue: each worker reads ONE message at a
+time (`xread_count=1`, and taskiq's prefetch of 0), so a busy worker never sits on a job that an
+idle one could run; and the reclaim timeout is longer than the longest job, so a job still
+running on a live worker is never handed to a second one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from taskiq import AckableMessage
+from taskiq_redis import RedisStreamBroker
+
+from generation.remote.wire import Keys
+
+log = logging.getLogger(__name__)
+
+# Keep the stream from growing without end; acknowledged messages are history only.
+STREAM_MAXLEN = 10_000
+
+
+def honour_cancel() -> None:
+    """Raise CancelledError if this task was asked to stop.
+
+    On Python 3.11, `asyncio.wait_for` (which redis-py uses inside its pool and reads) can swallow
+    a cancel that lands just as the awaited call completes; a `while True` loop around Redis
+    calls would then never end. Loops call this once a turn so a lost cancel still stops them.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
+
+
+class JobStreamBroker(RedisStreamBroker):
+    """`RedisStreamBroker` that looks for a dead worker's messages on every turn.
+
+    taskiq-redis 1.2 runs XAUTOCLAIM only after XREADGROUP returned new messages, so on a quiet
+    queue a job stranded by a killed worker would wait for the next submission. Here each turn
+    first claims one stale message, then reads one new message.
+    """
+
+    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        async with Redis(connection_pool=self.connection_pool) as redis:
+            while True:
+                honour_cancel()
+                claimed: Any = await redis.xautoclaim(
+                    name=self.queue_name,
+                    groupname=self.consumer_group_name,
+                    consumername=self.consumer_name,
+                    min_idle_time=self.idle_timeout,
+                    count=1,
+                )
+                stale = [(msg_id, msg) for msg_id, msg in claimed[1] if msg]
+                for msg_id, msg in stale:
+                    log.warning("reclaimed job message %s from a worker that went quiet", msg_id)
+                    yield self._ackable(msg_id, msg)
+                if stale:
+                    continue
+                fetched: Any = await redis.xreadgroup(
+                    self.consumer_group_name,
+                    self.consumer_name,
+                    {self.queue_name: ">"},
+                    block=self.block,
+                    count=1,
+                )
+                for _stream, messages in fetched or []:
+                    for msg_id, msg in messages:
+                        yield self._ackable(msg_id, msg)
+
+    def _ackable(self, msg_id: Any, msg: dict[bytes, bytes]) -> AckableMessage:
+        return AckableMessage(
+            data=msg[b"data"], ack=self._ack_generator(id=msg_id, queue_name=self.queue_name)
+        )
+
+
+def make_broker(
+    url: str,
+    keys: Keys,
+    *,
+    reclaim_seconds: float,
+    consumer_name: str | None = None,
+    block_seconds: float = 1.0,
+) -> JobStreamBroker:
+    return JobStreamBroker(
+        url,
+        queue_name=keys.stream,
+        consumer_group_name=f"{keys.prefix}-workers",
+        consumer_name=consumer_name,
+        # A group created after the bot's first message must still see it.
+        consumer_id="0",
+        xread_block=max(int(block_seconds * 1000), 1),
+        idle_timeout=int(reclaim_seconds * 1000),
+        xread_count=1,
+        unacknowledged_batch_size=1,
+        maxlen=STREAM_MAXLEN,
+    )
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker says of itself in its heartbeat."""
+
+    name: str
+    # loading, ready, busy, load_failed, stopping
+    state: str
+    job_id: str | None = None
+    # Frames each model it has looked at makes (for the bot's cost and ETA).
+    frames: dict[str, int] | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"name": self.name, "state": self.state, "job_id": self.job_id, "frames": self.frames}
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> WorkerInfo:
+        data = json.loads(text)
+        return cls(
+            name=str(data["name"]),
+            state=str(data.get("state", "ready")),
+            job_id=data.get("job_id"),
+            frames=data.get("frames") or None,
+        )
+
+
+async def live_workers(redis: Redis, keys: Keys) -> list[WorkerInfo]:
+    """Workers whose heartbeat has not expired."""
+    names = [key async for key in redis.scan_iter(match=keys.workers, count=100)]
+    if not names:
+        return []
+    found = []
+    for raw in await redis.mget(names):
+        if raw is None:
+            continue  # expired between the scan and the read
+        try:
+            found.append(WorkerInfo.from_json(raw))
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed worker heartbeat")
+    return sorted(found, key=lambda w: w.name)

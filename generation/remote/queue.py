@@ -1,0 +1,360 @@
+"""`RedisJobQueue`: the bot's `JobQueue` when the GPUs are in other processes or machines.
+
+The fair line, the caps, positions and cancelling a waiting job stay in the bot (`QueueFront`);
+a job leaves it only when a worker is free to take it: at most as many jobs are handed to taskiq
+as there are live workers, so a job cancelled while waiting never left the bot, and the order the
+members see is the order the GPUs work in.
+
+Handing a job over: the prepared picture goes to a Redis key with a time-to-live, then a taskiq
+message with the job id and options goes on the stream. The worker's events come back over
+pub/sub and are journaled and published here exactly as the embedded queue does, so the bot does
+not know which backend it has. Every tick also reads the stored result of each job in flight,
+so a terminal event missed on pub/sub (a reconnect) is picked up anyway, and a job finished while
+the bot was down is delivered when the bot submits it again after its restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from taskiq.kicker import AsyncKicker
+
+from generation.errors import Cancelled, GenerationFailed
+from generation.eta import EtaEstimator
+from generation.front import (
+    DEFAULT_FRAMES,
+    GENERIC_ERROR,
+    INPUT_ERROR,
+    Journal,
+    QueueFront,
+    TrackedJob,
+)
+from generation.jobs import EventKind, JobEvent
+from generation.queue import FairQueue, QueueClosed
+from generation.remote.broker import (
+    JobStreamBroker,
+    WorkerInfo,
+    honour_cancel,
+    live_workers,
+    make_broker,
+)
+from generation.remote.wire import TASK_NAME, Keys, event_from_json
+
+if TYPE_CHECKING:
+    from generation.metrics import Metrics
+
+LOST_CLIP_ERROR = (
+    "The finished clip was lost on its way back from the GPU; you were not charged. Try again."
+)
+
+
+class RedisJobQueue(QueueFront):
+    """`JobQueue` over taskiq + Redis Streams; start `svd-bot worker` on each GPU."""
+
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        output_dir: Path,
+        reclaim_seconds: float,
+        keys: Keys | None = None,
+        queue: FairQueue | None = None,
+        eta: EtaEstimator | None = None,
+        journal: Journal | None = None,
+        metrics: Metrics | None = None,
+        data_ttl_seconds: float = 24 * 3600,
+        tick_seconds: float = 1.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        super().__init__(
+            queue=queue,
+            eta=eta,
+            journal=journal,
+            metrics=metrics,
+            logger=logger if logger is not None else logging.getLogger("generation.remote"),
+        )
+        self._url = redis_url
+        self._keys = keys if keys is not None else Keys()
+        self._output_dir = output_dir
+        self._reclaim = reclaim_seconds
+        self._ttl = int(data_ttl_seconds)
+        self._tick_seconds = tick_seconds
+        self._redis: Redis | None = None
+        self._broker: JobStreamBroker | None = None
+        self._workers: list[WorkerInfo] = []
+        self._frames: dict[str, int] = {}
+        # Handed to a worker and not finished yet.
+        self._in_flight: set[str] = set()
+        # Set while nothing is in flight (what a graceful stop waits for).
+        self._all_back = asyncio.Event()
+        self._all_back.set()
+        self._dispatching = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        # Asks the background loops to end (stop()); cancelling Redis calls is not reliable.
+        self._halt = False
+
+    # -- the JobQueue interface ----------------------------------------------------------------
+
+    @property
+    def workers(self) -> list[WorkerInfo]:
+        """The live workers as of the last tick."""
+        return list(self._workers)
+
+    async def start(self) -> None:
+        if self._stopping:
+            raise QueueClosed()
+        if self._tasks:
+            return
+        self._output_dir.mkdir(parents=True, exist_ok=True)
+        self._redis = Redis.from_url(self._url)
+        self._broker = make_broker(self._url, self._keys, reclaim_seconds=self._reclaim)
+        # Only the bot's role here: create the consumer group so no message goes unseen.
+        await self._broker.startup()
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="svd-remote-events"),
+            asyncio.create_task(self._tick_loop(), name="svd-remote-dispatch"),
+        ]
+
+    async def cancel(self, job_id: str) -> bool:
+        job = self._jobs.get(job_id)
+        if job is None or job.finished:
+            return False
+        if await self._cancel_waiting(job):
+            return True
+        job.log.info("cancel requested while %s", job.phase)
+        job.request_stop("cancelled")
+        redis = self._client()
+        await redis.set(self._keys.cancel(job_id), b"1", ex=self._ttl)
+        if not await redis.exists(self._keys.claim(job_id), self._keys.result(job_id)):
+            # No worker has started it: the one that gets the message sees the flag and skips it.
+            await self._finish(
+                job, EventKind.CANCELLED, reason="cancelled", error=Cancelled().user_message
+            )
+        return True
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop taking jobs. Jobs already on a worker go on there: wait up to `grace_seconds` for
+        them, then report them `interrupted`, so the bot picks them up again (or their stored
+        result) after its restart."""
+        self._log.info(
+            "stopping: %s waiting, %s on workers, grace %.1fs",
+            len(self._queue),
+            len(self._in_flight),
+            grace_seconds,
+        )
+        if not await self._close_line():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_back.wait(), grace_seconds)
+        await self._interrupt_all()
+        self._halt = True
+        self._wake.set()
+        _done, pending = await asyncio.wait(self._tasks, timeout=max(2 * self._tick_seconds, 2))
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=2)
+        if self._broker is not None:
+            await self._broker.shutdown()
+        if self._redis is not None:
+            await self._redis.aclose()
+        self._closed()
+
+    # -- backend hooks -------------------------------------------------------------------------
+
+    def _frames_for(self, model: str | None) -> int:
+        if model is None:
+            model = next(iter(self._frames), None)
+        return self._frames.get(model or "", DEFAULT_FRAMES)
+
+    @property
+    def _parallel(self) -> int:
+        return len(self._workers)
+
+    def _queued(self, job: TrackedJob) -> None:
+        self._wake.set()
+
+    def _finished(self, job: TrackedJob) -> None:
+        self._in_flight.discard(job.job_id)
+        if not self._in_flight:
+            self._all_back.set()
+        self._wake.set()
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def _client(self) -> Redis:
+        if self._redis is None:
+            raise RuntimeError("RedisJobQueue.start() was not called")
+        return self._redis
+
+    async def _tick_loop(self) -> None:
+        while not self._halt:
+            honour_cancel()
+            try:
+                await self._tick()
+            except RedisError as exc:
+                self._log.warning("Redis is unreachable (%s); retrying", exc)
+            except Exception:
+                self._log.exception("dispatch tick failed")
+            # asyncio.timeout, not wait_for: on 3.11, wait_for can swallow the cancel that stop()
+            # sends when the event is set at the same moment, and the loop would never end.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._tick_seconds):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def _tick(self) -> None:
+        redis = self._client()
+        self._workers = await live_workers(redis, self._keys)
+        for worker in self._workers:
+            self._frames.update(worker.frames or {})
+        if not self._stopping:
+            self._state = "ready" if self._workers else "no_workers"
+        await self._reconcile()
+        await self._dispatch()
+
+    async def _reconcile(self) -> None:
+        """Finish jobs whose stored result we have not seen on pub/sub."""
+        ids = sorted(self._in_flight)
+        if not ids:
+            return
+        stored = await self._client().mget([self._keys.result(i) for i in ids])
+        for raw in stored:
+            if raw is not None:
+                await self._on_message(raw)
+
+    async def _dispatch(self) -> None:
+        async with self._dispatching:
+            while not self._stopping and len(self._in_flight) < len(self._workers):
+                queued = self._queue.take_nowait()
+                if queued is None:
+                    return
+                job = self._jobs[queued.job_id]
+                self._announce_positions()
+                self._in_flight.add(job.job_id)
+                self._all_back.clear()
+                try:
+                    await self._send(job)
+                except Exception as exc:  # the picture is gone, or Redis refused it
+                    await self._fail(job, exc, "dispatch")
+
+    async def _send(self, job: TrackedJob) -> None:
+        redis, keys, request = self._client(), self._keys, job.request
+        job.phase = "generating"
+        job.started_at = time.monotonic()
+        job.expected_seconds = self.eta.estimate(job.queued.cost_units)
+        stored = await redis.get(keys.result(job.job_id))
+        if stored is not None:
+            job.log.info("already finished on a worker; using its result")
+            await self._on_message(stored)
+            return
+        if await redis.exists(keys.claim(job.job_id)):
+            job.log.info("already running on a worker; following it")
+            return
+        try:
+            picture = await asyncio.to_thread(request.input_path.read_bytes)
+        except OSError as exc:
+            raise GenerationFailed(INPUT_ERROR, reason="input") from exc
+        await redis.set(keys.input(job.job_id), picture, ex=self._ttl)
+        assert self._broker is not None  # set with the client in start()
+        kicker: Any = AsyncKicker(TASK_NAME, self._broker, {})
+        await kicker.kiq(
+            job_id=job.job_id,
+            options=request.options.to_dict(),
+            max_bytes=request.max_bytes,
+            user_id=request.user_id,
+            group=request.group,
+        )
+        job.log.info("handed to the workers (%d live)", len(self._workers))
+
+    # -- events from the workers ---------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Pub/sub from the workers, reconnecting when Redis goes away."""
+        while not self._halt:
+            honour_cancel()
+            try:
+                async with self._client().pubsub() as pubsub:
+                    await pubsub.subscribe(self._keys.events)
+                    while not self._halt:
+                        honour_cancel()
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=self._tick_seconds
+                        )
+                        if message is not None and message.get("type") == "message":
+                            await self._on_message(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except RedisError as exc:
+                self._log.warning("lost the event channel (%s); reconnecting", exc)
+                await asyncio.sleep(1.0)
+            except Exception:
+                self._log.exception("event listener failed; restarting it")
+                await asyncio.sleep(1.0)
+
+    async def _on_message(self, raw: bytes | str) -> None:
+        try:
+            event = event_from_json(raw)
+        except ValueError:
+            self._log.warning("ignoring a malformed event from a worker")
+            return
+        job = self._jobs.get(event.job_id)
+        if job is None or job.finished or job.job_id not in self._in_flight:
+            return  # another bot's, or a duplicate of what we already have
+        event = replace(event, user_id=job.request.user_id)
+        match event.kind:
+            case EventKind.STARTED:
+                job.phase = "generating"
+                job.started_at = time.monotonic()
+                job.step = 0
+                job.expected_seconds = event.eta_seconds or job.expected_seconds
+                await self._record(job, event)
+            case EventKind.STEP:
+                job.step, job.total = event.step or 0, event.total or 0
+                await self._record(job, replace(event, eta_seconds=self._remaining(job)))
+            case EventKind.ENCODING:
+                job.phase = "encoding"
+                await self._record(job, event)
+            case EventKind.DONE:
+                await self._done(job, event)
+            case EventKind.FAILED | EventKind.CANCELLED:
+                await self._end(job, event)
+            case EventKind.LOADING | EventKind.DECODING:
+                await self._record(job, event)
+            case _:
+                pass  # queued / position are the worker's own line; interrupted is requeued
+
+    async def _done(self, job: TrackedJob, event: JobEvent) -> None:
+        redis, keys = self._client(), self._keys
+        data = await redis.get(keys.output(job.job_id))
+        if not isinstance(data, bytes) or event.clip is None:
+            job.log.error("the worker reported done but the clip is not in Redis")
+            await self._finish(job, EventKind.FAILED, reason="error", error=LOST_CLIP_ERROR)
+            return
+        path = self._output_dir / f"{job.job_id}.{event.clip.format}"
+        await asyncio.to_thread(_write, path, data)
+        if event.seconds is not None and event.cost_units:
+            self.eta.record_duration(event.cost_units, event.seconds)
+        await self._end(job, replace(event, clip=replace(event.clip, path=path)))
+        with contextlib.suppress(RedisError):
+            await redis.delete(keys.input(job.job_id), keys.output(job.job_id))
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".part")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+__all__ = ["GENERIC_ERROR", "LOST_CLIP_ERROR", "RedisJobQueue", "WorkerInfo"]
+
+

@@ -1,0 +1,291 @@
+"""`RemoteWorker`: one GPU's process in a scaled-out setup (`svd-bot worker`).
+
+It runs the same runtime as the embedded queue (`LocalJobQueue`: engine thread, time limit, OOM
+handling, encoder) and feeds it from taskiq, one job at a time. For each message:
+
+1. A stored result means the job ran already (at-least-once delivery, or the bot submitting it
+   again after a restart): publish that result again and acknowledge. Nothing runs twice.
+2. Otherwise take the job's claim, a key with a short lease that this worker renews while it
+   works. A claim held by another live worker means the job is running there: wait for it to
+   end, then go back to 1. A claim whose holder died expires within one lease.
+3. A cancel flag set before the start ends the job at once; one set later is seen within
+   `cancel_poll_seconds` and stops the engine at its next step.
+4. The outcome is stored (the clip under `output`, then the terminal event under `result`)
+   BEFORE it is published and the message acknowledged, so a crash at any point leaves either a
+   message that will be redelivered or a result that answers it.
+
+On shutdown the job in flight is put back on the stream for another worker, not failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from taskiq import Context, TaskiqDepends
+from taskiq.acks import AcknowledgeType
+from taskiq.exceptions import NoResultError
+from taskiq.receiver import Receiver
+
+from generation.errors import Cancelled
+from generation.front import INPUT_ERROR
+from generation.jobs import EventKind, JobEvent, JobRequest
+from generation.options import AnimateOptions
+from generation.remote.broker import WorkerInfo, honour_cancel, make_broker
+from generation.remote.wire import TASK_NAME, Keys, event_to_json
+from generation.worker import LocalJobQueue
+
+log = logging.getLogger("generation.remote.worker")
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class RemoteWorker:
+    def __init__(
+        self,
+        runtime: LocalJobQueue,
+        *,
+        redis_url: str,
+        work_dir: Path,
+        reclaim_seconds: float,
+        keys: Keys | None = None,
+        name: str | None = None,
+        models: tuple[str, ...] = (),
+        data_ttl_seconds: float = 24 * 3600,
+        heartbeat_seconds: float = 2.0,
+        claim_seconds: float = 15.0,
+        cancel_poll_seconds: float = 0.5,
+        grace_seconds: float = 60.0,
+    ) -> None:
+        self._runtime = runtime
+        self._url = redis_url
+        self._work_dir = work_dir
+        self._reclaim = reclaim_seconds
+        self._keys = keys if keys is not None else Keys()
+        self.name = name or default_worker_name()
+        self._models = models
+        self._ttl = int(data_ttl_seconds)
+        self._heartbeat = heartbeat_seconds
+        self._claim_ms = int(claim_seconds * 1000)
+        self._poll = cancel_poll_seconds
+        self._grace = grace_seconds
+        self._redis: Redis | None = None
+        self._job_id: str | None = None
+        self._stopping = False
+        self.jobs_done = 0
+
+    # -- the process ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set; then hand back the job in flight and leave."""
+        self._work_dir.mkdir(parents=True, exist_ok=True)
+        self._redis = Redis.from_url(self._url)
+        broker = make_broker(
+            self._url, self._keys, reclaim_seconds=self._reclaim, consumer_name=self.name
+        )
+
+        async def generate(  # taskiq registers functions, not bound methods
+            job_id: str,
+            options: dict[str, Any],
+            max_bytes: int,
+            user_id: int,
+            group: int = 0,
+            context: Context = TaskiqDepends(),  # noqa: B008 (taskiq injects it)
+        ) -> None:
+            await self.handle(job_id, options, max_bytes, user_id, group, context)
+
+        broker.register_task(generate, task_name=TASK_NAME)
+        broker.is_worker_process = True
+        await broker.startup()
+        await self._runtime.start()
+        heartbeat = asyncio.create_task(self._beat(), name="svd-worker-heartbeat")
+        finish = asyncio.Event()
+        receiver = Receiver(
+            broker,
+            max_async_tasks=1,
+            max_prefetch=0,
+            run_startup=False,
+            ack_type=AcknowledgeType.MANUAL,
+        )
+        listener = asyncio.create_task(receiver.listen(finish), name="svd-worker-receiver")
+        log.info("worker %s listening on %s", self.name, self._keys.stream)
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({listener, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if listener.done() and (exc := listener.exception()) is not None:
+                raise exc
+        finally:
+            log.info("worker %s stopping", self.name)
+            self._stopping = True
+            finish.set()
+            # Leave the registry first, so the bot stops counting on this GPU.
+            heartbeat.cancel()
+            with contextlib.suppress(RedisError):
+                await self._redis.delete(self._keys.worker(self.name))
+            # The job in flight finishes within the grace period or is handed back (handle()).
+            await self._runtime.stop(self._grace)
+            # The receiver ends once the job in flight has been stored or handed back.
+            await asyncio.wait({listener}, timeout=10.0)
+            for task in (listener, stopper, heartbeat):
+                task.cancel()
+            await asyncio.wait({listener, stopper, heartbeat}, timeout=5.0)
+            await broker.shutdown()
+            await self._redis.aclose()
+
+    async def _beat(self) -> None:
+        while True:
+            honour_cancel()
+            try:
+                await self._client().set(
+                    self._keys.worker(self.name),
+                    self._info().to_json(),
+                    px=int(self._heartbeat * 3000),
+                )
+            except RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(self._heartbeat)
+
+    def _info(self) -> WorkerInfo:
+        frames = {}
+        for model in self._models:
+            with contextlib.suppress(Exception):
+                frames[model] = self._runtime._frames_for(model)
+        state = "busy" if self._job_id else self._runtime.state
+        return WorkerInfo(self.name, state, self._job_id, frames or None)
+
+    def _client(self) -> Redis:
+        if self._redis is None:
+            raise RuntimeError("RemoteWorker.run() was not called")
+        return self._redis
+
+    # -- one job ---------------------------------------------------------------------------
+
+    async def handle(
+        self,
+        job_id: str,
+        options: dict[str, Any],
+        max_bytes: int,
+        user_id: int,
+        group: int,
+        context: Context,
+    ) -> None:
+        """The taskiq task: run one job, store its outcome, then acknowledge the message."""
+        redis, keys = self._client(), self._keys
+        jlog = logging.LoggerAdapter(log, {"job_id": job_id})
+        while True:
+            stored = await redis.get(keys.result(job_id))
+            if stored is not None:
+                jlog.info("[job %s] already finished; sending its result again", job_id)
+                await redis.publish(keys.events, stored)
+                await context.ack()
+                return
+            if await redis.set(keys.claim(job_id), self.name, nx=True, px=self._claim_ms):
+                break
+            # Running on another live worker (its claim is renewed): wait for its outcome.
+            await asyncio.sleep(self._poll)
+        self._job_id = job_id
+        renew = asyncio.create_task(self._hold(job_id))
+        try:
+            request = JobRequest(
+                job_id=job_id,
+                user_id=user_id,
+                options=AnimateOptions.from_dict(options),
+                input_path=self._work_dir / f"{job_id}.png",
+                max_bytes=max_bytes,
+                group=group,
+            )
+            outcome = await self._run(request)
+            if outcome is None:  # shutting down: another worker takes it
+                jlog.info("[job %s] handed back for another worker", job_id)
+                with contextlib.suppress(NoResultError):
+                    await context.requeue()
+            else:
+                await self._store(outcome)
+                self.jobs_done += 1
+            await context.ack()
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+            self._job_id = None
+            await self._release(job_id)
+            request_path = self._work_dir / f"{job_id}.png"
+            await asyncio.to_thread(request_path.unlink, True)
+
+    async def _run(self, request: JobRequest) -> JobEvent | None:
+        """Run the job in the local runtime, forwarding its progress; its terminal event, or
+        None when it was interrupted by our shutdown."""
+        redis, keys, job_id = self._client(), self._keys, request.job_id
+        if await redis.exists(keys.cancel(job_id)):
+            return self._terminal(request, EventKind.CANCELLED, "cancelled")
+        picture = await redis.get(keys.input(job_id))
+        if not isinstance(picture, bytes):
+            return self._terminal(request, EventKind.FAILED, "input", INPUT_ERROR)
+        await asyncio.to_thread(request.input_path.write_bytes, picture)
+        events = self._runtime.subscribe(job_id)
+        await self._runtime.submit(request, resume=True)
+        async for event in events:
+            if event.kind in (EventKind.QUEUED, EventKind.POSITION):
+                continue  # this worker's own line of one
+            if event.kind is EventKind.INTERRUPTED:
+                return None
+            if event.terminal:
+                return event
+            await redis.publish(keys.events, event_to_json(event))
+        return None  # the runtime stopped
+
+    @staticmethod
+    def _terminal(
+        request: JobRequest, kind: EventKind, reason: str, error: str | None = None
+    ) -> JobEvent:
+        return JobEvent(
+            request.job_id,
+            kind,
+            user_id=request.user_id,
+            reason=reason,
+            error=error or Cancelled().user_message,
+        )
+
+    async def _store(self, event: JobEvent) -> None:
+        """The clip first, then the result that points at it, then the news."""
+        redis, keys = self._client(), self._keys
+        if event.kind is EventKind.DONE and event.clip is not None:
+            data = await asyncio.to_thread(event.clip.path.read_bytes)
+            await redis.set(keys.output(event.job_id), data, ex=self._ttl)
+            await asyncio.to_thread(event.clip.path.unlink, True)
+        payload = event_to_json(event)
+        await redis.set(keys.result(event.job_id), payload, ex=self._ttl)
+        await redis.publish(keys.events, payload)
+
+    async def _hold(self, job_id: str) -> None:
+        """Renew the claim and watch the cancel flag while the job runs."""
+        redis, keys = self._client(), self._keys
+        renew_every = max(self._claim_ms / 3000, self._poll)
+        since_renew = 0.0
+        while True:
+            await asyncio.sleep(self._poll)
+            honour_cancel()
+            since_renew += self._poll
+            try:
+                if since_renew >= renew_every:
+                    await redis.set(keys.claim(job_id), self.name, px=self._claim_ms)
+                    since_renew = 0.0
+                if await redis.exists(keys.cancel(job_id)):
+                    await self._runtime.cancel(job_id)
+            except RedisError as exc:
+                log.warning("[job %s] lost Redis while running: %s", job_id, exc)
+
+    async def _release(self, job_id: str) -> None:
+        with contextlib.suppress(RedisError):
+            redis = self._client()
+            if await redis.get(self._keys.claim(job_id)) == self.name.encode():
+                await redis.delete(self._keys.claim(job_id))
