@@ -1,4 +1,5 @@
-"""`python -m bot` (or `svd-bot`): run the bot; `sync` registers the slash commands; `check`
+"""`python -m bot` (or `svd-bot`): run the bot; `sync` registers the slash commands; `worker`
+serves clips from Redis on one GPU (QUEUE_BACKEND=redis); `check`
 says what this host has and what the bot will do; `health` is the container's health check."""
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub.add_parser("run", help="run the bot (the default)")
     sync = sub.add_parser("sync", help="register the slash commands with Discord")
     sync.add_argument("--guild", type=int, help="only in this server (instant; for testing)")
+    sub.add_parser(
+        "worker", help="serve clips from Redis on one GPU (QUEUE_BACKEND=redis; one per GPU)"
+    )
     sub.add_parser("check", help="what this host has and what the bot would do")
     sub.add_parser("health", help="exit 0 when the running bot is connected and ready")
     return parser.parse_args(argv)
@@ -36,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         from bot.doctor import run_checks
 
         return run_checks(settings)
+    if command == "worker":
+        return _run_worker(settings)
     if command == "health":
         from bot.app import healthy
 
@@ -48,6 +54,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"svd-bot: {exc}", file=sys.stderr)
         return 2
     return _run_async(command, settings, token, args)
+
+
+def _run_worker(settings: Settings) -> int:
+    from bot.worker import run_worker
+    from generation.errors import GenerationError
+
+    try:
+        asyncio.run(run_worker(settings))
+        return 0
+    except GenerationError as exc:
+        print(f"svd-bot worker: {exc.user_message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        logging.getLogger("bot").exception("the worker stopped")
+        print(f"svd-bot worker: stopped: {exc}", file=sys.stderr)
+        return 1
 
 
 def _run_async(command: str, settings: Settings, token: str, args: argparse.Namespace) -> int:

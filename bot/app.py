@@ -24,6 +24,8 @@ from generation.images import ImageLimits
 from generation.jobs import JobEvent
 from generation.queue import FairQueue
 from generation.reencode import reencode_file
+from generation.remote.queue import RedisJobQueue
+from generation.remote.wire import Keys
 from generation.worker import LocalJobQueue
 from storage.database import Database
 from storage.jobs import JobStore
@@ -50,12 +52,23 @@ def image_limits(settings: Settings) -> ImageLimits:
     )
 
 
+def build_engine(settings: Settings, *, device: str | None = None) -> SVDEngine:
+    return SVDEngine(
+        settings.models,
+        device=device or settings.device,
+        memory_mode=settings.memory_mode,
+        resolution=settings.resolution,
+        local_files_only=settings.hf_offline,
+    )
+
+
 @dataclass
 class App:
     settings: Settings
     database: Database
-    engine: SVDEngine
-    queue: LocalJobQueue
+    # None with QUEUE_BACKEND=redis: the engines live in the workers.
+    engine: SVDEngine | None
+    queue: LocalJobQueue | RedisJobQueue
     service: AnimateService
     bot: SvdBot
 
@@ -82,28 +95,34 @@ async def build_app(
             max_steps=settings.default_max_steps,
         )
         quotas = QuotaStore(database, settings=guilds)
-        if engine is None:
-            engine = SVDEngine(
-                settings.models,
-                device=settings.device,
-                memory_mode=settings.memory_mode,
-                resolution=settings.resolution,
-                local_files_only=settings.hf_offline,
-            )
         service_box: list[AnimateService] = []
 
         async def journal(event: JobEvent) -> None:
             await service_box[0].journal(event)
 
-        queue = LocalJobQueue(
-            engine,
-            output_dir=settings.outputs_dir,
-            queue=FairQueue(
-                max_per_user=settings.max_jobs_per_user, max_waiting=settings.max_waiting
-            ),
-            journal=journal,
-            job_timeout=settings.job_timeout_seconds,
-        )
+        line = FairQueue(max_per_user=settings.max_jobs_per_user, max_waiting=settings.max_waiting)
+        queue: LocalJobQueue | RedisJobQueue
+        if settings.queue_backend == "redis":
+            queue = RedisJobQueue(
+                redis_url=settings.redis_url,
+                output_dir=settings.outputs_dir,
+                reclaim_seconds=settings.reclaim_seconds,
+                keys=Keys(settings.redis_prefix),
+                queue=line,
+                journal=journal,
+            )
+            frames_for = queue.frames_for
+        else:
+            if engine is None:
+                engine = build_engine(settings)
+            queue = LocalJobQueue(
+                engine,
+                output_dir=settings.outputs_dir,
+                queue=line,
+                journal=journal,
+                job_timeout=settings.job_timeout_seconds,
+            )
+            frames_for = engine.frames_for
         # Waiting-time estimates start from the durations of the last runs, not a guess.
         queue.eta.seed(await jobs.recent_durations(limit=20))
         service = AnimateService(
@@ -117,7 +136,7 @@ async def build_app(
             quotas=quotas,
             guilds=guilds,
             queue=queue,
-            frames_for=engine.frames_for,
+            frames_for=frames_for,
         )
         service_box.append(service)
         bot = SvdBot(

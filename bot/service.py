@@ -307,6 +307,10 @@ class AnimateService:
         job_id = event.job_id
         match event.kind:
             case EventKind.STARTED:
+                current = await self._jobs.get(job_id)
+                if current is not None and current.state in (JobState.RUNNING, JobState.ENCODING):
+                    # Started again: its first GPU worker died and another took the job over.
+                    await self._jobs.requeue(job_id)
                 await self._jobs.increment_attempts(job_id)
                 await self._jobs.set_state(job_id, JobState.RUNNING)
             case EventKind.ENCODING:

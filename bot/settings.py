@@ -17,6 +17,7 @@ Device = Literal["auto", "cuda", "cpu"]
 MemoryMode = Literal["auto", "fast", "full", "offload", "offload_chunked", "sequential"]
 Period = Literal["hour", "day", "week"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+QueueBackend = Literal["local", "redis"]
 
 
 class Settings(BaseSettings):
@@ -49,6 +50,14 @@ class Settings(BaseSettings):
     job_timeout_seconds: float = Field(default=600.0, gt=0)
     shutdown_grace_seconds: float = Field(default=60.0, ge=0)
 
+    # Scale-out: GPU workers on other machines (see README, "Several GPUs")
+    queue_backend: QueueBackend = "local"
+    redis_url: str = "redis://localhost:6379/0"
+    redis_prefix: str = Field(default="svd", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    redis_reclaim_seconds: float | None = Field(default=None, gt=0)
+    worker_name: str | None = None
+    worker_gpu: int | None = Field(default=None, ge=0)
+
     # Input limits
     max_image_mb: float = Field(default=25.0, gt=0)
     max_image_megapixels: float = Field(default=40.0, gt=0)
@@ -57,7 +66,14 @@ class Settings(BaseSettings):
     log_level: LogLevel = "INFO"
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
-    @field_validator("default_quota", "metrics_port", mode="before")
+    @field_validator(
+        "default_quota",
+        "metrics_port",
+        "redis_reclaim_seconds",
+        "worker_name",
+        "worker_gpu",
+        mode="before",
+    )
     @classmethod
     def _empty_or_unlimited_is_none(cls, value: object) -> object:
         if isinstance(value, str) and value.strip().lower() in {"", "none", "unlimited"}:
@@ -81,6 +97,26 @@ class Settings(BaseSettings):
         if not self.models:
             raise ValueError("SVD_MODEL must name at least one model (hub id or folder)")
         return self
+
+    @model_validator(mode="after")
+    def _reclaim_after_the_longest_job(self) -> Settings:
+        if (
+            self.redis_reclaim_seconds is not None
+            and self.redis_reclaim_seconds <= self.job_timeout_seconds
+        ):
+            raise ValueError(
+                "REDIS_RECLAIM_SECONDS must be longer than JOB_TIMEOUT_SECONDS, or a job still "
+                "running would be handed to a second worker"
+            )
+        return self
+
+    @property
+    def reclaim_seconds(self) -> float:
+        """How long a job message may stay unacknowledged before another worker takes it: past
+        the longest job (generation and encoding each have JOB_TIMEOUT_SECONDS) plus loading."""
+        if self.redis_reclaim_seconds is not None:
+            return self.redis_reclaim_seconds
+        return 2 * self.job_timeout_seconds + 120
 
     @property
     def models(self) -> list[str]:

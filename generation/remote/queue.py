@@ -171,6 +171,10 @@ class RedisJobQueue(QueueFront):
 
     # -- backend hooks -------------------------------------------------------------------------
 
+    def frames_for(self, model: str | None) -> int:
+        """Frames the model makes, as the workers reported it (SVD-XT's 25 before any has)."""
+        return self._frames_for(model)
+
     def _frames_for(self, model: str | None) -> int:
         if model is None:
             model = next(iter(self._frames), None)
@@ -356,5 +360,3 @@ def _write(path: Path, data: bytes) -> None:
 
 
 __all__ = ["GENERIC_ERROR", "LOST_CLIP_ERROR", "RedisJobQueue", "WorkerInfo"]
-
-

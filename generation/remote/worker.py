@@ -144,15 +144,21 @@ class RemoteWorker:
     async def _beat(self) -> None:
         while True:
             honour_cancel()
-            try:
-                await self._client().set(
-                    self._keys.worker(self.name),
-                    self._info().to_json(),
-                    px=int(self._heartbeat * 3000),
-                )
-            except RedisError as exc:
-                log.warning("heartbeat failed: %s", exc)
+            await self._say_alive()
             await asyncio.sleep(self._heartbeat)
+
+    async def _say_alive(self) -> None:
+        """Write the heartbeat: who we are, and which job we hold (read by the bot's /queue)."""
+        if self._stopping:
+            return
+        try:
+            await self._client().set(
+                self._keys.worker(self.name),
+                self._info().to_json(),
+                px=int(self._heartbeat * 3000),
+            )
+        except RedisError as exc:
+            log.warning("heartbeat failed: %s", exc)
 
     def _info(self) -> WorkerInfo:
         frames = {}
@@ -193,6 +199,7 @@ class RemoteWorker:
             # Running on another live worker (its claim is renewed): wait for its outcome.
             await asyncio.sleep(self._poll)
         self._job_id = job_id
+        await self._say_alive()
         renew = asyncio.create_task(self._hold(job_id))
         try:
             request = JobRequest(
@@ -218,6 +225,7 @@ class RemoteWorker:
                 await renew
             self._job_id = None
             await self._release(job_id)
+            await self._say_alive()
             request_path = self._work_dir / f"{job_id}.png"
             await asyncio.to_thread(request_path.unlink, True)
 
