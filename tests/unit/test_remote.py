@@ -1,0 +1,130 @@
+"""The scale-out pieces that need no Redis: the wire format, GPU pinning, its settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.settings import SettingsError, load_settings
+from generation.jobs import EventKind, JobEvent
+from generation.remote.broker import WorkerInfo
+from generation.remote.gpus import NoFreeGpu, claim_gpu
+from generation.remote.wire import Keys, event_from_json, event_to_json
+from generation.results import EncodedClip
+
+
+def test_a_done_event_crosses_the_wire_unchanged() -> None:
+    clip = EncodedClip(
+        path=Path("/tmp/out/abc.mp4"),
+        format="mp4",
+        size_bytes=1234,
+        width=1024,
+        height=576,
+        frame_count=25,
+        fps=7.0,
+        seconds=25 / 7,
+        reduced=True,
+    )
+    event = JobEvent(
+        "abc",
+        EventKind.DONE,
+        user_id=42,
+        clip=clip,
+        seed=7,
+        model="m",
+        plan="fast",
+        hints=("static",),
+        seconds=9.5,
+        cost_units=625,
+    )
+    assert event_from_json(event_to_json(event)) == event
+
+
+def test_progress_and_failure_events_round_trip() -> None:
+    step = JobEvent("j", EventKind.STEP, user_id=1, step=3, total=25, eta_seconds=4.5)
+    failed = JobEvent("j", EventKind.FAILED, user_id=1, error="Out of memory.", reason="oom")
+    for event in (step, failed):
+        assert event_from_json(event_to_json(event)) == event
+
+
+@pytest.mark.parametrize("text", ["", "{}", '{"kind": "nope", "job_id": "x"}', "[1, 2]"])
+def test_anything_else_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        event_from_json(text)
+
+
+def test_keys_live_under_the_prefix() -> None:
+    keys = Keys("guild-bot")
+    names = [keys.stream, keys.events, keys.input("j"), keys.result("j"), keys.worker("w1")]
+    assert all(name.startswith("guild-bot:") for name in names)
+    assert len(set(names)) == len(names)
+
+
+def test_worker_heartbeat_round_trips() -> None:
+    info = WorkerInfo("w1", "busy", "job1", {"model": 25})
+    assert WorkerInfo.from_json(info.to_json()) == info
+
+
+def test_each_worker_takes_a_different_gpu(tmp_path: Path) -> None:
+    first = claim_gpu(tmp_path, count=2)
+    second = claim_gpu(tmp_path, count=2)
+    assert {first.index, second.index} == {0, 1}
+    with pytest.raises(NoFreeGpu, match="already has a worker"):
+        claim_gpu(tmp_path, count=2)
+    first.release()
+    again = claim_gpu(tmp_path, count=2)
+    assert again.index == first.index
+    again.release()
+    second.release()
+
+
+def test_a_gpu_is_free_again_when_its_worker_process_dies(tmp_path: Path) -> None:
+    code = (
+        "import sys, pathlib\n"
+        "from generation.remote.gpus import claim_gpu\n"
+        f"lock = claim_gpu(pathlib.Path({str(tmp_path)!r}), 1)\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=root,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        with pytest.raises(NoFreeGpu):
+            claim_gpu(tmp_path, 1)
+    finally:
+        holder.kill()
+        holder.wait()
+        for stream in (holder.stdin, holder.stdout):
+            if stream is not None:
+                stream.close()
+    lock = claim_gpu(tmp_path, 1)
+    assert lock.index == 0
+    lock.release()
+
+
+def test_reclaim_must_outlast_the_job_timeout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError, match="REDIS_RECLAIM_SECONDS must be longer"):
+        load_settings(job_timeout_seconds=600, redis_reclaim_seconds=300)
+    settings = load_settings(job_timeout_seconds=300)
+    assert settings.reclaim_seconds > 2 * 300
+    assert settings.queue_backend == "local"
+
+
+def test_an_unknown_backend_names_the_choices(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError, match=r"QUEUE_BACKEND.*'local'.*'redis'"):
+        load_settings(queue_backend="rabbit")
