@@ -93,6 +93,8 @@ class RedisJobQueue(QueueFront):
         self._frames: dict[str, int] = {}
         # Handed to a worker and not finished yet.
         self._in_flight: set[str] = set()
+        # In flight, with their outcome being taken in (fetching the clip) right now.
+        self._ending: set[str] = set()
         # Set while nothing is in flight (what a graceful stop waits for).
         self._all_back = asyncio.Event()
         self._all_back.set()
@@ -314,6 +316,20 @@ class RedisJobQueue(QueueFront):
         job = self._jobs.get(event.job_id)
         if job is None or job.finished or job.job_id not in self._in_flight:
             return  # another bot's, or a duplicate of what we already have
+        if event.kind in (EventKind.DONE, EventKind.FAILED, EventKind.CANCELLED):
+            # Pub/sub and the tick's look at stored results can bring the same outcome at once.
+            if job.job_id in self._ending:
+                return
+            self._ending.add(job.job_id)
+            try:
+                if event.kind is EventKind.DONE:
+                    await self._done(job, event)
+                else:
+                    await self._end(job, event)
+            finally:
+                # On an error (Redis away) the next tick tries the stored result again.
+                self._ending.discard(job.job_id)
+            return
         event = replace(event, user_id=job.request.user_id)
         match event.kind:
             case EventKind.STARTED:
@@ -328,10 +344,6 @@ class RedisJobQueue(QueueFront):
             case EventKind.ENCODING:
                 job.phase = "encoding"
                 await self._record(job, event)
-            case EventKind.DONE:
-                await self._done(job, event)
-            case EventKind.FAILED | EventKind.CANCELLED:
-                await self._end(job, event)
             case EventKind.LOADING | EventKind.DECODING:
                 await self._record(job, event)
             case _:
