@@ -153,7 +153,10 @@ def queue_text(jobs: Sequence[JobRecord], snapshot: QueueSnapshot) -> str:
             lines.append(f"• `{short}` is {job.state.value}")
     total = len(snapshot.waiting)
     head = f"📋 {total} clip{'s' if total != 1 else ''} waiting in total"
-    head += ", one being made." if snapshot.running else "."
+    making = len(snapshot.running)
+    head += "." if not making else ", one being made." if making == 1 else f", {making} being made."
+    if snapshot.state == "no_workers":
+        head += "\n⚠️ No GPU worker is connected right now; clips wait until one is back."
     if not lines:
         return head + "\nYou have no clips waiting. Use `/animate` to make one."
     return head + "\nYour clips:\n" + "\n".join(lines)

@@ -52,3 +52,15 @@ def test_limits_parse_numbers_and_unlimited() -> None:
 
 def test_long_text_is_cut_to_discords_limit() -> None:
     assert len(messages.truncate("x" * 5000)) == messages.MAX_CONTENT
+
+
+def test_queue_counts_clips_made_on_several_gpus_and_says_when_none_is_connected() -> None:
+    from generation.jobs import QueueSnapshot, RunningJob, WaitingJob
+
+    running = tuple(RunningJob(f"r{i}", i, 1, "generating", 3, 25, 4.0) for i in range(3))
+    waiting = (WaitingJob("w1", 9, 1, 1, 12.0, 625),)
+    busy = messages.queue_text([], QueueSnapshot("ready", waiting, running))
+    assert busy.startswith("📋 1 clip waiting in total, 3 being made.")
+    assert "No GPU worker" not in busy
+    idle = messages.queue_text([], QueueSnapshot("no_workers", waiting, ()))
+    assert "No GPU worker is connected right now" in idle
