@@ -54,7 +54,34 @@ def check_all(settings: Settings) -> list[Finding]:
     findings.append(_database(settings.database_path))
     findings.append(_writable("Data folder", settings.data_dir))
     findings.append(_token(settings))
+    findings.append(_queue_backend(settings))
     return findings
+
+
+def _queue_backend(settings: Settings) -> Finding:
+    if settings.queue_backend == "local":
+        return Finding(True, "Queue", "local: clips are made on this machine's GPU")
+    import redis
+
+    from generation.remote.wire import Keys
+
+    where = _without_password(settings.redis_url)
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+        with client:
+            client.ping()
+            workers = sum(1 for _ in client.scan_iter(match=Keys(settings.redis_prefix).workers))
+    except redis.RedisError as exc:
+        return Finding(False, "Queue", f"cannot reach Redis at {where}: {exc}", fatal=True)
+    detail = f"redis at {where}: reachable, {workers} GPU worker(s) connected"
+    if not workers:
+        detail += " (start one per GPU with `./run.sh worker`)"
+    return Finding(True, "Queue", detail)
+
+
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return scheme + sep + rest.rpartition("@")[2] if sep else url
 
 
 def _torch_and_gpu(settings: Settings) -> list[Finding]:

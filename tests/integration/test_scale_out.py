@@ -32,8 +32,8 @@ from storage.jobs import JobRecord, JobState
 from tests.fakes.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
-JOB_TIMEOUT = 20
-RECLAIM = 24
+JOB_TIMEOUT = 30
+RECLAIM = 35
 ORIGIN = Origin(channel_id=5, max_bytes=10 * 2**20)
 
 pytestmark = pytest.mark.timeout(240)
@@ -191,6 +191,17 @@ async def test_jobs_spread_over_both_workers(app: App, workers: Workers) -> None
     pump.cancel()
 
 
+async def test_check_sees_redis_and_both_workers(app: App, workers: Workers) -> None:
+    from bot.doctor import _queue_backend
+
+    queue = app.queue
+    assert isinstance(queue, RedisJobQueue)
+    await both_workers_ready(queue, workers)
+    finding = await asyncio.to_thread(_queue_backend, app.settings)
+    assert finding.ok, finding.detail
+    assert "2 GPU worker(s) connected" in finding.detail
+
+
 async def test_a_killed_workers_job_finishes_on_the_other_once(
     app: App, workers: Workers
 ) -> None:
@@ -200,7 +211,7 @@ async def test_a_killed_workers_job_finishes_on_the_other_once(
     recorder = Recorder()
     pump = asyncio.create_task(app.service.pump(recorder))
     member = Member(1, 7)
-    options = AnimateOptions(num_inference_steps=40, num_frames=4)
+    options = AnimateOptions(num_inference_steps=20, num_frames=4)
     accepted = await app.service.submit(member, picture(), options, ORIGIN)
     job_id = accepted.job.job_id
     async with queue.subscribe(job_id) as events:

@@ -128,3 +128,19 @@ def test_an_unknown_backend_names_the_choices(
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SettingsError, match=r"QUEUE_BACKEND.*'local'.*'redis'"):
         load_settings(queue_backend="rabbit")
+
+
+def test_check_says_which_queue_and_whether_redis_answers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from bot.doctor import _queue_backend
+    from tests.fakes.redis_server import free_port
+
+    monkeypatch.chdir(tmp_path)
+    local = _queue_backend(load_settings())
+    assert local.ok and "this machine" in local.detail
+    url = f"redis://:secret@127.0.0.1:{free_port()}/0"
+    down = _queue_backend(load_settings(queue_backend="redis", redis_url=url))
+    assert not down.ok and down.fatal
+    assert "cannot reach Redis at redis://127.0.0.1:" in down.detail
+    assert "secret" not in down.detail
