@@ -35,6 +35,8 @@ class Backend:
     input_path: Path
     events: list[JobEvent] = field(default_factory=list)
     journal: list[JobEvent] = field(default_factory=list)
+    # Redis only: another bot-side queue on the same Redis keys (the bot after a restart).
+    another_bot: Callable[[], RedisJobQueue] | None = None
 
     def request(self, job_id: str, user_id: int = 1, *, steps: int = STEPS) -> JobRequest:
         options = AnimateOptions(num_inference_steps=steps, seed=7)
@@ -72,6 +74,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     line = FairQueue(max_per_user=10)
     stops: list[Callable[[], object]] = []
     queue: LocalJobQueue | RedisJobQueue
+    another_bot = None
     if request.param == "local":
         queue = LocalJobQueue(
             engine, output_dir=tmp_path / "out", queue=line, encoder=FakeEncoder(), journal=record
@@ -79,15 +82,20 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
         keys = Keys(prefix=f"t{uuid.uuid4().hex[:8]}")
-        queue = RedisJobQueue(
-            redis_url=server.url,
-            output_dir=tmp_path / "out",
-            reclaim_seconds=30,
-            keys=keys,
-            queue=line,
-            journal=record,
-            tick_seconds=0.05,
-        )
+
+        def bot_queue(line: FairQueue = line) -> RedisJobQueue:
+            return RedisJobQueue(
+                redis_url=server.url,
+                output_dir=tmp_path / "out",
+                reclaim_seconds=30,
+                keys=keys,
+                queue=line,
+                journal=record,
+                tick_seconds=0.05,
+            )
+
+        queue = bot_queue()
+        another_bot = lambda: bot_queue(FairQueue())  # noqa: E731
         worker = RemoteWorker(
             LocalJobQueue(engine, output_dir=tmp_path / "worker-out", encoder=FakeEncoder()),
             redis_url=server.url,
@@ -106,7 +114,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             await asyncio.wait_for(worker_task, 20)
 
         stops.append(stop_worker)
-    harness = Backend(queue, engine, picture, journal=journal)
+    harness = Backend(queue, engine, picture, journal=journal, another_bot=another_bot)
     stream = queue.events()
 
     async def collect() -> None:
@@ -116,6 +124,8 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     collector = asyncio.create_task(collect())
     yield harness
     await queue.stop(0)
+    if harness.queue is not queue:  # a test restarted the bot
+        await harness.queue.stop(0)
     for stop_one in stops:
         await stop_one()  # type: ignore[misc]
     await asyncio.wait_for(collector, 5)
@@ -207,3 +217,33 @@ async def test_the_same_id_twice_is_one_job(backend: Backend) -> None:
     await asyncio.sleep(0.3)  # a second run would have started by now
     assert len(backend.terminals("twice")) == 1
     assert backend.engine.runs == 1
+
+
+async def test_a_clip_finished_while_the_bot_was_down_is_delivered_after_its_restart(
+    backend: Backend,
+) -> None:
+    if backend.another_bot is None:
+        pytest.skip("the embedded queue stops its GPU with the bot; covered by the service tests")
+    backend.engine.step_seconds = 0.05
+    await start(backend)
+    await backend.queue.submit(backend.request("across", steps=20))
+    await backend.wait_for(lambda e: e.job_id == "across" and e.kind is EventKind.STEP)
+    await backend.queue.stop(0)  # the bot restarts; the worker goes on with the clip
+    interrupted = await backend.wait_terminal("across")
+    assert interrupted.kind is EventKind.INTERRUPTED and interrupted.reason == "shutdown"
+    for _ in range(200):  # the worker finishes the clip on its own
+        if backend.engine.steps_run >= 20:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # and stores it with its result
+
+    restarted = backend.another_bot()
+    backend.queue = restarted
+    await restarted.start()
+    events = restarted.subscribe("across")
+    await restarted.submit(backend.request("across", steps=20), resume=True)
+    async with asyncio.timeout(15):
+        done = [e async for e in events if e.terminal][-1]
+    assert done.kind is EventKind.DONE
+    assert done.clip is not None and done.clip.path.exists()
+    assert backend.engine.runs == 1  # answered from the stored result, not made again
