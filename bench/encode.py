@@ -36,6 +36,7 @@ from diffusers.utils import export_to_gif, export_to_video
 from PIL import Image, ImageFilter, ImageSequence
 
 from generation.encode import DEFAULT_MAX_BYTES, encode_clip
+from generation.fake_engine import moving_clip
 
 FPS = 7
 
@@ -54,33 +55,6 @@ class Row:
     psnr_blurred: float
     fits_10_mib: bool
     faststart: bool | None
-
-
-def texture(height: int, width: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-
-    def field(alpha: float) -> np.ndarray:
-        fy = np.fft.fftfreq(height)[:, None]
-        fx = np.fft.rfftfreq(width)[None, :]
-        f = np.hypot(fx, fy)
-        f[0, 0] = 1.0
-        spectrum = (rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) / f**alpha
-        plane = np.fft.irfft2(spectrum, s=(height, width))
-        return (plane - plane.mean()) / plane.std()
-
-    luma, cb, cr = 128 + 45 * field(1.1), 25 * field(1.6), 25 * field(1.6)
-    rgb = np.stack([luma + 1.4 * cr, luma - 0.34 * cb - 0.71 * cr, luma + 1.77 * cb], -1)
-    return np.clip(rgb, 0, 255)
-
-
-def moving_clip(frames: int = 25, width: int = 1024, height: int = 576) -> np.ndarray:
-    speed = 4
-    scene = texture(height + 32, width + frames * speed + 8, seed=0)
-    clip = np.empty((frames, height, width, 3), np.uint8)
-    for i in range(frames):
-        y = int(16 + 8 * np.sin(i / 4))
-        clip[i] = scene[y : y + height, i * speed : i * speed + width].round()
-    return clip
 
 
 def decode(path: Path) -> np.ndarray:

@@ -20,44 +20,12 @@ from PIL import Image, ImageSequence
 
 from generation.encode import EncodeFailed, encode_clip, interpolate_frames, ping_pong_frames
 from generation.errors import GenerationFailed
+from generation.fake_engine import moving_clip
 from generation.results import EncodedClip
 
 MIB = 1024 * 1024
 
 
-def texture(height: int, width: int, seed: int) -> np.ndarray:
-    """A photo-like colour texture: 1/f noise (the spectrum of natural images), smoother colour."""
-    rng = np.random.default_rng(seed)
-
-    def field(alpha: float) -> np.ndarray:
-        fy = np.fft.fftfreq(height)[:, None]
-        fx = np.fft.rfftfreq(width)[None, :]
-        f = np.hypot(fx, fy)
-        f[0, 0] = 1.0
-        spectrum = (rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) / f**alpha
-        plane = np.fft.irfft2(spectrum, s=(height, width))
-        return (plane - plane.mean()) / plane.std()
-
-    luma, cb, cr = 128 + 45 * field(1.1), 25 * field(1.6), 25 * field(1.6)
-    rgb = np.stack([luma + 1.4 * cr, luma - 0.34 * cb - 0.71 * cr, luma + 1.77 * cb], -1)
-    return np.clip(rgb, 0, 255)
-
-
-def moving_clip(
-    frames: int = 25, width: int = 1024, height: int = 576, speed: float = 4.0, seed: int = 0
-) -> np.ndarray:
-    """A camera panning over the texture by `speed` pixels a frame, with a little vertical sway."""
-    scene = texture(height + 32, width + int(frames * speed) + 8, seed)
-    clip = np.empty((frames, height, width, 3), np.uint8)
-    for i in range(frames):
-        x = i * speed
-        x0 = int(x)
-        y = int(16 + 8 * np.sin(i / 4))
-        # Sub-pixel pans blend neighbouring columns, so slow motion stays smooth.
-        part = x - x0
-        window = scene[y : y + height, x0 : x0 + width + 1]
-        clip[i] = ((1 - part) * window[:, :-1] + part * window[:, 1:]).round()
-    return clip
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
