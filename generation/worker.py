@@ -437,6 +437,10 @@ class LocalJobQueue(QueueFront):
 
     # -- positions and estimates -------------------------------------------------------------
 
+    def frames_for(self, model: str | None) -> int:
+        """Frames the model makes (the engine's answer, kept once known)."""
+        return self._frames_for(model)
+
     def _frames_for(self, model: str | None) -> int:
         if model not in self._frames:
             try:

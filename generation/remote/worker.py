@@ -35,7 +35,7 @@ from taskiq.exceptions import NoResultError
 from taskiq.receiver import Receiver
 
 from generation.errors import Cancelled
-from generation.front import INPUT_ERROR
+from generation.front import INPUT_ERROR, JobLog
 from generation.jobs import EventKind, JobEvent, JobRequest
 from generation.options import AnimateOptions
 from generation.remote.broker import WorkerInfo, honour_cancel, make_broker
@@ -80,6 +80,7 @@ class RemoteWorker:
         self._grace = grace_seconds
         self._redis: Redis | None = None
         self._job_id: str | None = None
+        self._frames: dict[str, int] = {}
         self._stopping = False
         self.jobs_done = 0
 
@@ -108,6 +109,7 @@ class RemoteWorker:
         await broker.startup()
         await self._runtime.start()
         heartbeat = asyncio.create_task(self._beat(), name="svd-worker-heartbeat")
+        learn = asyncio.create_task(self._learn_frames(), name="svd-worker-frames")
         finish = asyncio.Event()
         receiver = Receiver(
             broker,
@@ -135,9 +137,9 @@ class RemoteWorker:
             await self._runtime.stop(self._grace)
             # The receiver ends once the job in flight has been stored or handed back.
             await asyncio.wait({listener}, timeout=10.0)
-            for task in (listener, stopper, heartbeat):
+            for task in (listener, stopper, heartbeat, learn):
                 task.cancel()
-            await asyncio.wait({listener, stopper, heartbeat}, timeout=5.0)
+            await asyncio.wait({listener, stopper, heartbeat, learn}, timeout=5.0)
             await broker.shutdown()
             await self._redis.aclose()
 
@@ -161,12 +163,17 @@ class RemoteWorker:
             log.warning("heartbeat failed: %s", exc)
 
     def _info(self) -> WorkerInfo:
-        frames = {}
-        for model in self._models:
-            with contextlib.suppress(Exception):
-                frames[model] = self._runtime._frames_for(model)
         state = "busy" if self._job_id else self._runtime.state
-        return WorkerInfo(self.name, state, self._job_id, frames or None)
+        return WorkerInfo(self.name, state, self._job_id, dict(self._frames) or None)
+
+    async def _learn_frames(self) -> None:
+        """Frames each model makes, for the bot's estimates. Asking the engine may read a model's
+        config from disk, so it runs in a thread, once, and the heartbeat just repeats it."""
+        for model in self._models:
+            try:
+                self._frames[model] = await asyncio.to_thread(self._runtime.frames_for, model)
+            except Exception:
+                log.warning("could not tell how many frames %s makes", model)
 
     def _client(self) -> Redis:
         if self._redis is None:
@@ -186,11 +193,11 @@ class RemoteWorker:
     ) -> None:
         """The taskiq task: run one job, store its outcome, then acknowledge the message."""
         redis, keys = self._client(), self._keys
-        jlog = logging.LoggerAdapter(log, {"job_id": job_id})
+        jlog = JobLog(log, {"job_id": job_id})
         while True:
             stored = await redis.get(keys.result(job_id))
             if stored is not None:
-                jlog.info("[job %s] already finished; sending its result again", job_id)
+                jlog.info("already finished; sending its result again")
                 await redis.publish(keys.events, stored)
                 await context.ack()
                 return
@@ -212,7 +219,7 @@ class RemoteWorker:
             )
             outcome = await self._run(request)
             if outcome is None:  # shutting down: another worker takes it
-                jlog.info("[job %s] handed back for another worker", job_id)
+                jlog.info("handed back for another worker")
                 with contextlib.suppress(NoResultError):
                     await context.requeue()
             else:

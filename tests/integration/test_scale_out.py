@@ -200,6 +200,8 @@ async def test_check_sees_redis_and_both_workers(app: App, workers: Workers) -> 
     finding = await asyncio.to_thread(_queue_backend, app.settings)
     assert finding.ok, finding.detail
     assert "2 GPU worker(s) connected" in finding.detail
+    # The workers told the bot how many frames the model makes (the tiny one: 4), for the ETA.
+    await until(lambda: queue.frames_for(None) == 4, 10)
 
 
 async def test_a_killed_workers_job_finishes_on_the_other_once(
