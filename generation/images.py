@@ -1,6 +1,6 @@
 """Turning an uploaded file into the still picture SVD animates.
 
-`load_image` checks untrusted bytes (type, size, pixel count, integrity) and returns an upright RGB
+`load_image` checks untrusted bytes (type, size, pixel count, integrity) and returns an upright sRGB
 picture plus notes for the user; `fit_image` centre-crops it to 16:9 (or 9:16) and resizes it to the
 model's size. Refusals are `InvalidImage` errors whose message says what to send instead.
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from generation.colour import to_srgb
 from generation.errors import InvalidImage
 
 # Only these decoders see user bytes: Pillow knows dozens of formats, most of them rarely used and
@@ -121,7 +122,7 @@ def load_image(data: bytes, limits: ImageLimits) -> LoadedImage:
     _verify(data)
     upright = _upright(_decode(image))
     original_size = upright.size
-    rgb, flattened = _to_rgb(upright)
+    rgb, flattened = _to_rgb(to_srgb(upright))
     if flattened:
         notes.append(TRANSPARENT_NOTE)
     return LoadedImage(
