@@ -5,7 +5,8 @@ One engine serves one process's GPU (or CPU). It loads each configured model wit
 (plans.py), and runs one clip at a time from the worker's thread:
 
 1. the denoising loop runs inside the pipeline (`output_type="latent"`); `callback_on_step_end`
-   reports every step and raises `Cancelled` when asked, so a cancel lands within one step;
+   reports every step and raises `Cancelled` when asked, so a cancel lands within one step, and
+   for draft quality tells the feature cache (feature_cache.py) how the next step runs;
 2. the engine decodes the latents itself, chunk by chunk, so the decode phase reports progress
    too and each chunk's frames leave the GPU at once;
 3. on CUDA out-of-memory it frees the cache, reloads the model under the next smaller plan and
@@ -28,6 +29,7 @@ import torch
 from PIL import Image
 
 from generation.errors import Cancelled, GenerationError, GenerationFailed, InvalidOptions
+from generation.feature_cache import FeatureCache
 from generation.images import target_size
 from generation.models import (
     TORCH_DTYPES,
@@ -357,7 +359,7 @@ class SVDEngine:
                 settings=self.plan_settings,
             )
         place(pipe, plan)
-        loaded = LoadedModel(name, pipe, plan, footprint, num_frames)
+        loaded = LoadedModel(name, pipe, plan, footprint, num_frames, FeatureCache(pipe.unet))
         self._frames[name] = num_frames
         log.info(
             "loaded %s in %.1f s under plan %s (%d frames, %.2f GiB of weights)",
@@ -376,8 +378,13 @@ class SVDEngine:
         started = time.perf_counter()
         for width, height in clip_sizes(self.resolution):
             image = Image.linear_gradient("L").resize((width, height)).convert("RGB")
-            options = AnimateOptions(num_inference_steps=_WARM_UP_STEPS, seed=0)
-            self._generate(loaded, image, options, 0, _ignore_progress, _never_cancel)
+            # Full quality, then draft (a full step that keeps the deep feature, then one that
+            # reuses it): each way the UNet can run is one graph per shape.
+            for cache_interval in (1, _WARM_UP_STEPS):
+                options = AnimateOptions(
+                    num_inference_steps=_WARM_UP_STEPS, seed=0, cache_interval=cache_interval
+                )
+                self._generate(loaded, image, options, 0, _ignore_progress, _never_cancel)
         loaded.compile_seconds = time.perf_counter() - started
         loaded.warm_shapes = frozenset(clip_sizes(self.resolution))
         log.info("compiled and warmed up %s in %.1f s", loaded.name, loaded.compile_seconds)
@@ -426,6 +433,7 @@ class SVDEngine:
         num_frames = options.num_frames or loaded.num_frames
         chunk = min(options.decode_chunk_size or plan.decode_chunk_size, plan.decode_chunk_size)
         width, height = image.size
+        cache = loaded.feature_cache
 
         def on_step_end(
             _pipe: Pipeline, i: int, _t: Any, tensors: dict[str, Any]
@@ -433,6 +441,7 @@ class SVDEngine:
             on_step(Progress("denoising", i + 1, steps))
             if should_cancel():
                 raise Cancelled()
+            cache.step_done(i)
             return tensors
 
         # A CPU generator gives the same noise on every device and plan, so a retry after a
@@ -452,10 +461,13 @@ class SVDEngine:
             "output_type": "latent",
             "callback_on_step_end": on_step_end,
         }
+        cache.start(options.cache_interval, steps)
         try:
             latents = self._pipeline_call(pipe, kwargs).frames
+            cache.stop()  # before the decode, which needs the memory
             return self._decode(pipe, latents, chunk, on_step, should_cancel)
         finally:
+            cache.stop()
             # After an exception, offload hooks may have left a model on the GPU; after the
             # decode, the VAE is there. Either way, put everything back where offloading wants it.
             pipe.maybe_free_model_hooks()

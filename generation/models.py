@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 from diffusers import StableVideoDiffusionPipeline
 
+from generation.feature_cache import FeatureCache
 from generation.plans import GIB, DType, Footprint, Plan
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,8 @@ class LoadedModel:
     plan: Plan
     footprint: Footprint
     num_frames: int
+    # Draft quality's deep-feature cache, installed on the UNet at load.
+    feature_cache: FeatureCache
     # (width, height) shapes the compiled modules were warmed up for.
     warm_shapes: frozenset[tuple[int, int]] = field(default_factory=frozenset)
     compile_seconds: float = 0.0

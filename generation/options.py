@@ -16,6 +16,12 @@ OutputFormat = Literal["mp4", "gif"]
 FORMATS: tuple[OutputFormat, ...] = ("mp4", "gif")
 MAX_SEED = 2**32 - 1
 
+Quality = Literal["best", "draft"]
+# Draft quality runs the whole UNet on one step in three (DeepCache's usual interval); past 5
+# the deep features are too stale to be worth the time saved.
+QUALITY_CACHE_INTERVALS: dict[Quality, int] = {"best": 1, "draft": 3}
+MAX_CACHE_INTERVAL = 5
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -69,6 +75,9 @@ class AnimateOptions:
     seed: int | None = None
     # None: the engine's plan decides (speed vs memory).
     decode_chunk_size: int | None = None
+    # Draft quality (generation/feature_cache.py): the whole UNet runs every `cache_interval`-th
+    # step and the others reuse its deep features; 1, the default, is full quality.
+    cache_interval: int = 1
     format: OutputFormat = "mp4"
     # Frame rate of the file; None: the same as the conditioning fps.
     playback_fps: int | None = None
@@ -87,6 +96,7 @@ class AnimateOptions:
             _check_int("seed", self.seed, 0, MAX_SEED)
         if self.decode_chunk_size is not None:
             _check_int("decode_chunk_size", self.decode_chunk_size, 1, 64)
+        _check_int("cache_interval", self.cache_interval, 1, MAX_CACHE_INTERVAL)
         if self.format not in FORMATS:
             raise InvalidOptions("format", "`format` must be `mp4` or `gif`.")
         if self.playback_fps is not None:
@@ -108,6 +118,11 @@ class AnimateOptions:
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @property
+    def quality(self) -> Quality:
+        """What the member chose: "draft" for any feature caching, else "best"."""
+        return "draft" if self.cache_interval > 1 else "best"
 
     @property
     def output_fps(self) -> int:

@@ -1,0 +1,198 @@
+"""Draft quality: the deep-feature cache on the tiny SVD UNet, and through the engine.
+
+What a member would check: a draft clip has the frames and size asked for, runs the deep blocks
+on only one step in three, is reproducible from its seed, and stays close to the full-quality
+clip; full quality is untouched by the cache being installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableVideoDiffusionPipeline
+from PIL import Image
+
+from generation.engine import SVDEngine
+from generation.feature_cache import FeatureCache
+from generation.options import QUALITY_CACHE_INTERVALS, AnimateOptions
+from generation.placement import compile_counters
+from generation.plans import PlanSettings
+
+FRAMES = 4
+Picture = Callable[..., Image.Image]
+
+
+class Calls:
+    """Counts how often a module really computes (a hook on a leaf inside it)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.count = 0
+        module.register_forward_hook(self._seen)
+
+    def _seen(self, *_args: Any) -> None:
+        self.count += 1
+
+
+def unet_inputs(seed: int = 0, timestep: float = 1.5) -> tuple[Any, ...]:
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn(2, FRAMES, 8, 8, 16, generator=generator)
+    embeddings = torch.randn(2, 1, 32, generator=generator)
+    time_ids = torch.tensor([[6.0, 127.0, 0.02]] * 2)
+    return sample, timestep, embeddings, time_ids
+
+
+@pytest.fixture
+def pipe(tiny_svd_dir: Path) -> Any:
+    return StableVideoDiffusionPipeline.from_pretrained(tiny_svd_dir)
+
+
+@torch.no_grad()
+def test_installed_but_off_the_unet_computes_exactly_what_it_did(pipe: Any) -> None:
+    inputs = unet_inputs()
+    before = pipe.unet(*inputs).sample
+    cache = FeatureCache(pipe.unet)
+    cache.start(1, steps=3)
+    assert torch.equal(pipe.unet(*inputs).sample, before)
+
+
+@torch.no_grad()
+def test_a_reused_step_skips_the_deep_blocks_and_matches_on_the_same_input(pipe: Any) -> None:
+    deep = Calls(pipe.unet.mid_block.resnets[0])
+    lower_down = Calls(pipe.unet.down_blocks[1].resnets[0])
+    outer = Calls(pipe.unet.up_blocks[-1].resnets[0])
+    cache = FeatureCache(pipe.unet)
+    cache.start(2, steps=2)
+    inputs = unet_inputs()
+    full = pipe.unet(*inputs).sample
+    cache.step_done(0)
+    assert cache.mode == "reuse"
+    reused = pipe.unet(*inputs).sample
+    # The deep blocks ran once (the full step), the outer level twice.
+    assert (deep.count, lower_down.count, outer.count) == (1, 1, 2)
+    # Same input: the kept deep feature is exactly what they would have computed.
+    assert torch.equal(reused, full)
+
+
+@torch.no_grad()
+def test_a_reused_step_on_a_new_input_is_close_but_not_the_same(pipe: Any) -> None:
+    cache = FeatureCache(pipe.unet)
+    cache.start(2, steps=2)
+    pipe.unet(*unet_inputs(seed=0, timestep=2.0))
+    cache.step_done(0)
+    later = unet_inputs(seed=0, timestep=1.5)
+    reused = pipe.unet(*later).sample
+    cache.stop()
+    exact = pipe.unet(*later).sample
+    error = ((reused - exact).norm() / exact.norm()).item()
+    assert 0 < error < 0.5
+
+
+def test_the_schedule_runs_one_step_in_three_whole() -> None:
+    class Blocks(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            level = torch.nn.Module()
+            level.resnets = torch.nn.ModuleList([torch.nn.Identity()])
+            level.downsamplers = None
+            self.down_blocks = torch.nn.ModuleList([torch.nn.Identity(), level])
+            self.mid_block = torch.nn.Identity()
+            self.up_blocks = torch.nn.ModuleList([torch.nn.Identity(), torch.nn.Identity()])
+
+    cache = FeatureCache(Blocks())
+    modes = []
+    cache.start(3, steps=7)
+    for step in range(7):
+        modes.append(cache.mode)
+        cache.step_done(step)
+    assert modes == ["fill", "reuse", "reuse", "fill", "reuse", "reuse", "fill"]
+    assert (cache.full_steps, cache.cached_steps) == (3, 4)
+    with pytest.raises(ValueError):
+        cache.start(0, steps=7)
+
+
+def test_draft_quality_is_one_full_step_in_three() -> None:
+    assert QUALITY_CACHE_INTERVALS == {"best": 1, "draft": 3}
+    assert AnimateOptions(cache_interval=3).quality == "draft"
+    assert AnimateOptions().quality == "best"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_svd_dir: Path) -> SVDEngine:
+    engine = SVDEngine([str(tiny_svd_dir)], device="cpu", resolution=256)
+    engine.load()
+    return engine
+
+
+def clip(engine: SVDEngine, image: Image.Image, **overrides: Any) -> Any:
+    values: dict[str, Any] = {"num_inference_steps": 6, "seed": 5, **overrides}
+    return engine.run(image, AnimateOptions(**values), lambda _p: None, lambda: False)
+
+
+def test_a_draft_clip_has_the_frames_asked_for_and_runs_fewer_deep_steps(
+    engine: SVDEngine, picture: Picture
+) -> None:
+    image = picture(128, 64)
+    pipe = engine.pipeline()
+    deep = Calls(pipe.unet.mid_block.resnets[0])
+    outer = Calls(pipe.unet.up_blocks[-1].resnets[0])
+    best = clip(engine, image)
+    assert (deep.count, outer.count) == (6, 6)
+    draft = clip(engine, image, cache_interval=3)
+    # Steps 0 and 3 ran the whole UNet; the other four only its outer level.
+    assert (deep.count, outer.count) == (6 + 2, 6 + 6)
+    assert draft.frames.shape == best.frames.shape == (FRAMES, 64, 128, 3)
+    assert draft.seed == best.seed
+    # Reproducible from its settings, and close to (but not) the full-quality clip.
+    again = clip(engine, image, cache_interval=3)
+    assert np.array_equal(again.frames, draft.frames)
+    difference = np.abs(draft.frames.astype(int) - best.frames.astype(int))
+    assert 0 < difference.mean() < 40
+
+
+def test_a_cancelled_draft_leaves_the_next_full_clip_untouched(
+    engine: SVDEngine, picture: Picture
+) -> None:
+    from generation.errors import Cancelled
+
+    image = picture(128, 64, seed=2)
+    before = clip(engine, image)
+    steps: list[int] = []
+
+    def cancel_after_two() -> bool:
+        return len(steps) >= 2
+
+    with pytest.raises(Cancelled):
+        engine.run(
+            image,
+            AnimateOptions(num_inference_steps=6, seed=5, cache_interval=3),
+            lambda p: steps.append(p.step) if p.phase == "denoising" else None,
+            cancel_after_two,
+        )
+    assert engine.pipeline().unet is not None
+    after = clip(engine, image)
+    assert np.array_equal(after.frames, before.frames)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_fast_plan_warms_up_draft_quality_too(tiny_svd_dir: Path, picture: Picture) -> None:
+    # As in test_engine's compile test: "eager" checks dynamo's capture and guards on a CPU.
+    fast = SVDEngine(
+        [str(tiny_svd_dir)],
+        device="cpu",
+        resolution=256,
+        memory_mode="fast",
+        plan_settings=PlanSettings(compile_backend="eager"),
+    )
+    fast.load()
+    compiled = compile_counters()
+    draft = clip(fast, picture(256, 144, seed=3), cache_interval=3, motion_bucket_id=200)
+    clip(fast, picture(144, 256, seed=4), cache_interval=2, seed=9)
+    clip(fast, picture(256, 144, seed=5), seed=11)
+    assert compile_counters() == compiled
+    assert draft.plan == "fast" and draft.frames.shape == (FRAMES, 144, 256, 3)
