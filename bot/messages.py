@@ -81,6 +81,8 @@ def done_text(job: JobRecord, event: JobEvent) -> str:
     ]
     if options.preset:
         parts.insert(0, f"preset `{options.preset}`")
+    if options.quality == "draft":
+        parts.append("quality `draft`")
     if event.seconds is not None:
         parts.append(f"{event.seconds:.0f} s")
     lines = [f"✅ {mention(job.user_id)}, your clip is ready · " + " · ".join(parts)]

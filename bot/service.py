@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 from generation.errors import GenerationError, InvalidOptions
 from generation.images import ImageLimits, fit_image, load_image
 from generation.jobs import EventKind, JobEvent, JobQueue, JobRequest, QueueSnapshot
-from generation.options import AnimateOptions
+from generation.options import QUALITY_CACHE_INTERVALS, AnimateOptions
 from generation.results import EncodedClip
 from storage.jobs import JobRecord, JobState, JobStore
 from storage.quotas import QuotaStatus, QuotaStore
@@ -121,11 +121,21 @@ class AnimateService:
     # ----------------------------------------------------------------- requests
 
     async def build_options(
-        self, guild_id: int, *, preset: str | None = None, **given: Any
+        self,
+        guild_id: int,
+        *,
+        preset: str | None = None,
+        quality: str | None = None,
+        **given: Any,
     ) -> AnimateOptions:
         """Options from what the member typed, the guild's defaults and its step cap."""
         settings = await self._guilds.get(guild_id)
         given = {k: v for k, v in given.items() if v is not None}
+        if quality is not None:
+            if quality not in QUALITY_CACHE_INTERVALS:
+                names = " or ".join(QUALITY_CACHE_INTERVALS)
+                raise InvalidOptions("quality", f"`quality` must be {names}.")
+            given["cache_interval"] = QUALITY_CACHE_INTERVALS[quality]
         given.setdefault("format", settings.default_format)
         steps = given.get("num_inference_steps")
         if steps is not None and steps > settings.max_steps:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from generation.errors import Cancelled, GenerationError, GenerationFailed, InvalidOptions
-from generation.options import FORMATS, PRESETS, AnimateOptions
+from generation.options import FORMATS, PRESETS, QUALITY_CACHE_INTERVALS, AnimateOptions
 from generation.plans import MEMORY_MODES
 from generation.results import Progress
 
@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=int, help="conditioning frame rate 1-30 (default 7)")
     parser.add_argument("--playback-fps", type=int, help="the file's frame rate (default: --fps)")
     parser.add_argument("--steps", type=int, help="denoising steps 1-50 (default 25)")
+    parser.add_argument(
+        "--quality",
+        choices=tuple(QUALITY_CACHE_INTERVALS),
+        default="best",
+        help="draft reuses deep features across steps: faster, a little less detail",
+    )
     parser.add_argument("--frames", type=int, help="frames (default: the model's own)")
     parser.add_argument("--seed", type=int, help="seed for a reproducible clip (default: random)")
     parser.add_argument("--decode-chunk", type=int, help="frames the VAE decodes at once")
@@ -142,6 +148,7 @@ def _options(args: argparse.Namespace, output_format: str) -> AnimateOptions:
         "num_frames": args.frames,
         "seed": args.seed,
         "decode_chunk_size": args.decode_chunk,
+        "cache_interval": QUALITY_CACHE_INTERVALS[args.quality],
         "format": output_format,
     }
     given = {k: v for k, v in values.items() if v is not None}
@@ -269,10 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress.done()
 
     reduced = " (quality lowered to fit)" if clip.reduced else ""
+    draft = " · draft quality" if options.quality == "draft" else ""
     out.write(
         f"wrote {clip.path} ({clip.size_bytes / MIB:.2f} MiB{reduced}, {clip.frame_count} frames, "
         f"{clip.width}x{clip.height}, {clip.fps:g} fps, {clip.format})\n"
-        f"seed {result.seed} · plan {result.plan} · {result.seconds:.1f} s generating · "
+        f"seed {result.seed} · plan {result.plan}{draft} · {result.seconds:.1f} s generating · "
         f"{clip.seconds:.1f} s encoding · {load_seconds:.1f} s loading {result.model}\n"
     )
     if result.fallback_from:

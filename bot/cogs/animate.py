@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,14 +42,16 @@ class AnimateCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         image: discord.Attachment,
-        motion: int | None,
-        preset: str | None,
-        format: str | None,
-        seed: int | None,
-        noise: float | None,
-        fps: int | None,
-        steps: int | None,
-        model: str | None,
+        *,
+        motion: int | None = None,
+        preset: str | None = None,
+        format: str | None = None,
+        seed: int | None = None,
+        noise: float | None = None,
+        fps: int | None = None,
+        steps: int | None = None,
+        quality: str | None = None,
+        model: str | None = None,
     ) -> None:
         service = self.bot.service
         # Cheap checks first, from what Discord tells us about the file, so an obvious mistake is
@@ -69,6 +72,7 @@ class AnimateCog(commands.Cog):
             noise_aug_strength=noise,
             fps=fps,
             num_inference_steps=steps,
+            quality=quality,
             model=model,
         )
         try:
@@ -143,8 +147,13 @@ _DESCRIPTIONS = {
     "noise": "0.0-1.0: more noise, more freedom to drift from the picture (0.02)",
     "fps": "Frame rate the model imagines, 1-30 (7); higher means slower motion",
     "steps": "Denoising steps, 1-50 (25): fewer is faster, rougher",
+    "quality": "best (default), or draft: faster, with a little less detail",
     "model": "Which model to use",
 }
+_QUALITY_CHOICES = [
+    app_commands.Choice(name="best (default)", value="best"),
+    app_commands.Choice(name="draft: faster, a little less detail", value="draft"),
+]
 
 
 def build_animate_command(
@@ -152,6 +161,7 @@ def build_animate_command(
 ) -> app_commands.Command[Any, ..., None]:
     """/animate, with the `model` option only when the host configured more than one model."""
 
+    @app_commands.choices(quality=_QUALITY_CHOICES)
     async def animate(
         interaction: discord.Interaction,
         image: discord.Attachment,
@@ -162,33 +172,36 @@ def build_animate_command(
         noise: Noise | None = None,
         fps: Fps | None = None,
         steps: Steps | None = None,
-    ) -> None:
-        await cog.animate(interaction, image, motion, preset, format, seed, noise, fps, steps, None)
-
-    async def animate_with_model(
-        interaction: discord.Interaction,
-        image: discord.Attachment,
-        motion: Motion | None = None,
-        preset: Preset | None = None,
-        format: Format | None = None,
-        seed: Seed | None = None,
-        noise: Noise | None = None,
-        fps: Fps | None = None,
-        steps: Steps | None = None,
+        quality: str | None = None,
         model: str | None = None,
     ) -> None:
         await cog.animate(
-            interaction, image, motion, preset, format, seed, noise, fps, steps, model
+            interaction,
+            image,
+            motion=motion,
+            preset=preset,
+            format=format,
+            seed=seed,
+            noise=noise,
+            fps=fps,
+            steps=steps,
+            quality=quality,
+            model=model,
         )
 
-    with_model = len(models) > 1
-    if with_model:
+    callback: Any = animate
+    descriptions = dict(_DESCRIPTIONS)
+    if len(models) > 1:
         choices = [app_commands.Choice(name=_model_label(m), value=m) for m in models[:25]]
-        callback: Any = app_commands.choices(model=choices)(animate_with_model)
-        descriptions = _DESCRIPTIONS
+        callback = app_commands.choices(model=choices)(animate)
     else:
-        callback = animate
-        descriptions = {k: v for k, v in _DESCRIPTIONS.items() if k != "model"}
+        # discord.py builds the options from the callback's signature: without `model` there,
+        # Discord shows no such option and the callback gets its default, the host's model.
+        signature = inspect.signature(animate)
+        animate.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[p for p in signature.parameters.values() if p.name != "model"]
+        )
+        del descriptions["model"]
     command: app_commands.Command[Any, ..., None] = app_commands.Command(
         name="animate",
         description="Turn a picture into a short video clip",

@@ -156,6 +156,27 @@ async def test_animate_posts_a_clip_with_the_frames_asked_for(
     assert "**2** of 3" in await reply_text(quota)
 
 
+async def test_draft_quality_makes_a_full_clip_and_says_so(
+    bot: App, fake_discord: FakeDiscordServer, tmp_path: Path
+) -> None:
+    handle = await animate(fake_discord, quality="draft", seed=9)
+    assert "Got it" in await reply_text(handle)
+    message = await clip_message(fake_discord, fake_discord.user.id)
+    assert frames_of(message, tmp_path).shape[:3] == (TINY_FRAMES, 144, 256)
+    assert "quality `draft`" in message.content and "seed `9`" in message.content
+
+    # A re-roll keeps the quality the member chose.
+    reroll = next(cid for cid in message.custom_ids if cid.startswith("svd:reroll:"))
+    click = await fake_discord.click(message, reroll)
+    assert "Got it" in await reply_text(click)
+    again = await wait_for_message(
+        fake_discord,
+        lambda m: bool(m.attachments) and m.id != message.id and "quality `draft`" in m.content,
+        CLIP_TIMEOUT,
+    )
+    assert "seed `9`" not in again.content
+
+
 async def test_not_an_image_costs_nothing(bot: App, fake_discord: FakeDiscordServer) -> None:
     by_type = await animate(fake_discord, attachment=("notes.txt", b"hello", "text/plain"))
     assert "isn't a picture" in await reply_text(by_type)

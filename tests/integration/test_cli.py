@@ -63,6 +63,19 @@ def test_writes_a_playable_mp4_and_says_what_it_did(
     assert "2/2" in captured.err
 
 
+def test_draft_quality_makes_the_same_clip_shape_and_says_so(
+    photo: Path, tiny_svd_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "draft.mp4"
+    args = [str(photo), "-o", str(out), "--seed", "3", "--quality", "draft", "-q"]
+    code = main([*args, *tiny_args(tiny_svd_dir)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    frames, _stream = decode_mp4(out, 256, 144)
+    assert len(frames) == FRAMES
+    assert "draft quality" in captured.out
+
+
 def test_a_gif_name_makes_a_gif(
     photo: Path, tiny_svd_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

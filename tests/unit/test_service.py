@@ -178,6 +178,19 @@ async def test_steps_above_the_servers_cap_are_refused(tmp_path: Path) -> None:
         assert "at most 30 steps" in info.value.user_message
 
 
+async def test_draft_quality_is_feature_caching_and_anything_else_is_refused(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path) as r:
+        draft = await r.service.build_options(1, quality="draft", preset="dramatic")
+        assert (draft.cache_interval, draft.quality, draft.preset) == (3, "draft", "dramatic")
+        best = await r.service.build_options(1, quality="best")
+        assert best.cache_interval == 1 and best == await r.service.build_options(1)
+        with pytest.raises(InvalidOptions) as info:
+            await r.service.build_options(1, quality="ultra")
+        assert "best or draft" in info.value.user_message
+
+
 async def test_an_undeliverable_clip_stays_on_disk_uncharged(tmp_path: Path) -> None:
     async with rig(tmp_path) as r:
         r.presenter.refuse_uploads = True
