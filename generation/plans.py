@@ -44,6 +44,10 @@ _REF_PIXELS = 1024 * 576
 _UNET_ACTIVATIONS_GIB = 7.7
 # ... and with `enable_forward_chunking()` (7.3 GiB peak less the same weights).
 _UNET_ACTIVATIONS_CHUNKED_GIB = 4.5
+# Draft quality keeps one deep UNet feature between steps (generation/feature_cache.py): the
+# second-to-last up block's output, 2 x 25 frames x 640 channels x 72 x 128 in fp16. Any clip
+# may be a draft, and the compiled plan keeps it on every step; plans that offload keep it in RAM.
+_KEPT_FEATURE_GIB = 2 * 25 * 640 * 72 * 128 * 2 / 1024**3
 # VAE decode activations per frame decoded at once (28 GiB for 25 frames; 9 at 8; 2.3 at 2).
 _DECODE_GIB_PER_FRAME = 28.0 / 25
 # The CUDA context, cuBLAS/cuDNN workspaces and allocator slack of our own process.
@@ -181,7 +185,8 @@ def make_plan(name: PlanName, device: str, settings: PlanSettings | None = None)
 def estimate_peak_gib(plan: Plan, footprint: Footprint, workload: Workload) -> float:
     """Estimated peak GPU memory of one clip under `plan`, in GiB."""
     unet_act = (
-        _UNET_ACTIVATIONS_CHUNKED_GIB if plan.forward_chunking else _UNET_ACTIVATIONS_GIB
+        (_UNET_ACTIVATIONS_CHUNKED_GIB if plan.forward_chunking else _UNET_ACTIVATIONS_GIB)
+        + (_KEPT_FEATURE_GIB if plan.placement == "device" else 0.0)
     ) * workload.scale
     chunk = min(plan.decode_chunk_size, workload.frames)
     decode_act = _DECODE_GIB_PER_FRAME * chunk * workload.frame_scale

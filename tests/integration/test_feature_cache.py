@@ -51,21 +51,34 @@ def pipe(tiny_svd_dir: Path) -> Any:
     return StableVideoDiffusionPipeline.from_pretrained(tiny_svd_dir)
 
 
+@pytest.mark.parametrize("always_keep", [False, True])
 @torch.no_grad()
-def test_installed_but_off_the_unet_computes_exactly_what_it_did(pipe: Any) -> None:
+def test_best_quality_computes_exactly_what_the_bare_unet_does(
+    pipe: Any, always_keep: bool
+) -> None:
     inputs = unet_inputs()
     before = pipe.unet(*inputs).sample
-    cache = FeatureCache(pipe.unet)
+    cache = FeatureCache(pipe.unet, always_keep=always_keep)
     cache.start(1, steps=3)
-    assert torch.equal(pipe.unet(*inputs).sample, before)
+    modes = []
+    for step in range(3):
+        modes.append(cache.mode)
+        assert torch.equal(pipe.unet(*inputs).sample, before)
+        cache.step_done(step)
+    # Compiled plans keep the feature on every whole step, so best quality and a draft's whole
+    # steps share one graph; the others need not hold it.
+    assert modes == (["fill"] * 3 if always_keep else ["off"] * 3)
 
 
+@pytest.mark.parametrize("keep_on", [None, "cpu"])
 @torch.no_grad()
-def test_a_reused_step_skips_the_deep_blocks_and_matches_on_the_same_input(pipe: Any) -> None:
+def test_a_reused_step_skips_the_deep_blocks_and_matches_on_the_same_input(
+    pipe: Any, keep_on: str | None
+) -> None:
     deep = Calls(pipe.unet.mid_block.resnets[0])
     lower_down = Calls(pipe.unet.down_blocks[1].resnets[0])
     outer = Calls(pipe.unet.up_blocks[-1].resnets[0])
-    cache = FeatureCache(pipe.unet)
+    cache = FeatureCache(pipe.unet, keep_on=keep_on)
     cache.start(2, steps=2)
     inputs = unet_inputs()
     full = pipe.unet(*inputs).sample
