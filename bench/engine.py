@@ -285,7 +285,7 @@ def bench_seed_recipe(
 
 def bench_plan(
     plan: str, loader: CopyLoader, device: str, args: argparse.Namespace
-) -> tuple[Row, SVDEngine]:
+) -> tuple[Row, SVDEngine, list[np.ndarray]]:
     settings = PlanSettings(
         fast_dtype=args.fast_dtype,
         compile_mode=args.compile_mode,
@@ -309,38 +309,11 @@ def bench_plan(
     if plan == "fast":
         row.compile_seconds = engine.compile_seconds()
     before = compile_counters()
-    (width, height), (p_width, p_height) = (
-        target_size(16, 9, args.resolution),
-        target_size(9, 16, args.resolution),
-    )
     slow = plan in ("offload_chunked", "sequential")
-    warmup = 0 if slow and not args.full_repeats else args.warmup
-    repeats = min(args.repeats, 1) if slow and not args.full_repeats else args.repeats
-    for index in range(warmup + repeats):
-        motion, fps, noise = MOTIONS[index % len(MOTIONS)]
-        options = AnimateOptions(
-            num_inference_steps=args.steps,
-            seed=1000 + index,
-            motion_bucket_id=motion,
-            fps=fps,
-            noise_aug_strength=noise,
-        )
-        clock = PhaseClock(sync)
-        reset_peak(device)
-        clock.start()
-        engine.run(picture(width, height, seed=index), options, clock, lambda: False)
-        sync()
-        ended = time.perf_counter()
-        record_peak(row, device)
-        if index >= warmup:
-            row.clip_seconds.append(ended - clock.started)
-            step, decode = clock.step_seconds(), clock.decode_seconds(ended)
-            if step is not None:
-                row.unet_step_seconds.append(step)
-            if decode is not None:
-                row.decode_seconds.append(decode)
+    clips = time_clips(engine, row, device, args, slow=slow)
     if plan == "fast":
         # A portrait clip too, then count what dynamo compiled since the warm-up: nothing.
+        _w, _h, p_width, p_height = clip_shapes(args.resolution)
         options = AnimateOptions(num_inference_steps=2, seed=7, motion_bucket_id=33)
         engine.run(picture(p_width, p_height, seed=99), options, lambda _p: None, lambda: False)
         after = compile_counters()
@@ -349,7 +322,71 @@ def bench_plan(
         )
     if slow and not args.full_repeats:
         row.note = "1 clip, no warm-up (slow plan; --full-repeats for more)"
-    return row, engine
+    return row, engine, clips
+
+
+def clip_shapes(resolution: int) -> tuple[int, int, int, int]:
+    """Landscape width and height, then portrait width and height."""
+    return (*target_size(16, 9, resolution), *target_size(9, 16, resolution))
+
+
+def time_clips(
+    engine: SVDEngine,
+    row: Row,
+    device: str,
+    args: argparse.Namespace,
+    *,
+    slow: bool = False,
+    cache_interval: int = 1,
+) -> list[np.ndarray]:
+    """Time `engine`'s clips into `row`; each timed clip has its own picture, seed and motion
+    (the same for every plan and quality, by index). Returns the timed clips' frames."""
+    width, height, _pw, _ph = clip_shapes(args.resolution)
+    sync = synchronizer(device)
+    warmup = 0 if slow and not args.full_repeats else args.warmup
+    repeats = min(args.repeats, 1) if slow and not args.full_repeats else args.repeats
+    clips = []
+    for index in range(warmup + repeats):
+        motion, fps, noise = MOTIONS[index % len(MOTIONS)]
+        options = AnimateOptions(
+            num_inference_steps=args.steps,
+            seed=1000 + index,
+            motion_bucket_id=motion,
+            fps=fps,
+            noise_aug_strength=noise,
+            cache_interval=cache_interval,
+        )
+        clock = PhaseClock(sync)
+        reset_peak(device)
+        clock.start()
+        result = engine.run(picture(width, height, seed=index), options, clock, lambda: False)
+        sync()
+        ended = time.perf_counter()
+        record_peak(row, device)
+        if index >= warmup:
+            clips.append(result.frames)
+            row.clip_seconds.append(ended - clock.started)
+            step, decode = clock.step_seconds(), clock.decode_seconds(ended)
+            if step is not None:
+                row.unet_step_seconds.append(step)
+            if decode is not None:
+                row.decode_seconds.append(decode)
+    return clips
+
+
+def bench_draft(
+    plan: str, engine: SVDEngine, best: list[np.ndarray], device: str, args: argparse.Namespace
+) -> Row:
+    """Draft quality on the same engine, pictures and seeds as its best-quality row: seconds and
+    how far the frames moved (random weights: a check of the function, not of the looks)."""
+    row = Row(f"{plan} draft/{args.draft_interval}")
+    before = compile_counters()
+    clips = time_clips(engine, row, device, args, cache_interval=args.draft_interval)
+    after = compile_counters()
+    row.recompiles = after["unique_graphs"] - before["unique_graphs"]
+    gaps = [np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(clips, best, strict=True)]
+    row.note = f"mean |frames - best| {statistics.mean(gaps):.2f} of 255"
+    return row
 
 
 def unet_relative_error(
@@ -454,11 +491,15 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
         if plan == SEED_RECIPE:
             row = bench_seed_recipe(loader, device, picture(width, height, seed=0), args)
         else:
-            row, engine = bench_plan(plan, loader, device, args)
+            row, engine, best = bench_plan(plan, loader, device, args)
             if plan == "fast":
                 row.unet_relative_error, gap = unet_relative_error(engine, loader, device, args)
                 if gap > 1e-2:
                     row.note += f" weights differ from the reference by {gap:g}!"
+            if args.draft_interval > 1 and plan in ("fast", "full"):
+                # On the same engine: a compiled plan's draft graphs were warmed up with it.
+                rows.append(row)
+                row = bench_draft(plan, engine, best, device, args)
             engine.close()
             del engine
             free_memory(device)
@@ -596,8 +637,8 @@ def table(rows: list[Row]) -> str:
     baseline = next((r.median for r in rows if r.name == SEED_RECIPE), None)
     lines = [
         "| plan | s/clip (median) | vs seed | UNet s/step | decode s | peak VRAM GiB "
-        "| load s | compile s | recompiles | UNet rel. err |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| load s | compile s | recompiles | UNet rel. err | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def fmt(value: float | int | None, spec: str = ".2f") -> str:
@@ -611,7 +652,8 @@ def table(rows: list[Row]) -> str:
             f"| {fmt(data['median_unet_step_seconds'], '.3f')} "
             f"| {fmt(data['median_decode_seconds'])} | {fmt(row.peak_vram_gib)} "
             f"| {fmt(row.load_seconds, '.1f')} | {fmt(row.compile_seconds, '.1f')} "
-            f"| {fmt(row.recompiles, 'd')} | {fmt(row.unet_relative_error, '.2e')} |"
+            f"| {fmt(row.recompiles, 'd')} | {fmt(row.unet_relative_error, '.2e')} "
+            f"| {row.note} |"
         )
     return "\n".join(lines)
 
@@ -646,6 +688,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile-mode", default=PlanSettings().compile_mode)
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--fast-decode-chunk", type=int, default=PlanSettings().fast_decode_chunk)
+    parser.add_argument(
+        "--draft-interval",
+        type=int,
+        default=0,
+        help="also time draft quality at this cache interval (3 is /animate's) on fast and full",
+    )
     parser.add_argument("--max-seconds", type=float, default=540.0, help="start no plan after")
     parser.add_argument("--log-recompiles", action="store_true", help="torch's recompile log")
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default: none)")

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Issue 8's GPU figures in one device run that fits a 10-minute command (about 9 minutes).
+#
+#   bash bench/gpu_session.sh wheels     # here, once: what the GPU machine lacks, into .whl/
+#   bash bench/gpu_session.sh run        # there: device.run with carry [".whl"], timeout_s 600
+#
+# The GPU machine has torch, transformers, accelerate, imageio and Pillow, but not diffusers or
+# imageio-ffmpeg; `wheels` downloads those (x86-64, Python 3.12) into the git-ignored .whl/.
+# `run` measures, most needed first, each step given what is left of BUDGET_SECONDS (540):
+#   1. bench.engine --gpu: the seed recipe, then full (eager) and its draft, then fast (compiled)
+#      and its draft, in that order so the fast plan's process-wide switches (cudnn.benchmark,
+#      inductor settings) cannot speed up the eager rows, and so a long compile cannot cost them;
+#   2. bench.throughput on the full plan: clips per hour with and without the encode overlap.
+# Results go to $OUT (the device tool brings them back) or bench/out/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+wheels)
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any \
+        -d .whl diffusers==0.42.1 importlib_metadata imageio-ffmpeg==0.6.0
+    ls -la .whl
+    ;;
+run)
+    out=${OUT:-bench/out}
+    mkdir -p "$out"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+    nvidia-smi >"$out/nvidia-smi.txt" 2>&1
+    budget=${BUDGET_SECONDS:-540}
+    started=$SECONDS
+    left() { echo $((budget - (SECONDS - started))); }
+    # --max-seconds: start no plan after it; the timeout stops a compile that overruns.
+    timeout $(($(left) - 100)) python3 -m bench.engine --gpu --plans seed,full,fast \
+        --compile-mode default --draft-interval 3 --repeats 2 --max-seconds $(($(left) - 280)) \
+        --out "$out/engine.json" 2>&1 | tee "$out/engine.log"
+    if [ "$(left)" -gt 110 ]; then
+        timeout $(($(left) - 10)) python3 -m bench.throughput --arch xt --device cuda \
+            --plan full --clips 3 --out "$out/throughput.json" 2>&1 | tee "$out/throughput.log"
+    fi
+    echo "gpu_session: done in $((SECONDS - started)) s"
+    ;;
+*)
+    echo "usage: bash bench/gpu_session.sh wheels|run" >&2
+    exit 2
+    ;;
+esac
