@@ -37,6 +37,7 @@ from bench.engine import (
     free_memory,
     machine,
     picture,
+    quiet_libraries,
     synchronizer,
     write,
 )
@@ -252,10 +253,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import diffusers
-
-    diffusers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
+    quiet_libraries()
     if args.flops:
         result = flops(args.resolution)
         print(flops_table(result))

@@ -709,17 +709,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def quiet_libraries() -> None:
+    """diffusers' and transformers' progress bars and notices (e.g. about casting the random
+    model to fp16) are noise in a benchmark's output."""
+    import diffusers
+    import transformers
+
+    for library in (diffusers, transformers):
+        library.utils.logging.disable_progress_bar()
+        library.utils.logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    import diffusers
-    import transformers
-
-    # Their progress bars and notices (e.g. about casting the random model to fp16) are noise here.
-    for library in (diffusers, transformers):
-        library.utils.logging.disable_progress_bar()
-        library.utils.logging.set_verbosity_error()
+    quiet_libraries()
     if args.tiny:
         result = run_tiny(args)
         write(result, args.out)

@@ -29,7 +29,15 @@ from typing import Any
 
 import torch
 
-from bench.engine import MODEL, CopyLoader, build_svd_xt, machine, picture, write
+from bench.engine import (
+    MODEL,
+    CopyLoader,
+    build_svd_xt,
+    machine,
+    picture,
+    quiet_libraries,
+    write,
+)
 from generation.encode import encode_clip
 from generation.engine import SVDEngine
 from generation.images import target_size
@@ -189,10 +197,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import diffusers
-
-    diffusers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
+    quiet_libraries()
     result = run(args)
     print(report(result))
     write(result, args.out)

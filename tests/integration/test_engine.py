@@ -337,11 +337,15 @@ def test_the_fast_plan_compiles_at_load_and_never_again(
     compiled = compile_counters()
     assert compiled["unique_graphs"] >= 4  # UNet and VAE decoder, two shapes each
 
-    # New pictures, seeds, motion, fps and noise in both orientations: nothing recompiles.
+    # New pictures, seeds, motion, fps and noise in both orientations, best and draft quality
+    # (warmed up too): nothing recompiles.
     landscape = picture(256, 144, seed=3)
     clip = run(fast, landscape, seed=7, motion_bucket_id=200, fps=12, noise_aug_strength=0.1)
     run(fast, picture(144, 256, seed=4), seed=8, motion_bucket_id=30)
+    draft = run(fast, picture(144, 256, seed=5), seed=9, num_inference_steps=4, cache_interval=3)
+    run(fast, picture(256, 144, seed=6), seed=11, cache_interval=2)
     assert compile_counters() == compiled
+    assert draft.plan == "fast" and draft.frames.shape == (FRAMES, 256, 144, 3)
     assert clip.plan == "fast" and clip.frames.shape == (FRAMES, 144, 256, 3)
 
     # And the same function as the eager CPU plan: fused projections only reorder float sums.
