@@ -1,25 +1,35 @@
 """Waiting-time estimates from recent clip durations.
 
-A clip's work grows with frames × steps, so durations are kept per *cost unit* (one frame through
-one denoising step) and the estimate for a job is its cost times the median of the recent seconds
-per unit. The median shrugs off the odd clip that paid for a model switch or ran beside a slow
-encoder. Before any history, a host-supplied guess stands in; the service can seed the history
-from the database (`JobStore.recent_durations`) so a restart does not forget it.
+A clip's work grows with frames × steps (a draft's cached steps count for less), so durations are
+kept per *cost unit* (one frame through one whole denoising step) and the estimate for a job is
+its cost times the median of the recent seconds per unit. The median shrugs off the odd clip that
+paid for a model switch or ran beside a slow encoder. Before any history, a host-supplied guess
+stands in; the service can seed the history from the database (`JobStore.recent_durations`) so a
+restart does not forget it.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from collections.abc import Iterable
 
 from generation.options import AnimateOptions
 
+# A draft's step on the kept deep feature costs this share of a whole UNet step: 66.6 of 159.9
+# TFLOP for SVD-XT (`python -m bench.draft --flops`).
+REUSED_STEP_SHARE = 0.42
+
 
 def job_cost(options: AnimateOptions, frames: int) -> int:
-    """Cost units of one clip: frames × denoising steps. `frames` is the model's own count when
-    the options leave it open (`Engine.frames_for`)."""
-    return (options.num_frames or frames) * options.num_inference_steps
+    """Cost units of one clip: frames × denoising steps, a draft's reused steps counted at their
+    share of a whole one. `frames` is the model's own count when the options leave it open
+    (`Engine.frames_for`)."""
+    steps = options.num_inference_steps
+    whole = math.ceil(steps / options.cache_interval)  # steps 0, n, 2n, ... (feature_cache.py)
+    effective = whole + REUSED_STEP_SHARE * (steps - whole)
+    return max(1, round((options.num_frames or frames) * effective))
 
 
 class EtaEstimator:

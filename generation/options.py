@@ -17,8 +17,8 @@ FORMATS: tuple[OutputFormat, ...] = ("mp4", "gif")
 MAX_SEED = 2**32 - 1
 
 Quality = Literal["best", "draft"]
-# Draft quality runs the whole UNet on one step in three (DeepCache's usual interval); past 5
-# the deep features are too stale to be worth the time saved.
+# Draft quality runs the whole UNet on one step in three (DeepCache's usual interval). The cap
+# is a bound, not a tuned value: past it most steps would run on stale deep features.
 QUALITY_CACHE_INTERVALS: dict[Quality, int] = {"best": 1, "draft": 3}
 MAX_CACHE_INTERVAL = 5
 

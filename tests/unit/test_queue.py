@@ -216,3 +216,12 @@ def test_eta_keeps_a_recent_window() -> None:
 def test_job_cost_is_frames_times_steps() -> None:
     assert job_cost(AnimateOptions(num_inference_steps=25), frames=25) == 625
     assert job_cost(AnimateOptions(num_inference_steps=10, num_frames=14), frames=25) == 140
+
+
+def test_a_draft_costs_its_whole_steps_and_a_share_of_the_reused_ones() -> None:
+    # 25 steps at interval 3: 9 whole, 16 on the kept feature at 0.42 of a whole one.
+    draft = AnimateOptions(num_inference_steps=25, cache_interval=3)
+    assert job_cost(draft, frames=25) == round(25 * (9 + 16 * 0.42)) == 393
+    # So a queue of drafts is estimated to clear faster than the same clips at best quality.
+    eta = EtaEstimator(default_seconds_per_unit=0.02)
+    assert eta.estimate(job_cost(draft, 25)) < eta.estimate(job_cost(AnimateOptions(), 25))
