@@ -373,6 +373,9 @@ def test_on_cuda_every_plan_makes_the_clip(tiny_svd_dir: Path, small: Image.Imag
         result = run(engine, small, seed=3)
         assert (result.plan, result.frames.shape) == (mode, (FRAMES, 64, 128, 3))
         clips[mode] = result.frames.astype(int)
+        # Draft quality under every placement (offloading plans keep the feature in RAM).
+        draft = run(engine, small, seed=3, num_inference_steps=4, cache_interval=3)
+        assert draft.frames.shape == result.frames.shape
         engine.close()
     # Offloading moves weights, not arithmetic: the same clip as all on the GPU.
     assert np.abs(clips["offload"] - clips["full"]).max() <= 1
