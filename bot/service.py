@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from generation.errors import GenerationError, InvalidOptions
+from generation.eta import job_cost
 from generation.images import ImageLimits, fit_image, load_image
 from generation.jobs import EventKind, JobEvent, JobQueue, JobRequest, QueueSnapshot
 from generation.options import QUALITY_CACHE_INTERVALS, AnimateOptions
@@ -242,8 +243,8 @@ class AnimateService:
         return Accepted(job=stored or record, queued=queued, quota=quota, notes=notes)
 
     def _cost(self, options: AnimateOptions) -> int:
-        frames = options.num_frames or self._frames_for(options.model)
-        return frames * options.num_inference_steps
+        # The queue's own measure, so the durations stored with it seed its estimates.
+        return job_cost(options, self._frames_for(options.model))
 
     @staticmethod
     def _request(record: JobRecord) -> JobRequest:
