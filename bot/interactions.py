@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import discord
 
 from bot import messages
 from bot.service import Accepted, AnimateService, Member, Origin
 from bot.views import cancel_view
+from generation.jobs import EventKind
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +71,15 @@ async def queue_from_interaction(
     queued = accepted.queued
     note = "".join(f"\nℹ️ {n}" for n in accepted.notes)
     await interaction.edit_original_response(
-        content=messages.accepted_text(queued.position, queued.eta_seconds, accepted.quota) + note
+        content=messages.accepted_text(
+            queued.position, queued.eta_seconds, accepted.quota, on_hold=accepted.on_hold
+        )
+        + note
     )
+    # On hold, the public message says so from the start, not a place in a line that stands.
+    first = replace(queued, kind=EventKind.STALLED) if accepted.on_hold else queued
     progress = await interaction.followup.send(
-        messages.progress_text(accepted.job, queued),
+        messages.progress_text(accepted.job, first),
         view=cancel_view(accepted.job.job_id),
         allowed_mentions=discord.AllowedMentions.none(),
         wait=True,

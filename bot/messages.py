@@ -51,6 +51,11 @@ def progress_text(job: JobRecord, event: JobEvent) -> str:
             position = event.position or 1
             ahead = "next in line" if position <= 1 else f"position **{position}** in the queue"
             return f"⏳ {who}'s clip is {ahead} · starts in {duration(event.eta_seconds)}"
+        case EventKind.STALLED:
+            return (
+                f"⏸️ {who}'s clip is on hold: no GPU worker is connected right now. It goes on "
+                "as soon as one is back; nothing is lost, and nothing is charged until it is made."
+            )
         case EventKind.STARTED | EventKind.LOADING:
             what = "Loading the model" if event.kind is EventKind.LOADING else "Starting"
             return f"🎬 {what} for {who}…"
@@ -128,9 +133,17 @@ def quota_text(status: QuotaStatus, *, subject: str = "You") -> str:
     return text
 
 
-def accepted_text(position: int | None, eta: float | None, quota: QuotaStatus) -> str:
+def accepted_text(
+    position: int | None, eta: float | None, quota: QuotaStatus, *, on_hold: bool = False
+) -> str:
     where = "next in line" if not position or position <= 1 else f"number {position} in the queue"
-    text = f"👍 Got it! Your clip is {where}; it should start in {duration(eta)}."
+    if on_hold:
+        text = (
+            f"👍 Got it! Your clip is {where}, but no GPU worker is connected right now: it "
+            "starts as soon as one is back, and you are charged only once it is made."
+        )
+    else:
+        text = f"👍 Got it! Your clip is {where}; it should start in {duration(eta)}."
     if quota.limit is not None and quota.remaining is not None:
         text += f" You have {quota.remaining} of {quota.limit} clips left this {quota.period}."
     return text

@@ -71,6 +71,8 @@ class Accepted:
     queued: JobEvent
     quota: QuotaStatus
     notes: tuple[str, ...] = ()
+    # No GPU worker is connected (Redis backend): the clip waits for one.
+    on_hold: bool = False
 
 
 class Presenter(Protocol):
@@ -240,7 +242,10 @@ class AnimateService:
                 await self._jobs.set_state(job_id, JobState.FAILED, error=message)
             raise
         stored = await self._jobs.get(job_id)
-        return Accepted(job=stored or record, queued=queued, quota=quota, notes=notes)
+        on_hold = self._queue.snapshot().state == "no_workers"
+        return Accepted(
+            job=stored or record, queued=queued, quota=quota, notes=notes, on_hold=on_hold
+        )
 
     def _cost(self, options: AnimateOptions) -> int:
         # The queue's own measure, so the durations stored with it seed its estimates.

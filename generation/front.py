@@ -132,6 +132,8 @@ class QueueFront:
         self._bus = EventBus()
         self._jobs: dict[str, TrackedJob] = {}
         self._positions: dict[str, int] = {}
+        # Set while no GPU worker is there (Redis backend): places in line mean nothing then.
+        self._on_hold = False
         self._state = "starting"
         self._stuck: str | None = None
         # Set once stop() begins; a second stop() waits for `_stopped_event`.
@@ -200,6 +202,16 @@ class QueueFront:
 
     def _queued(self, job: TrackedJob) -> None:
         """A job joined the line (hook for backends that dispatch)."""
+
+    def _announce_stalled(self, only: TrackedJob | None = None) -> None:
+        """A `stalled` event for every unfinished job (or `only`): no GPU worker is there to
+        make it. Their places are forgotten, so the next `_announce_positions` tells every
+        waiting job its place again."""
+        for job in [only] if only is not None else list(self._jobs.values()):
+            if job.finished:
+                continue
+            self._positions.pop(job.job_id, None)
+            self._bus.publish(JobEvent(job.job_id, EventKind.STALLED, user_id=job.request.user_id))
 
     async def _cancel_waiting(self, job: TrackedJob) -> bool:
         """Cancel `job` if it is still in the line; False when it has left it."""
@@ -348,7 +360,11 @@ class QueueFront:
         return etas
 
     def _announce_positions(self) -> None:
-        """A `position` event for every waiting job whose place in line changed."""
+        """A `position` event for every waiting job whose place in line changed (none while on
+        hold: those jobs were told why they wait, and hear their places once it ends)."""
+        if self._on_hold:
+            self._set_queue_metrics()
+            return
         etas: dict[str, float] | None = None
         for index, queued in enumerate(self._queue.waiting(), start=1):
             if self._positions.get(queued.job_id) == index:

@@ -90,6 +90,8 @@ class RedisJobQueue(QueueFront):
         self._redis: Redis | None = None
         self._broker: JobStreamBroker | None = None
         self._workers: list[WorkerInfo] = []
+        # Whether any worker was live at the last tick (None before the first).
+        self._connected: bool | None = None
         self._frames: dict[str, int] = {}
         # Handed to a worker and not finished yet.
         self._in_flight: set[str] = set()
@@ -187,6 +189,8 @@ class RedisJobQueue(QueueFront):
         return len(self._workers)
 
     def _queued(self, job: TrackedJob) -> None:
+        if self._connected is False:
+            self._announce_stalled(job)
         self._wake.set()
 
     def _finished(self, job: TrackedJob) -> None:
@@ -225,8 +229,25 @@ class RedisJobQueue(QueueFront):
             self._frames.update(worker.frames or {})
         if not self._stopping:
             self._state = "ready" if self._workers else "no_workers"
+            self._note_workers(bool(self._workers))
         await self._reconcile()
         await self._dispatch()
+
+    def _note_workers(self, connected: bool) -> None:
+        """When the last worker goes, tell every member with a clip in the line or in flight that
+        it is on hold; when one is back, tell the waiting ones their places again (the jobs in
+        flight hear from the worker that takes them up)."""
+        if connected == self._connected:
+            return
+        self._connected = connected
+        self._on_hold = not connected
+        if not connected:
+            held = sum(not job.finished for job in self._jobs.values())
+            self._log.warning("no GPU worker is connected; %d jobs on hold", held)
+            self._announce_stalled()
+        else:
+            self._log.info("%d GPU workers connected", len(self._workers))
+            self._announce_positions()
 
     async def _reconcile(self) -> None:
         """Finish jobs whose stored result we have not seen on pub/sub."""

@@ -64,3 +64,31 @@ def test_queue_counts_clips_made_on_several_gpus_and_says_when_none_is_connected
     assert "No GPU worker" not in busy
     idle = messages.queue_text([], QueueSnapshot("no_workers", waiting, ()))
     assert "No GPU worker is connected right now" in idle
+
+
+def test_a_clip_on_hold_says_why_it_waits_and_that_nothing_is_charged() -> None:
+    from generation.jobs import EventKind, JobEvent
+    from storage.jobs import JobRecord
+
+    job = JobRecord(job_id="j1", guild_id=1, channel_id=2, user_id=42)
+    text = messages.progress_text(job, JobEvent("j1", EventKind.STALLED))
+    assert "<@42>" in text and "no GPU worker" in text and "nothing is lost" in text
+    status = QuotaStatus(
+        limit=5, used=1, remaining=4, period="day", next_available_at=None, source="guild"
+    )
+    held = messages.accepted_text(3, 90.0, status, on_hold=True)
+    assert "no GPU worker is connected" in held and "about" not in held  # no false estimate
+    assert "4 of 5" in held
+    assert "about 2 min" in messages.accepted_text(3, 90.0, status)
+
+
+def test_a_draft_says_so_with_its_settings() -> None:
+    from generation.jobs import EventKind, JobEvent
+    from generation.options import AnimateOptions
+    from storage.jobs import JobRecord
+
+    options = AnimateOptions(cache_interval=3, seed=5).to_dict()
+    job = JobRecord(job_id="j1", guild_id=1, channel_id=2, user_id=42, options=options)
+    assert "quality `draft`" in messages.done_text(job, JobEvent("j1", EventKind.DONE, seed=5))
+    best = JobRecord(job_id="j2", guild_id=1, channel_id=2, user_id=42, options={"seed": 5})
+    assert "draft" not in messages.done_text(best, JobEvent("j2", EventKind.DONE, seed=5))

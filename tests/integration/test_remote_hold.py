@@ -1,0 +1,136 @@
+"""When every GPU worker is gone, members are told their clips are on hold, and nothing is lost.
+
+A real redis-server, the bot's `RedisJobQueue` and in-process `RemoteWorker`s on the fake engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from generation.fake_engine import FakeEncoder, FakeEngine
+from generation.jobs import EventKind, JobEvent, JobRequest
+from generation.options import AnimateOptions
+from generation.remote.queue import RedisJobQueue
+from generation.remote.wire import Keys
+from generation.remote.worker import RemoteWorker
+from generation.worker import LocalJobQueue
+from tests.fakes.redis_server import RedisServer
+
+
+class Rig:
+    def __init__(self, server: RedisServer, tmp: Path) -> None:
+        self.server, self.tmp = server, tmp
+        self.keys = Keys(prefix=f"h{uuid.uuid4().hex[:8]}")
+        self.picture = tmp / "picture.png"
+        Image.new("RGB", (64, 32), (10, 120, 200)).save(self.picture)
+        self.events: list[JobEvent] = []
+        self.queue = RedisJobQueue(
+            redis_url=server.url,
+            output_dir=tmp / "out",
+            reclaim_seconds=30,
+            keys=self.keys,
+            tick_seconds=0.05,
+        )
+        self._workers: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    def request(self, job_id: str, user_id: int, steps: int = 4) -> JobRequest:
+        options = AnimateOptions(num_inference_steps=steps, seed=3)
+        return JobRequest(job_id, user_id, options, self.picture, max_bytes=10_000_000)
+
+    def start_worker(self, name: str, step_seconds: float = 0.02) -> None:
+        engine = FakeEngine(step_seconds=step_seconds, frames=4)
+        worker = RemoteWorker(
+            LocalJobQueue(engine, output_dir=self.tmp / f"{name}-out", encoder=FakeEncoder()),
+            redis_url=self.server.url,
+            work_dir=self.tmp / name,
+            reclaim_seconds=30,
+            keys=self.keys,
+            name=name,
+            heartbeat_seconds=0.2,
+            cancel_poll_seconds=0.02,
+            grace_seconds=0,
+        )
+        stop = asyncio.Event()
+        self._workers.append((stop, asyncio.create_task(worker.run(stop))))
+
+    async def stop_workers(self) -> None:
+        for stop, task in self._workers:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+        self._workers.clear()
+
+    def kinds(self, job_id: str) -> list[EventKind]:
+        return [e.kind for e in self.events if e.job_id == job_id]
+
+    async def wait_for(self, what: Callable[[], bool], within: float = 15) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if what():
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"not reached; events: {[(e.job_id, e.kind) for e in self.events]}")
+
+
+@pytest.fixture
+async def rig(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Rig]:
+    rig = Rig(redis_server, tmp_path)
+    stream = rig.queue.events()
+
+    async def collect() -> None:
+        async for event in stream:
+            rig.events.append(event)
+
+    collector = asyncio.create_task(collect())
+    await rig.queue.start()
+    yield rig
+    await rig.queue.stop(0)
+    await rig.stop_workers()
+    await asyncio.wait_for(collector, 5)
+
+
+async def test_with_no_worker_clips_are_on_hold_then_made_when_one_comes(rig: Rig) -> None:
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "no_workers")
+    for job_id, user in [("a", 1), ("b", 2), ("c", 3)]:
+        await rig.queue.submit(rig.request(job_id, user))
+    # Each member hears why their clip waits, and no place in line replaces that while on hold.
+    await rig.wait_for(lambda: all(EventKind.STALLED in rig.kinds(j) for j in "abc"))
+    await asyncio.sleep(0.2)
+    for job_id in "abc":
+        kinds = rig.kinds(job_id)
+        assert kinds[-1] is EventKind.STALLED, (job_id, kinds)
+    await rig.queue.cancel("b")  # the line moves while on hold: still no places announced
+    await asyncio.sleep(0.2)
+    assert rig.kinds("c")[-1] is EventKind.STALLED
+
+    rig.start_worker("w1")
+    await rig.wait_for(lambda: EventKind.DONE in rig.kinds("c"))
+    assert EventKind.DONE in rig.kinds("a")
+    # Back on: the waiting clip was told its place again before it started.
+    c = rig.kinds("c")
+    assert c.index(EventKind.STALLED) < c.index(EventKind.POSITION) < c.index(EventKind.STARTED)
+    assert rig.kinds("b")[-1] is EventKind.CANCELLED
+
+
+async def test_when_the_last_worker_goes_a_clip_in_flight_is_on_hold_and_finished_later(
+    rig: Rig,
+) -> None:
+    rig.start_worker("slow", step_seconds=0.3)
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("long", 1, steps=20))
+    await rig.wait_for(lambda: EventKind.STEP in rig.kinds("long"))
+    await rig.stop_workers()  # SIGTERM with no grace: the job goes back to the stream
+    await rig.wait_for(lambda: EventKind.STALLED in rig.kinds("long"))
+    assert not any(e.terminal for e in rig.events if e.job_id == "long")
+
+    rig.start_worker("fresh")
+    await rig.wait_for(lambda: EventKind.DONE in rig.kinds("long"), within=30)
+    kinds = rig.kinds("long")
+    assert kinds.count(EventKind.DONE) == 1
+    assert kinds.index(EventKind.STALLED) < len(kinds) - 1 - kinds[::-1].index(EventKind.STARTED)
