@@ -35,8 +35,11 @@ def to_srgb(image: Image.Image) -> Image.Image:
     except (OSError, ValueError, TypeError, ImageCms.PyCMSError):
         log.info("ignoring a damaged colour profile")
         return image
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode == "P" or (image.mode in ("L", "RGB") and "transparency" in image.info):
+        # A palette, or a colour key (PNG's tRNS): the converted pixels no longer match the key,
+        # so it becomes an alpha channel first, which the conversion carries over.
+        keyed = "transparency" in image.info
+        image = image.convert(("LA" if image.mode == "L" else "RGBA") if keyed else "RGB")
     space = _SPACE_OF_MODE.get(image.mode)
     if space is None or source.profile.xcolor_space.strip() != space:
         log.info(

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from generation.colour import to_srgb
-from generation.images import ImageLimits, load_image
+from generation.images import TRANSPARENT_NOTE, ImageLimits, load_image
 
 # Colorants adapted to the ICC's D50 white, as in Apple's Display P3 and the ICC's sRGB profiles.
 P3_D50 = np.array(
@@ -192,3 +192,17 @@ def test_a_damaged_or_mismatched_profile_keeps_the_pixels_as_stored(profile: byt
     assert picture.convert("RGB").getpixel((10, 10)) == (200, 120, 90)
     # And the whole upload path still serves the member.
     assert load_image(data, ImageLimits()).image.getpixel((10, 10)) == (200, 120, 90)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_colour_key_still_marks_transparency_after_the_conversion(mode: str) -> None:
+    # PNG's tRNS chunk: one colour stands for "transparent", with no alpha channel.
+    key = (255, 0, 0) if mode == "RGB" else 0
+    image = Image.new(mode, (96, 64), (200, 120, 90) if mode == "RGB" else 200)
+    image.paste(key, (0, 0, 48, 64))
+    profile = display_p3_gamma() if mode == "RGB" else gray_gamma()
+    out = io.BytesIO()
+    image.save(out, "PNG", transparency=key, icc_profile=profile)
+    loaded = load_image(out.getvalue(), ImageLimits())
+    assert loaded.image.getpixel((10, 10)) == (255, 255, 255)
+    assert TRANSPARENT_NOTE in loaded.notes
