@@ -51,10 +51,12 @@ def progress_text(job: JobRecord, event: JobEvent) -> str:
             position = event.position or 1
             ahead = "next in line" if position <= 1 else f"position **{position}** in the queue"
             return f"⏳ {who}'s clip is {ahead} · starts in {duration(event.eta_seconds)}"
+        case EventKind.STALLED if event.reason == "resuming":
+            return f"⏳ A GPU worker is back; {who}'s clip goes on as soon as it takes it up."
         case EventKind.STALLED:
             return (
                 f"⏸️ {who}'s clip is on hold: no GPU worker is connected right now. It goes on "
-                "as soon as one is back; nothing is lost, and nothing is charged until it is made."
+                "as soon as one is back; nothing is lost."
             )
         case EventKind.STARTED | EventKind.LOADING:
             what = "Loading the model" if event.kind is EventKind.LOADING else "Starting"
@@ -140,7 +142,7 @@ def accepted_text(
     if on_hold:
         text = (
             f"👍 Got it! Your clip is {where}, but no GPU worker is connected right now: it "
-            "starts as soon as one is back, and you are charged only once it is made."
+            "starts as soon as one is back."
         )
     else:
         text = f"👍 Got it! Your clip is {where}; it should start in {duration(eta)}."

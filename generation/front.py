@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -203,15 +203,20 @@ class QueueFront:
     def _queued(self, job: TrackedJob) -> None:
         """A job joined the line (hook for backends that dispatch)."""
 
-    def _announce_stalled(self, only: TrackedJob | None = None) -> None:
-        """A `stalled` event for every unfinished job (or `only`): no GPU worker is there to
-        make it. Their places are forgotten, so the next `_announce_positions` tells every
-        waiting job its place again."""
-        for job in [only] if only is not None else list(self._jobs.values()):
+    def _announce_stalled(
+        self, jobs: Iterable[TrackedJob] | None = None, *, reason: str | None = None
+    ) -> None:
+        """A `stalled` event for every unfinished job (or those given): no GPU worker is making
+        it (`reason` None: none is connected; "resuming": one is back and will take it up).
+        Their places are forgotten, so the next `_announce_positions` tells every waiting job
+        its place again."""
+        for job in list(self._jobs.values()) if jobs is None else list(jobs):
             if job.finished:
                 continue
             self._positions.pop(job.job_id, None)
-            self._bus.publish(JobEvent(job.job_id, EventKind.STALLED, user_id=job.request.user_id))
+            self._bus.publish(
+                JobEvent(job.job_id, EventKind.STALLED, user_id=job.request.user_id, reason=reason)
+            )
 
     async def _cancel_waiting(self, job: TrackedJob) -> bool:
         """Cancel `job` if it is still in the line; False when it has left it."""

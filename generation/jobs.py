@@ -60,8 +60,9 @@ class EventKind(StrEnum):
     STEP = "step"
     DECODING = "decoding"
     ENCODING = "encoding"
-    # No GPU worker holds the job right now (every worker is gone): it waits, nothing is lost.
-    # Only the Redis backend says so; the next position or progress event ends it.
+    # No GPU worker is making the job (every worker is gone; reason "resuming": one is back and
+    # will take it up). It waits, nothing is lost. Only the Redis backend says so; the next
+    # position or progress event ends it.
     STALLED = "stalled"
     DONE = "done"
     FAILED = "failed"

@@ -190,7 +190,7 @@ class RedisJobQueue(QueueFront):
 
     def _queued(self, job: TrackedJob) -> None:
         if self._connected is False:
-            self._announce_stalled(job)
+            self._announce_stalled([job])
         self._wake.set()
 
     def _finished(self, job: TrackedJob) -> None:
@@ -235,9 +235,10 @@ class RedisJobQueue(QueueFront):
 
     def _note_workers(self, connected: bool) -> None:
         """When the last worker goes, tell every member with a clip in the line or in flight that
-        it is on hold; when one is back, tell the waiting ones their places again (the jobs in
-        flight hear from the worker that takes them up)."""
-        if connected == self._connected:
+        it is on hold; when one is back, tell the waiting ones their places again, and those in
+        flight that a worker will take theirs up (it may first wait out the reclaim time)."""
+        was = self._connected
+        if connected == was:
             return
         self._connected = connected
         self._on_hold = not connected
@@ -245,9 +246,12 @@ class RedisJobQueue(QueueFront):
             held = sum(not job.finished for job in self._jobs.values())
             self._log.warning("no GPU worker is connected; %d jobs on hold", held)
             self._announce_stalled()
-        else:
-            self._log.info("%d GPU workers connected", len(self._workers))
-            self._announce_positions()
+            return
+        self._log.info("%d GPU workers connected", len(self._workers))
+        if was is False:
+            flying = [self._jobs[i] for i in sorted(self._in_flight) if i in self._jobs]
+            self._announce_stalled(flying, reason="resuming")
+        self._announce_positions()
 
     async def _reconcile(self) -> None:
         """Finish jobs whose stored result we have not seen on pub/sub."""

@@ -73,6 +73,8 @@ def test_a_clip_on_hold_says_why_it_waits_and_that_nothing_is_charged() -> None:
     job = JobRecord(job_id="j1", guild_id=1, channel_id=2, user_id=42)
     text = messages.progress_text(job, JobEvent("j1", EventKind.STALLED))
     assert "<@42>" in text and "no GPU worker" in text and "nothing is lost" in text
+    back = messages.progress_text(job, JobEvent("j1", EventKind.STALLED, reason="resuming"))
+    assert "<@42>" in back and "worker is back" in back
     status = QuotaStatus(
         limit=5, used=1, remaining=4, period="day", next_available_at=None, source="guild"
     )
