@@ -107,7 +107,8 @@ class PlanSettings:
     # fp16 keeps the output closest to the seed recipe; bf16 has the range fp16 lacks.
     fast_dtype: DType = "float16"
     # "max-autotune-no-cudagraphs" tunes matmuls and convolutions; "reduce-overhead" adds CUDA
-    # graphs; "default" compiles fastest.
+    # graphs (untested with draft quality, which keeps one graph's output for the next call);
+    # "default" compiles fastest.
     compile_mode: str = "max-autotune-no-cudagraphs"
     # torch.compile's backend: "inductor" generates kernels; tests use "aot_eager" or "eager" to
     # check dynamo's graph capture and guards without minutes of C++ compilation on a CPU.

@@ -105,6 +105,53 @@ def test_a_reused_step_on_a_new_input_is_close_but_not_the_same(pipe: Any) -> No
     assert 0 < error < 0.5
 
 
+@pytest.fixture(scope="module")
+def four_level_unet() -> tuple[Any, FeatureCache]:
+    """SVD's four levels (the tiny model has two, so no up block is merely skipped there), with
+    the cache installed once."""
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    torch.manual_seed(0)
+    unet = UNetSpatioTemporalConditionModel(
+        block_out_channels=(32, 64, 64, 64),
+        down_block_types=("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",),
+        up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * 3,
+        layers_per_block=1,
+        num_attention_heads=(2, 2, 2, 2),
+        cross_attention_dim=16,
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=24,
+        in_channels=8,
+        out_channels=4,
+        num_frames=3,
+    ).eval()
+    return unet, FeatureCache(unet)
+
+
+# 768x432 gives 96x54 latents: not a multiple of the UNet's 8, so it forwards upsample sizes.
+@pytest.mark.parametrize(("height", "width"), [(54, 96), (9, 13), (8, 16)])
+@torch.no_grad()
+def test_on_svds_four_levels_and_odd_latent_sizes_a_reused_step_is_exact(
+    four_level_unet: tuple[Any, FeatureCache], height: int, width: int
+) -> None:
+    unet, cache = four_level_unet
+    generator = torch.Generator().manual_seed(height)
+    sample = torch.randn(2, 3, 8, height, width, generator=generator)
+    embeddings = torch.randn(2, 1, 16, generator=generator)
+    time_ids = torch.tensor([[6.0, 127.0, 0.02]] * 2)
+    cache.start(1, steps=1)
+    bare = unet(sample, 1.5, embeddings, time_ids).sample
+    deep = Calls(unet.up_blocks[1].resnets[0])  # an up block that is skipped, not the cached one
+    cache.start(2, steps=2)
+    whole = unet(sample, 1.5, embeddings, time_ids).sample
+    cache.step_done(0)
+    reused = unet(sample, 1.5, embeddings, time_ids).sample
+    cache.stop()
+    assert deep.count == 1
+    assert torch.equal(whole, bare)
+    torch.testing.assert_close(reused, bare, rtol=0, atol=1e-5)
+
+
 def test_the_schedule_runs_one_step_in_three_whole() -> None:
     class Blocks(torch.nn.Module):
         def __init__(self) -> None:
