@@ -7,18 +7,22 @@ model's size. Refusals are `InvalidImage` errors whose message says what to send
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
 from generation.colour import to_srgb
 from generation.errors import InvalidImage
 
 # Only these decoders see user bytes: Pillow knows dozens of formats, most of them rarely used and
-# less hardened, and these four are what people actually post.
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+# less hardened, and these are what people actually post: the web's four, and the AVIF (Pillow's
+# own plugin) and HEIC (pillow-heif's libheif) photos that phones take.
+WEB_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+# ISO base media file brands (bytes 8-12 of the file) of HEIF and AVIF pictures.
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
 SEND_INSTEAD = "Please send a PNG, JPEG, WebP or GIF picture."
 # Transparent areas become this colour: what most people expect behind a logo or sticker.
 BACKGROUND = (255, 255, 255)
@@ -130,10 +134,28 @@ def load_image(data: bytes, limits: ImageLimits) -> LoadedImage:
     )
 
 
+@functools.cache
+def allowed_formats() -> tuple[str, ...]:
+    """The decoders user bytes may reach: the web's four, and AVIF and HEIC where this install
+    can read them (pillow-heif is a dependency, but its wheels are not on every platform)."""
+    phone = []
+    if features.check("avif"):
+        phone.append("AVIF")
+    try:
+        import pillow_heif
+    except ImportError:
+        pass
+    else:
+        # Registers its opener with Pillow: process-wide, once (this function is cached).
+        pillow_heif.register_heif_opener(thumbnails=False)
+        phone.append("HEIF")
+    return WEB_FORMATS + tuple(phone)
+
+
 def _open(data: bytes, limits: ImageLimits) -> ImageFile.ImageFile:
     """Read the header only (no pixels yet), refusing what Pillow cannot identify."""
     try:
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        image = Image.open(io.BytesIO(data), formats=allowed_formats())
     except Image.DecompressionBombError:
         # Pillow refuses headers past twice its own cap before we see the size.
         raise InvalidImage(
@@ -148,6 +170,9 @@ def _open(data: bytes, limits: ImageLimits) -> ImageFile.ImageFile:
             "Please send a smaller picture."
         ) from None
     except UnidentifiedImageError:
+        if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+            # Named a HEIC/AVIF picture, but its decoder could not make sense of it.
+            raise InvalidImage(_CORRUPT) from None
         raise InvalidImage(f"I couldn't read that file as a picture. {SEND_INSTEAD}") from None
     except (OSError, SyntaxError, ValueError, EOFError):
         # A recognised type whose header is damaged.
@@ -165,7 +190,7 @@ def _verify(data: bytes) -> None:
     """Check the file's own checksums (PNG's per-chunk CRCs): damage in transit can still decode."""
     try:
         # verify() leaves the image unusable, hence a second, throwaway open.
-        Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS).verify()
+        Image.open(io.BytesIO(data), formats=allowed_formats()).verify()
     except Exception:
         raise InvalidImage(_CORRUPT) from None
 
@@ -216,10 +241,13 @@ def _sniff_non_image(data: bytes) -> str | None:
         return f"That's a PDF document, not a picture. Export the page as an image. {SEND_INSTEAD}"
     if head[4:8] == b"ftyp":
         brand = head[8:12]
-        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"):
+        if brand in _HEIF_BRANDS:
+            kind = "AVIF" if brand in (b"avif", b"avis") else "HEIF"
+            if kind in allowed_formats():
+                return None
             return (
-                "HEIC/AVIF photos aren't supported. Share it as JPEG instead (on an iPhone: "
-                f"Settings → Camera → Formats → Most Compatible). {SEND_INSTEAD}"
+                "HEIC/AVIF photos can't be read on this server. Share it as JPEG instead (on an "
+                f"iPhone: Settings → Camera → Formats → Most Compatible). {SEND_INSTEAD}"
             )
         return _video("MP4/MOV")
     if head.startswith(b"\x1aE\xdf\xa3"):

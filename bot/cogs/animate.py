@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff")
-
 
 def _model_label(model: str) -> str:
     """A short, readable choice name for a hub id or a folder (Discord allows 100 chars)."""
@@ -139,7 +137,7 @@ Steps = app_commands.Range[int, 1, 50]
 Seed = app_commands.Range[int, 0, 2**32 - 1]
 
 _DESCRIPTIONS = {
-    "image": "The picture to animate (PNG, JPEG, WebP or GIF)",
+    "image": "The picture to animate (PNG, JPEG, WebP, GIF, HEIC or AVIF)",
     "motion": "How much it moves: 1 (still) to 255 (wild); 127 by default",
     "preset": "Motion without numbers: subtle, normal or dramatic",
     "format": "mp4 (small, smooth) or gif (loops everywhere)",

@@ -20,6 +20,7 @@ from generation.images import (
     ANIMATED_NOTE,
     TRANSPARENT_NOTE,
     ImageLimits,
+    allowed_formats,
     crop_box,
     fit_image,
     load_image,
@@ -192,7 +193,6 @@ def test_text_file_named_png_is_refused() -> None:
         (b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  " + bytes(64), "video"),
         (b"\x1aE\xdf\xa3\x9fB\x86\x81\x01B\xf7\x81\x01B\xf2\x81\x04webm" + bytes(64), "video"),
         (b"RIFF\x00\x10\x00\x00AVI LIST" + bytes(64), "video"),
-        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64), "HEIC"),
         (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"></svg>', "SVG"),
     ],
 )
@@ -200,6 +200,60 @@ def test_documents_and_videos_are_named_in_the_refusal(head: bytes, word: str) -
     message = refusal(head)
     assert word in message
     assert "PNG, JPEG, WebP or GIF" in message
+
+
+def phone_photo(fmt: str, size: tuple[int, int] = (400, 300), **params: object) -> bytes:
+    """A photo as phones save them: HEIC (through pillow-heif) or AVIF (Pillow's own)."""
+    allowed_formats()  # registers the HEIF plugin with Pillow
+    return encode(photo(*size), fmt, quality=90, **params)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_heic_and_avif_photos_are_read(fmt: str) -> None:
+    data = phone_photo(fmt, (400, 300))
+    assert data[4:8] == b"ftyp"
+    loaded = load_image(data, LIMITS)
+    assert loaded.format == fmt and loaded.image.size == (400, 300) and loaded.notes == ()
+    # Lossy, but the same picture: compare with the source's pixels.
+    source = np.asarray(photo(400, 300), dtype=np.float64)
+    assert np.abs(np.asarray(loaded.image, dtype=np.float64) - source).mean() < 6
+
+
+def test_a_heic_photo_in_display_p3_reaches_the_model_in_srgb() -> None:
+    from tests.unit.test_colour import display_p3_gamma, expected_srgb
+
+    allowed_formats()
+    out = io.BytesIO()
+    Image.new("RGB", (160, 120), (200, 120, 90)).save(
+        out, "HEIF", quality=95, icc_profile=display_p3_gamma()
+    )
+    got = np.asarray(load_image(out.getvalue(), LIMITS).image, dtype=np.float64)
+    assert np.abs(got.reshape(-1, 3).mean(axis=0) - expected_srgb((200, 120, 90))).max() < 4
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_truncated_heic_and_avif_are_refused_as_damaged(fmt: str) -> None:
+    data = phone_photo(fmt, (640, 480))
+    assert "damaged or incomplete" in refusal(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF", "JPEG"])
+def test_a_phone_portrait_is_turned_upright_exactly_once(fmt: str) -> None:
+    # Stored sideways with EXIF orientation 6 ("turn 90° clockwise to show"), as phones do.
+    image = Image.new("RGB", (400, 300), (200, 120, 90))
+    image.paste((0, 0, 255), (0, 0, 100, 100))  # a blue mark at the stored top-left
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    allowed_formats()
+    upright = load_image(encode(image, fmt, quality=95, exif=exif.tobytes()), LIMITS).image
+    assert upright.size == (300, 400)
+    red, green, blue = upright.getpixel((upright.width - 20, 20))  # the shown top-right
+    assert blue > 200 and red < 40 and green < 40
+
+
+def test_a_heic_header_with_no_picture_is_refused_as_damaged() -> None:
+    head = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
+    assert "damaged or incomplete" in refusal(head)
 
 
 def test_truncated_png_is_refused_as_damaged() -> None:
