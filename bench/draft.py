@@ -64,20 +64,11 @@ def count_flops(call: Any) -> int:
 
 def flops(resolution: int) -> dict[str, Any]:
     """FLOPs of SVD-XT's UNet (whole / reused) and VAE decode at `resolution`, on meta."""
-    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
-
     width, height = target_size(16, 9, resolution)
-    with torch.device("meta"):
-        unet = UNetSpatioTemporalConditionModel(sample_size=96)
-        vae = AutoencoderKLTemporalDecoder(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            layers_per_block=2,
-            latent_channels=4,
-        )
+    pipe = build_svd_xt("meta")
     # Some parameters are made with legacy constructors that ignore the device context.
-    unet.to("meta", dtype=torch.float16)
-    vae.to("meta", dtype=torch.float16)
+    unet = pipe.unet.to("meta", dtype=torch.float16)
+    vae = pipe.vae.to("meta", dtype=torch.float16)
     cache = FeatureCache(unet)
     with torch.device("meta"):
         sample = torch.empty(2, FRAMES, 8, height // 8, width // 8, dtype=torch.float16)
