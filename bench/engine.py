@@ -177,6 +177,8 @@ class Row:
     peak_reserved_gib: float | None = None
     load_seconds: float = 0.0
     compile_seconds: float | None = None
+    # Inductor graphs the warm-up found in --compile-cache instead of compiling them.
+    graphs_from_cache: int | None = None
     recompiles: int | None = None
     unet_relative_error: float | None = None
     note: str = ""
@@ -291,6 +293,7 @@ def bench_plan(
         compile_mode=args.compile_mode,
         compile_backend=args.compile_backend,
         fast_decode_chunk=args.fast_decode_chunk,
+        compile_cache_dir=str(args.compile_cache) if args.compile_cache else None,
     )
     engine = SVDEngine(
         [MODEL],
@@ -308,6 +311,7 @@ def bench_plan(
     row.load_seconds = time.perf_counter() - started
     if plan == "fast":
         row.compile_seconds = engine.compile_seconds()
+        row.graphs_from_cache = engine.compile_cache_hits()[0]
     before = compile_counters()
     slow = plan in ("offload_chunked", "sequential")
     clips = time_clips(engine, row, device, args, slow=slow)
@@ -688,6 +692,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile-mode", default=PlanSettings().compile_mode)
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--fast-decode-chunk", type=int, default=PlanSettings().fast_decode_chunk)
+    parser.add_argument(
+        "--compile-cache", type=Path, default=None, help="inductor cache folder (default: torch's)"
+    )
     parser.add_argument(
         "--draft-interval",
         type=int,

@@ -12,7 +12,8 @@
 #      cannot speed it up; the fast plan's compile time is the unknown, so it gets the most room;
 #   2. bench.throughput on the full plan (eager; in a new process, the switches are off):
 #      clips per hour with and without the encode overlap, and the full plan's seconds per clip.
-# Results go to $OUT (the device tool brings them back) or bench/out/.
+# Results go to $OUT (the device tool brings them back) or bench/out/. Compiled kernels go to the
+# git-ignored .compile-cache/, which a rerun on the still-warm machine finds (graphs_from_cache).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +38,7 @@ run)
     # --max-seconds: start no plan after it; the timeout stops a compile that overruns.
     timeout $(($(left) - 110)) python3 -m bench.engine --gpu --plans seed,fast \
         --compile-mode default --draft-interval 3 --repeats 2 --max-seconds 200 \
-        --out "$out/engine.json" 2>&1 | tee "$out/engine.log"
+        --compile-cache .compile-cache --out "$out/engine.json" 2>&1 | tee "$out/engine.log"
     if [ "$(left)" -gt 100 ]; then
         timeout $(($(left) - 10)) python3 -m bench.throughput --arch xt --device cuda \
             --plan full --clips 2 --out "$out/throughput.json" 2>&1 | tee "$out/throughput.log"

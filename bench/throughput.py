@@ -43,7 +43,7 @@ from generation.engine import SVDEngine
 from generation.images import target_size
 from generation.jobs import EventKind, JobRequest
 from generation.options import AnimateOptions
-from generation.plans import GPU_PLANS, MemoryMode
+from generation.plans import GPU_PLANS, MemoryMode, PlanSettings
 from generation.queue import FairQueue
 from generation.tiny import build_tiny_pipeline
 from generation.worker import LocalJobQueue, open_prepared
@@ -51,7 +51,14 @@ from generation.worker import LocalJobQueue, open_prepared
 MAX_BYTES = 10 << 20
 
 
-def make_engine(args: argparse.Namespace) -> SVDEngine:
+def make_engine(
+    args: argparse.Namespace,
+    *,
+    memory_mode: MemoryMode | None = None,
+    plan_settings: PlanSettings | None = None,
+) -> SVDEngine:
+    """The engine on a random model of `args.arch`, loaded (and warmed up) under `args.plan` on
+    CUDA, the CPU plan otherwise, or `memory_mode` when given."""
     on_cuda = args.device.startswith("cuda")
     if on_cuda and not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU here; use --arch tiny --device cpu")
@@ -60,12 +67,14 @@ def make_engine(args: argparse.Namespace) -> SVDEngine:
     else:
         master = build_tiny_pipeline(num_frames=args.frames)
     master.to("cpu", dtype=torch.float16 if on_cuda else torch.float32)
-    memory_mode: MemoryMode = args.plan if on_cuda else "auto"
+    if memory_mode is None:
+        memory_mode = args.plan if on_cuda else "auto"
     engine = SVDEngine(
         [MODEL],
         device=args.device,
         memory_mode=memory_mode,
         resolution=args.resolution,
+        plan_settings=plan_settings,
         loader=CopyLoader(master),
     )
     engine.load()

@@ -22,6 +22,7 @@ from bot.settings import Settings
 from generation.engine import SVDEngine
 from generation.images import ImageLimits
 from generation.jobs import JobEvent
+from generation.plans import PlanSettings
 from generation.queue import FairQueue
 from generation.reencode import reencode_file
 from generation.remote.queue import RedisJobQueue
@@ -53,12 +54,18 @@ def image_limits(settings: Settings) -> ImageLimits:
 
 
 def build_engine(settings: Settings, *, device: str | None = None) -> SVDEngine:
+    cache = settings.compile_cache_path
     return SVDEngine(
         settings.models,
         device=device or settings.device,
         memory_mode=settings.memory_mode,
         resolution=settings.resolution,
         local_files_only=settings.hf_offline,
+        plan_settings=PlanSettings(
+            fast_dtype=settings.fast_dtype,
+            compile_mode=settings.compile_mode,
+            compile_cache_dir=str(cache) if cache is not None else None,
+        ),
     )
 
 

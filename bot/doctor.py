@@ -53,6 +53,7 @@ def check_all(settings: Settings) -> list[Finding]:
     findings.append(_ffmpeg())
     findings.append(_database(settings.database_path))
     findings.append(_writable("Data folder", settings.data_dir))
+    findings.append(compile_cache(settings))
     findings.append(_token(settings))
     findings.append(_queue_backend(settings))
     return findings
@@ -227,6 +228,19 @@ def _writable(label: str, folder: Path) -> Finding:
     except OSError as exc:
         return Finding(False, label, f"{folder} is not writable: {exc.strerror}", fatal=True)
     return Finding(True, label, f"{folder} (writable)")
+
+
+def compile_cache(settings: Settings) -> Finding:
+    """Where the fast plan keeps compiled kernels: without it every start compiles for minutes."""
+    label = "Compile cache"
+    folder = settings.compile_cache_path
+    if folder is None:
+        return Finding(True, label, "off (COMPILE_CACHE_DIR): the fast plan compiles at each start")
+    found = _writable(label, folder)
+    if not found.ok:  # a slower start, not a reason to refuse one
+        return Finding(False, label, found.detail + "; the fast plan will compile at each start")
+    kept = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    return Finding(True, label, f"{folder} (writable; {kept / 2**20:.0f} MiB of kernels kept)")
 
 
 def _token(settings: Settings) -> Finding:

@@ -18,6 +18,9 @@ MemoryMode = Literal["auto", "fast", "full", "offload", "offload_chunked", "sequ
 Period = Literal["hour", "day", "week"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 QueueBackend = Literal["local", "redis"]
+FastDType = Literal["float16", "bfloat16"]
+# CUDA-graph modes are left out until they are measured with draft quality's kept feature.
+CompileMode = Literal["max-autotune-no-cudagraphs", "default"]
 
 
 class Settings(BaseSettings):
@@ -36,6 +39,11 @@ class Settings(BaseSettings):
     device: Device = "auto"
     memory_mode: MemoryMode = "auto"
     hf_offline: bool = False
+    # The fast plan (GPUs with room): its dtype, how hard inductor tunes, and where compiled
+    # kernels are kept across restarts (empty: DATA_DIR/compile-cache; "off": torch's temp folder).
+    fast_dtype: FastDType = "float16"
+    compile_mode: CompileMode = "max-autotune-no-cudagraphs"
+    compile_cache_dir: str = ""
 
     # Storage
     database_path: Path = Path("./data/bot.sqlite3")
@@ -122,6 +130,13 @@ class Settings(BaseSettings):
     def models(self) -> list[str]:
         """The configured models; the first is the default."""
         return [m.strip() for m in self.svd_model.split(",") if m.strip()]
+
+    @property
+    def compile_cache_path(self) -> Path | None:
+        value = self.compile_cache_dir.strip()
+        if value.lower() in {"off", "none"}:
+            return None
+        return Path(value) if value else self.data_dir / "compile-cache"
 
     @property
     def inputs_dir(self) -> Path:

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from generation.errors import Cancelled, GenerationError, GenerationFailed, InvalidOptions
 from generation.options import FORMATS, PRESETS, QUALITY_CACHE_INTERVALS, AnimateOptions
-from generation.plans import MEMORY_MODES
+from generation.plans import MEMORY_MODES, PlanSettings
 from generation.results import Progress
 
 DEFAULT_MODEL = "stabilityai/stable-video-diffusion-img2vid-xt"
@@ -70,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the clip's long side, a multiple of 64 (default 1024)",
     )
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    parser.add_argument("--memory-mode", choices=MEMORY_MODES, default="auto")
+    parser.add_argument(
+        "--memory-mode",
+        choices=MEMORY_MODES,
+        default="auto",
+        help="auto picks from free VRAM, never fast: compiling takes minutes (default auto)",
+    )
     parser.add_argument(
         "--max-mb", type=float, default=10.0, help="the file's size limit in MiB (default 10)"
     )
@@ -244,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             resolution=args.resolution,
             cache_dir=args.cache_dir,
             local_files_only=args.offline,
+            # One clip does not pay back minutes of compiling; --memory-mode fast still can.
+            plan_settings=PlanSettings(auto_compile=False),
         )
         progress(Progress("loading"))
         load_started = time.perf_counter()

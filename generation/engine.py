@@ -44,7 +44,7 @@ from generation.models import (
 )
 from generation.motion import static_hint
 from generation.options import AnimateOptions, random_seed
-from generation.placement import place
+from generation.placement import compile_cache_counts, place
 from generation.plans import (
     GIB,
     MemoryMode,
@@ -272,6 +272,11 @@ class SVDEngine:
         loaded = self._pool.peek(self._model_name(model))
         return loaded.compile_seconds if loaded else 0.0
 
+    def compile_cache_hits(self, model: str | None = None) -> tuple[int, int]:
+        """(graphs loaded from the compile cache, graphs compiled) in a loaded model's warm-up."""
+        loaded = self._pool.peek(self._model_name(model))
+        return (loaded.cache_hits, loaded.cache_misses) if loaded else (0, 0)
+
     def close(self) -> None:
         """Unload every model and give the memory back."""
         with self._lock:
@@ -383,6 +388,7 @@ class SVDEngine:
     def _warm_up(self, loaded: LoadedModel) -> None:
         """Compile for both orientations now, so no user waits for it (and nothing recompiles)."""
         started = time.perf_counter()
+        cached_before = compile_cache_counts()
         for width, height in clip_sizes(self.resolution):
             image = Image.linear_gradient("L").resize((width, height)).convert("RGB")
             # Whole steps keep the deep feature under this plan, draft or not, so a draft
@@ -395,7 +401,16 @@ class SVDEngine:
             self._generate(loaded, image, options, 0, _ignore_progress, _never_cancel)
         loaded.compile_seconds = time.perf_counter() - started
         loaded.warm_shapes = frozenset(clip_sizes(self.resolution))
-        log.info("compiled and warmed up %s in %.1f s", loaded.name, loaded.compile_seconds)
+        cached = compile_cache_counts()
+        loaded.cache_hits = cached["hits"] - cached_before["hits"]
+        loaded.cache_misses = cached["misses"] - cached_before["misses"]
+        log.info(
+            "compiled and warmed up %s in %.1f s (%d of %d kernel graphs from the compile cache)",
+            loaded.name,
+            loaded.compile_seconds,
+            loaded.cache_hits,
+            loaded.cache_hits + loaded.cache_misses,
+        )
 
     def _step_down(self, name: str, failed: Plan) -> LoadedModel:
         """Reload `name` under the next plan smaller than `failed` (and the next, if even the

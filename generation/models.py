@@ -149,6 +149,9 @@ class LoadedModel:
     # (width, height) shapes the compiled modules were warmed up for.
     warm_shapes: frozenset[tuple[int, int]] = field(default_factory=frozenset)
     compile_seconds: float = 0.0
+    # Inductor graphs the warm-up loaded from the compile cache, and those it had to compile.
+    cache_hits: int = 0
+    cache_misses: int = 0
 
 
 class ModelPool:

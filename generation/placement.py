@@ -10,6 +10,8 @@ the landscape and portrait sizes at load time.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import torch
 import torch._dynamo
@@ -55,6 +57,8 @@ def speed_up(pipe: Pipeline, plan: Plan) -> None:
     channels_last(pipe.vae)
     if plan.on_cuda:
         _tune_cuda()
+    if plan.compile_cache_dir is not None and plan.compile_backend == "inductor":
+        use_compile_cache(Path(plan.compile_cache_dir))
     limit_recompiles(_RECOMPILE_LIMIT)
     options: dict[str, object] = {"backend": plan.compile_backend, "dynamic": False}
     if plan.compile_backend == "inductor":
@@ -106,6 +110,34 @@ def _tune_cuda() -> None:
     inductor.conv_1x1_as_mm = True
     inductor.coordinate_descent_tuning = True
     inductor.coordinate_descent_check_all_directions = True
+
+
+def use_compile_cache(directory: Path) -> bool:
+    """Keep inductor's caches in `directory` (its FX graph cache, autotuning results and Triton
+    kernels all live under TORCHINDUCTOR_CACHE_DIR, which torch reads at each compile), so that a
+    restart with the same torch, GPU and model shapes loads the kernels instead of compiling them.
+    The folder is only a cache: when it cannot be used, compiling goes on without it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".writable"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        log.warning("compile cache %s is not writable (%s); compiling without it", directory, exc)
+        return False
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory.resolve())
+    inductor = torch._inductor.config
+    inductor.fx_graph_cache = True
+    inductor.autotune_local_cache = True
+    return True
+
+
+def compile_cache_counts() -> dict[str, int]:
+    """Inductor graphs loaded from the on-disk cache ("hits") or compiled ("misses") so far."""
+    from torch._dynamo.utils import counters
+
+    inductor = counters["inductor"]
+    return {"hits": inductor["fxgraph_cache_hit"], "misses": inductor["fxgraph_cache_miss"]}
 
 
 def compile_counters() -> dict[str, int]:

@@ -114,6 +114,13 @@ class PlanSettings:
     # check dynamo's graph capture and guards without minutes of C++ compilation on a CPU.
     compile_backend: str = "inductor"
     fast_decode_chunk: int = DEFAULT_DECODE_CHUNK
+    # Inductor's on-disk cache (compiled graphs, autotuning picks, Triton kernels). On a volume
+    # that outlives the process, a restart loads the fast plan's kernels instead of compiling
+    # them again; None leaves torch's default (a temporary folder, lost with the container).
+    compile_cache_dir: str | None = None
+    # Whether "auto" may pick the fast plan. Its minutes of compiling pay off over a bot's many
+    # clips, not over the one clip of `svd-animate` (which asks for it with --memory-mode fast).
+    auto_compile: bool = True
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,7 @@ class Plan:
     compile: bool = False
     compile_mode: str | None = None
     compile_backend: str = "inductor"
+    compile_cache_dir: str | None = None
 
     @property
     def on_cuda(self) -> bool:
@@ -156,6 +164,7 @@ def make_plan(name: PlanName, device: str, settings: PlanSettings | None = None)
             # Autotuning and CUDA graphs are GPU features; inductor's default mode serves the CPU.
             compile_mode=settings.compile_mode if cuda else "default",
             compile_backend=settings.compile_backend,
+            compile_cache_dir=settings.compile_cache_dir,
         )
     if name in ("full", "cpu"):
         return Plan(name, device, dtype)
@@ -226,7 +235,8 @@ def choose_plan(
 
     `memory_mode` other than "auto" is the host's override and is taken as is. Otherwise: "cpu"
     when there is no GPU budget (`free_gib` None), else the first plan, most room first, whose
-    estimate fits; when none does, "sequential", which is the least any plan can use.
+    estimate fits (not "fast" unless `settings.auto_compile`); when none does, "sequential",
+    which is the least any plan can use.
     """
     if memory_mode != "auto":
         if memory_mode not in GPU_PLANS:
@@ -235,6 +245,8 @@ def choose_plan(
     if free_gib is None:
         return make_plan("cpu", device, settings)
     for name in GPU_PLANS:
+        if name == "fast" and settings is not None and not settings.auto_compile:
+            continue
         plan = make_plan(name, device, settings)
         if fits(plan, free_gib, footprint, workload):
             return plan

@@ -116,6 +116,36 @@ def test_plans_carry_what_they_promise() -> None:
     assert make_plan("sequential", "cuda").placement == "sequential_offload"
 
 
+def test_only_the_fast_plan_carries_the_compile_cache() -> None:
+    settings = PlanSettings(compile_cache_dir="/data/compile-cache")
+    assert make_plan("fast", "cuda", settings).compile_cache_dir == "/data/compile-cache"
+    assert make_plan("fast", "cpu", settings).compile_cache_dir == "/data/compile-cache"
+    assert make_plan("full", "cuda", settings).compile_cache_dir is None
+
+
+def test_one_shot_callers_can_keep_auto_off_the_fast_plan() -> None:
+    # svd-animate makes one clip: minutes of compiling would cost more than they save.
+    one_shot = PlanSettings(auto_compile=False)
+    plan = choose_plan(
+        device="cuda", free_gib=79.0, footprint=SVD, workload=XT_LANDSCAPE, settings=one_shot
+    )
+    assert plan.name == "full"
+    small = choose_plan(
+        device="cuda", free_gib=9.0, footprint=SVD, workload=XT_LANDSCAPE, settings=one_shot
+    )
+    assert small.name == "offload_chunked"
+    # Asked for by name, it is still given.
+    forced = choose_plan(
+        device="cuda",
+        free_gib=79.0,
+        footprint=SVD,
+        workload=XT_LANDSCAPE,
+        memory_mode="fast",
+        settings=one_shot,
+    )
+    assert forced.name == "fast"
+
+
 def test_fast_plan_on_a_cpu_compiles_in_fp32_with_inductors_default_mode() -> None:
     fast = make_plan("fast", "cpu")
     assert (fast.dtype, fast.compile_mode) == ("float32", "default")

@@ -45,6 +45,56 @@ def test_defaults_match_the_documentation(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert settings.default_quota == 5
 
 
+def test_the_fast_plans_settings_reach_the_engine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from bot.app import build_engine
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    # Kept on the data volume by default, so a new container finds the compiled kernels.
+    engine = build_engine(load_settings(), device="cpu")
+    assert engine.plan_settings.compile_cache_dir == str(tmp_path / "data" / "compile-cache")
+    assert engine.plan_settings.compile_mode == "max-autotune-no-cudagraphs"
+    assert engine.plan_settings.auto_compile  # a bot's many clips pay the compile back
+
+    monkeypatch.setenv("COMPILE_CACHE_DIR", "off")
+    monkeypatch.setenv("FAST_DTYPE", "bfloat16")
+    monkeypatch.setenv("COMPILE_MODE", "default")
+    engine = build_engine(load_settings(), device="cpu")
+    assert engine.plan_settings.compile_cache_dir is None
+    assert (engine.plan_settings.fast_dtype, engine.plan_settings.compile_mode) == (
+        "bfloat16",
+        "default",
+    )
+    monkeypatch.setenv("COMPILE_CACHE_DIR", str(tmp_path / "kernels"))
+    assert load_settings().compile_cache_path == tmp_path / "kernels"
+
+    # CUDA graphs are not offered until they are measured with draft quality.
+    monkeypatch.setenv("COMPILE_MODE", "reduce-overhead")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "COMPILE_MODE" in str(info.value)
+
+
+def test_check_says_where_compiled_kernels_are_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from bot.doctor import compile_cache
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COMPILE_CACHE_DIR", str(tmp_path / "kernels"))
+    found = compile_cache(load_settings())
+    assert found.ok and str(tmp_path / "kernels") in found.detail and "0 MiB" in found.detail
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    monkeypatch.setenv("COMPILE_CACHE_DIR", str(tmp_path / "blocked" / "kernels"))
+    found = compile_cache(load_settings())
+    # A slower start, not a reason to refuse one.
+    assert not found.ok and not found.fatal and "compile at each start" in found.detail
+    monkeypatch.setenv("COMPILE_CACHE_DIR", "off")
+    assert "off" in compile_cache(load_settings()).detail
+
+
 def test_every_setting_is_documented_in_env_example() -> None:
     from bot.settings import Settings
 
