@@ -9,7 +9,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --create-home --uid 10001 bot \
-    && mkdir -p /app /data/gpu-locks /cache/huggingface && chown -R bot:bot /app /data /cache
+    && mkdir -p /app /data/gpu-locks /data/compile-cache /cache/huggingface \
+    && chown -R bot:bot /app /data /cache
 USER bot
 WORKDIR /app
 

@@ -7,10 +7,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+from typing import NoReturn
 
 from bot.logs import configure_logging
 from bot.settings import Settings, SettingsError, load_settings, require_token
+
+# EX_TEMPFAIL: "try again". Docker's restart policy and systemd's Restart=on-failure start the
+# bot again on any code but 0; the number tells a host's own scripts why.
+EXIT_RESTART = 75
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,13 +62,33 @@ def main(argv: list[str] | None = None) -> int:
     return _run_async(command, settings, token, args)
 
 
+def _exit_for_restart(program: str, reason: Exception) -> NoReturn:
+    """End the process now. A normal exit would join the wedged engine thread at interpreter
+    shutdown and hang for ever; everything worth keeping was closed before this is called."""
+    logging.getLogger("bot").critical(
+        "%s; exiting with code %d so that the bot is started again", reason, EXIT_RESTART
+    )
+    print(
+        f"{program}: {reason}. Exiting with code {EXIT_RESTART}: Docker's restart policy (or "
+        "systemd's Restart=on-failure) starts it again; without one, start it again by hand.",
+        file=sys.stderr,
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_RESTART)
+
+
 def _run_worker(settings: Settings) -> int:
+    from bot.app import EngineStuck
     from bot.worker import run_worker
     from generation.errors import GenerationError
 
     try:
         asyncio.run(run_worker(settings))
         return 0
+    except EngineStuck as exc:
+        _exit_for_restart("svd-bot worker", exc)
     except GenerationError as exc:
         print(f"svd-bot worker: {exc.user_message}", file=sys.stderr)
         return 2
@@ -77,7 +103,7 @@ def _run_worker(settings: Settings) -> int:
 def _run_async(command: str, settings: Settings, token: str, args: argparse.Namespace) -> int:
     import discord
 
-    from bot.app import run, sync_commands
+    from bot.app import EngineStuck, run, sync_commands
 
     try:
         if command == "sync":
@@ -87,6 +113,8 @@ def _run_async(command: str, settings: Settings, token: str, args: argparse.Name
             return 0
         asyncio.run(run(settings, token))
         return 0
+    except EngineStuck as exc:
+        _exit_for_restart("svd-bot", exc)
     except discord.LoginFailure:
         print(
             "svd-bot: Discord refused the token. Reset it in the Developer Portal "

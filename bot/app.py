@@ -9,7 +9,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from generation.queue import FairQueue
 from generation.reencode import reencode_file
 from generation.remote.queue import RedisJobQueue
 from generation.remote.wire import Keys
+from generation.results import Engine
 from generation.worker import LocalJobQueue
 from storage.database import Database
 from storage.jobs import JobStore
@@ -74,7 +75,7 @@ class App:
     settings: Settings
     database: Database
     # None with QUEUE_BACKEND=redis: the engines live in the workers.
-    engine: SVDEngine | None
+    engine: Engine | None
     queue: LocalJobQueue | RedisJobQueue
     service: AnimateService
     bot: SvdBot
@@ -84,11 +85,13 @@ class App:
 async def build_app(
     settings: Settings,
     *,
-    engine: SVDEngine | None = None,
+    engine: Engine | None = None,
     edit_interval: float = 3.0,
     guild_ready_timeout: float = 2.0,
+    on_stuck: Callable[[str], None] | None = None,
 ) -> AsyncIterator[App]:
-    """Build every part; on exit, close them in reverse order."""
+    """Build every part; on exit, close them in reverse order. `on_stuck(job_id)`: the engine
+    thread never returned from a clip (see `LocalJobQueue`)."""
     point_discord_at(settings)
     for folder in (settings.data_dir, settings.inputs_dir, settings.outputs_dir):
         folder.mkdir(parents=True, exist_ok=True)
@@ -128,6 +131,8 @@ async def build_app(
                 queue=line,
                 journal=journal,
                 job_timeout=settings.job_timeout_seconds,
+                stuck_seconds=settings.stuck_restart_seconds,
+                on_stuck=on_stuck,
             )
             frames_for = engine.frames_for
         # Waiting-time estimates start from the durations of the last runs, not a guess.
@@ -161,15 +166,48 @@ async def build_app(
         await database.close()
 
 
-async def run(settings: Settings, token: str, *, stop: asyncio.Event | None = None) -> None:
+class EngineStuck(Exception):
+    """The engine thread never came back from a clip. A thread cannot be killed, so only a new
+    process frees the GPU: `run` shuts everything else down cleanly (waiting clips are recorded
+    for the retry) and raises this, and `python -m bot` exits for its supervisor to restart it."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"the GPU stopped responding during clip {job_id}; waiting clips are kept and "
+            "resume when the bot starts again"
+        )
+        self.job_id = job_id
+
+
+class StuckWatch:
+    """Turns the worker's `on_stuck` into a shutdown of `run`."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        self.job_id: str | None = None
+
+    def __call__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._stop.set()
+
+
+async def run(
+    settings: Settings,
+    token: str,
+    *,
+    stop: asyncio.Event | None = None,
+    engine: Engine | None = None,
+) -> None:
     """Run until SIGINT/SIGTERM (or `stop`): warm the model, connect, serve, then shut down
-    in reverse, letting the job in flight finish within the grace period or recording it."""
+    in reverse, letting the job in flight finish within the grace period or recording it.
+    Raises `EngineStuck`, after the same shutdown, when the engine never returned from a clip."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    async with build_app(settings) as app:
+    stuck = StuckWatch(stop)
+    async with build_app(settings, engine=engine, on_stuck=stuck) as app:
         await app.queue.start()
         heartbeat = asyncio.create_task(_heartbeat(app, settings.data_dir / "health.json"))
         cleaner = asyncio.create_task(_clean_up_files(app))
@@ -188,6 +226,8 @@ async def run(settings: Settings, token: str, *, stop: asyncio.Event | None = No
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+    if stuck.job_id is not None:
+        raise EngineStuck(stuck.job_id)
 
 
 async def _clean_up_files(app: App) -> None:
@@ -233,6 +273,8 @@ def healthy(path: Path, max_age: float = 3 * HEARTBEAT_SECONDS) -> tuple[bool, s
         return False, "not connected to Discord"
     if state.get("queue") == "load_failed":
         return False, "the model failed to load"
+    if state.get("queue") == "stuck":
+        return False, "the GPU stopped responding during a clip; the bot is restarting"
     return True, f"ok ({state.get('queue')})"
 
 

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     max_waiting: int = Field(default=50, ge=1)
     default_max_steps: int = Field(default=30, ge=1, le=50)
     job_timeout_seconds: float = Field(default=600.0, gt=0)
+    # A clip whose engine call has not returned this long after its time limit means a wedged
+    # GPU: the bot exits (code 75) for its supervisor to restart it. None: wait for ever.
+    stuck_restart_seconds: float | None = Field(default=120.0, gt=0)
     shutdown_grace_seconds: float = Field(default=60.0, ge=0)
 
     # Scale-out: GPU workers on other machines (see README, "Several GPUs")
@@ -78,6 +81,7 @@ class Settings(BaseSettings):
         "default_quota",
         "metrics_port",
         "redis_reclaim_seconds",
+        "stuck_restart_seconds",
         "worker_name",
         "worker_gpu",
         mode="before",

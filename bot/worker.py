@@ -35,7 +35,7 @@ def pick_device(settings: Settings) -> tuple[str, GpuLock | None]:
 
 
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
-    from bot.app import build_engine
+    from bot.app import EngineStuck, StuckWatch, build_engine
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -50,12 +50,15 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     name = settings.worker_name or default_worker_name()
     log.info("worker %s on %s, models %s", name, device, ", ".join(settings.models))
     work_dir = settings.data_dir / "worker" / name
+    stuck = StuckWatch(stop)
     runtime = LocalJobQueue(
         build_engine(settings, device=device),
         output_dir=work_dir / "outputs",
         # One job at a time; the bot already applied the caps.
         queue=FairQueue(max_per_user=1, max_waiting=1),
         job_timeout=settings.job_timeout_seconds,
+        stuck_seconds=settings.stuck_restart_seconds,
+        on_stuck=stuck,
     )
     worker = RemoteWorker(
         runtime,
@@ -72,3 +75,6 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     finally:
         if lock is not None:
             lock.release()
+    if stuck.job_id is not None:
+        # Its job was reported failed; Redis hands the others to a worker that answers.
+        raise EngineStuck(stuck.job_id)

@@ -164,7 +164,7 @@ class RunningJob:
 class QueueSnapshot:
     """The queue as `/queue` shows it."""
 
-    # starting, loading, ready, load_failed, stopping, stopped
+    # starting, loading, ready, load_failed, stuck (the engine never returned), stopping, stopped
     state: str
     waiting: tuple[WaitingJob, ...]
     running: tuple[RunningJob, ...]

@@ -16,7 +16,10 @@
 A job that raises fails alone: a user-safe reason goes out, the traceback goes to the log, and
 the worker takes the next job. A job past its time limit is reported failed ("timeout") and asked
 to stop at its next step; a thread cannot be killed, so if the engine never returns, the GPU stays
-held (`snapshot().stuck_job_id`) and waiting jobs wait until it does.
+held (`snapshot().stuck_job_id`) and waiting jobs wait until it does. If it has not returned
+`stuck_seconds` after the limit, the state becomes "stuck" and `on_stuck(job_id)` is called once:
+a wedged driver call is only freed by ending the process, so the host restarts it, and waiting
+jobs are recorded for the retry as on any shutdown.
 """
 
 from __future__ import annotations
@@ -118,6 +121,8 @@ class LocalJobQueue(QueueFront):
         metrics: Metrics | None = None,
         job_timeout: float | None = 600.0,
         cancel_wait_seconds: float = 10.0,
+        stuck_seconds: float | None = 120.0,
+        on_stuck: Callable[[str], None] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         super().__init__(
@@ -133,6 +138,8 @@ class LocalJobQueue(QueueFront):
         self._load_input = load_input
         self._job_timeout = job_timeout
         self._cancel_wait = cancel_wait_seconds
+        self._stuck_seconds = stuck_seconds
+        self._on_stuck = on_stuck
         self._frames: dict[str | None, int] = {}
         self.ready = asyncio.Event()
         self.load_error: BaseException | None = None
@@ -172,15 +179,16 @@ class LocalJobQueue(QueueFront):
         report it `interrupted` (reason "shutdown") for the caller to retry after the restart.
         Waiting jobs are reported `interrupted` too: they stay queued in the caller's records."""
         self._log.info("stopping: %s waiting, grace %.1fs", len(self._queue), grace_seconds)
+        wedged = self._state == "stuck"  # its thread answers neither the grace nor a stop
         if not await self._close_line():
             return
         if self._main is not None:
-            await asyncio.wait({self._main}, timeout=grace_seconds)
+            await asyncio.wait({self._main}, timeout=0.0 if wedged else grace_seconds)
             if not self._main.done():
                 for job in list(self._jobs.values()):
                     job.log.warning("grace period over: stopping it for a retry after restart")
                     job.request_stop("shutdown")
-                await asyncio.wait({self._main}, timeout=self._cancel_wait)
+                await asyncio.wait({self._main}, timeout=0.0 if wedged else self._cancel_wait)
             if not self._main.done():
                 self._log.error("the engine did not stop; abandoning its thread")
                 self._main.cancel()
@@ -317,10 +325,22 @@ class LocalJobQueue(QueueFront):
         # The GPU is busy until the engine thread returns; nothing else may start on it before.
         self._stuck = job.job_id
         try:
+            returned, _ = await asyncio.wait({future}, timeout=self._stuck_seconds)
+            if not returned:
+                job.log.critical(
+                    "the engine thread has not returned %.0f s after the time limit; the GPU is "
+                    "wedged and only ending the process frees it",
+                    self._stuck_seconds,
+                )
+                self._state = "stuck"
+                if self._on_stuck is not None:
+                    self._on_stuck(job.job_id)
             with contextlib.suppress(Exception):  # its outcome was reported already
                 await future
         finally:
             self._stuck = None
+            if self._state == "stuck":
+                self._state = "ready"
         job.log.info("engine thread returned after the timeout")
 
     def _on_progress(self, job: TrackedJob, progress: Progress) -> None:

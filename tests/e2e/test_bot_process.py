@@ -59,3 +59,72 @@ async def test_the_bot_runs_and_stops_cleanly_on_sigterm(
         code = await asyncio.wait_for(process.wait(), 60)
     assert code == 0
     assert (tmp_path / "bot.sqlite3").exists()
+
+
+# `python -m bot` with the real engine, except that a clip with seed 99 never comes back from the
+# GPU (a wedged driver call: it ignores cancel too). Its thread is not a daemon, like the engine's.
+WEDGED_BOT = """
+import sys
+import threading
+
+import bot.app
+from bot.__main__ import main
+
+real_build_engine = bot.app.build_engine
+
+
+class Wedged:
+    def __init__(self, engine):
+        self._engine = engine
+
+    def load(self):
+        self._engine.load()
+
+    def frames_for(self, model):
+        return self._engine.frames_for(model)
+
+    def run(self, image, options, on_step, should_cancel):
+        if options.seed == 99:
+            threading.Event().wait()
+        return self._engine.run(image, options, on_step, should_cancel)
+
+
+bot.app.build_engine = lambda settings, **kw: Wedged(real_build_engine(settings, **kw))
+sys.exit(main())
+"""
+
+
+async def _sync(env: dict[str, str], guild_id: int, cwd: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "sync", "--guild", str(guild_id), env=env, cwd=cwd
+    )
+    assert await asyncio.wait_for(process.wait(), 120) == 0
+
+
+async def test_a_wedged_gpu_restarts_the_bot_and_no_clip_is_lost(
+    discord_server: FakeDiscordServer, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from tests.e2e.test_bot import animate, clip_message, reply_text
+
+    env = {
+        **host_env(discord_server, tiny_model_dir, tmp_path),
+        "JOB_TIMEOUT_SECONDS": "2",
+        "STUCK_RESTART_SECONDS": "1",
+    }
+    await _sync({**os.environ, **env}, discord_server.guild.id, tmp_path)
+    other = discord_server.add_user("other")
+    wedged = [sys.executable, "-c", WEDGED_BOT]
+    async with running_bot_process(discord_server, wedged, env=env, timeout=120) as process:
+        hung = await animate(discord_server, seed=99)
+        assert "Got it" in await reply_text(hung, within=60)
+        behind = await animate(discord_server, user=other, seed=5)
+        assert "Got it" in await reply_text(behind, within=30)
+        told = await hung.wait_followup(lambda m: "limit" in m.content, timeout=60)
+        assert "not charged" in told.content
+        # The engine thread never returns: the process ends itself rather than hang for ever.
+        code = await asyncio.wait_for(process.wait(), 60)
+    assert code == 75  # EX_TEMPFAIL: Docker's restart policy starts it again
+    # Started again (as the supervisor would): the clip that was waiting is made and posted.
+    async with running_bot_process(discord_server, env=env, timeout=120):
+        posted = await clip_message(discord_server, other.id)
+    assert posted.attachments

@@ -398,24 +398,31 @@ async def test_a_job_over_its_time_limit_fails_and_the_next_one_runs(
     assert h.kinds("slow")[-1] is EventKind.FAILED
 
 
+class Hangs(FakeEngine):
+    """Seed 99 blocks until `release` is set, ignoring cancel, like a wedged driver call."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.release = threading.Event()
+
+    def run(
+        self,
+        image: Image.Image,
+        options: AnimateOptions,
+        on_step: OnStep,
+        should_cancel: ShouldCancel,
+    ) -> GenerationResult:
+        if options.seed == 99:
+            self.release.wait(5)
+        return super().run(image, options, on_step, should_cancel)
+
+
 async def test_a_hung_engine_holds_the_gpu_until_it_returns(
     make: Callable[..., Harness],
 ) -> None:
-    release = threading.Event()
-
-    class Hangs(FakeEngine):
-        def run(
-            self,
-            image: Image.Image,
-            options: AnimateOptions,
-            on_step: OnStep,
-            should_cancel: ShouldCancel,
-        ) -> GenerationResult:
-            if options.seed == 99:
-                release.wait(5)  # ignores cancel, like a wedged driver call
-            return super().run(image, options, on_step, should_cancel)
-
-    h = make(engine=Hangs(step_seconds=0.001, frames=FRAMES), job_timeout=0.05)
+    engine = Hangs(step_seconds=0.001, frames=FRAMES)
+    release = engine.release
+    h = make(engine=engine, job_timeout=0.05)
     await h.runtime.start()
     await h.runtime.submit(h.request("hung", 1, seed=99))
     await h.runtime.submit(h.request("next", 2))
@@ -427,6 +434,51 @@ async def test_a_hung_engine_holds_the_gpu_until_it_returns(
     release.set()
     assert (await h.wait_terminal("next")).kind is EventKind.DONE
     assert h.runtime.snapshot().stuck_job_id is None
+
+
+async def test_an_engine_that_never_returns_asks_the_host_for_a_restart(
+    make: Callable[..., Harness],
+) -> None:
+    engine = Hangs(step_seconds=0.001, frames=FRAMES)
+    asked: list[str] = []
+    wedged = asyncio.Event()
+
+    def on_stuck(job_id: str) -> None:
+        asked.append(job_id)
+        wedged.set()
+
+    h = make(engine=engine, job_timeout=0.05, stuck_seconds=0.1, on_stuck=on_stuck)
+    await h.runtime.start()
+    await h.runtime.submit(h.request("hung", 1, seed=99))
+    await h.runtime.submit(h.request("next", 2))
+    assert (await h.wait_terminal("hung")).reason == "timeout"  # refunded at once
+    await asyncio.sleep(0.03)
+    assert asked == [] and h.runtime.snapshot().state == "ready"  # a slow return is not a wedge
+    await asyncio.wait_for(wedged.wait(), 5)
+    assert asked == ["hung"]
+    snapshot = h.runtime.snapshot()
+    assert snapshot.state == "stuck" and [w.job_id for w in snapshot.waiting] == ["next"]
+    # Should the thread come back after all, the worker goes on by itself, and asks only once.
+    engine.release.set()
+    assert (await h.wait_terminal("next")).kind is EventKind.DONE
+    assert h.runtime.snapshot().state == "ready" and asked == ["hung"]
+
+
+async def test_stopping_a_wedged_worker_keeps_the_waiting_jobs_without_waiting_on_it(
+    make: Callable[..., Harness],
+) -> None:
+    engine = Hangs(step_seconds=0.001, frames=FRAMES)
+    wedged = asyncio.Event()
+    h = make(engine=engine, job_timeout=0.05, stuck_seconds=0.05, on_stuck=lambda _j: wedged.set())
+    await h.runtime.start()
+    await h.runtime.submit(h.request("hung", 1, seed=99))
+    await h.runtime.submit(h.request("next", 2))
+    await asyncio.wait_for(wedged.wait(), 5)
+    started = time.monotonic()
+    await h.runtime.stop(grace_seconds=60)  # the grace is for clips that can still finish
+    assert time.monotonic() - started < 1.0
+    assert (await h.wait_terminal("next")).reason == "shutdown"  # kept for after the restart
+    engine.release.set()
 
 
 async def test_stop_lets_the_running_job_finish_within_the_grace_period(
