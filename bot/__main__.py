@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 from typing import NoReturn
 
 from bot.logs import configure_logging
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_checks(settings)
     if command == "worker":
-        return _run_worker(settings)
+        return _end(_run_worker(settings))
     if command == "health":
         from bot.app import healthy
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"svd-bot: {exc}", file=sys.stderr)
         return 2
-    return _run_async(command, settings, token, args)
+    return _end(_run_async(command, settings, token, args))
 
 
 def _exit_for_restart(program: str, reason: Exception) -> NoReturn:
@@ -77,6 +78,23 @@ def _exit_for_restart(program: str, reason: Exception) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(EXIT_RESTART)
+
+
+def _end(code: int) -> int:
+    """`code`, or, when an engine thread is still inside the GPU (a shutdown gave up on it), the
+    same code through `os._exit`: a normal exit would wait for that thread for ever."""
+    from generation.worker import ENGINE_THREAD_PREFIX
+
+    engines = [t for t in threading.enumerate() if t.name.startswith(ENGINE_THREAD_PREFIX)]
+    for thread in engines:
+        thread.join(timeout=1.0)  # an idle one is leaving after the pool's shutdown
+    if any(thread.is_alive() for thread in engines):
+        logging.getLogger("bot").warning("an engine thread never returned; ending the process")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _run_worker(settings: Settings) -> int:

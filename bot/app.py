@@ -207,27 +207,30 @@ async def run(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     stuck = StuckWatch(stop)
-    async with build_app(settings, engine=engine, on_stuck=stuck) as app:
-        await app.queue.start()
-        heartbeat = asyncio.create_task(_heartbeat(app, settings.data_dir / "health.json"))
-        cleaner = asyncio.create_task(_clean_up_files(app))
-        bot_task = asyncio.create_task(app.bot.start(token))
-        stopper = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait({bot_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if bot_task.done() and (exc := bot_task.exception()) is not None:
-                raise exc
-        finally:
-            log.info("shutting down: finishing or recording the job in flight")
-            await app.queue.stop(settings.shutdown_grace_seconds)
-            await app.service.close()
-            await app.bot.close()
-            for task in (heartbeat, cleaner, stopper, bot_task):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-    if stuck.job_id is not None:
-        raise EngineStuck(stuck.job_id)
+    try:
+        async with build_app(settings, engine=engine, on_stuck=stuck) as app:
+            await app.queue.start()
+            heartbeat = asyncio.create_task(_heartbeat(app, settings.data_dir / "health.json"))
+            cleaner = asyncio.create_task(_clean_up_files(app))
+            bot_task = asyncio.create_task(app.bot.start(token))
+            stopper = asyncio.create_task(stop.wait())
+            try:
+                await asyncio.wait({bot_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if bot_task.done() and (exc := bot_task.exception()) is not None:
+                    raise exc
+            finally:
+                log.info("shutting down: finishing or recording the job in flight")
+                await app.queue.stop(settings.shutdown_grace_seconds)
+                await app.service.close()
+                await app.bot.close()
+                for task in (heartbeat, cleaner, stopper, bot_task):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+    finally:
+        # Even when the shutdown itself failed: the host must learn the process has to go.
+        if stuck.job_id is not None:
+            raise EngineStuck(stuck.job_id)
 
 
 async def _clean_up_files(app: App) -> None:

@@ -66,6 +66,10 @@ class SvdBot(commands.Bot):
         await self.add_cog(AnimateCog(self))
         await self.add_cog(QuotaAdmin(self))
         self.add_dynamic_items(ClipButton)
+        # Before the gateway connects: interactions arrive from then on, while on_ready waits
+        # for every server's GUILD_CREATE, and a clip that failed or finished in that window
+        # must still reach its member. (The presenter speaks HTTP only, ready after login.)
+        self._pump = asyncio.create_task(self.service.pump(self.presenter))
 
     async def on_ready(self) -> None:
         log.info("connected as %s to %d guild(s)", self.user, len(self.guilds))
@@ -73,7 +77,6 @@ class SvdBot(commands.Bot):
             return
         # Once per process: a gateway reconnect fires on_ready again.
         self._started = True
-        self._pump = asyncio.create_task(self.service.pump(self.presenter))
         counts = await self.service.resume(self.presenter)
         log.info("resumed after restart: %s", counts)
 

@@ -75,6 +75,6 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     finally:
         if lock is not None:
             lock.release()
-    if stuck.job_id is not None:
-        # Its job was reported failed; Redis hands the others to a worker that answers.
-        raise EngineStuck(stuck.job_id)
+        if stuck.job_id is not None:
+            # Its job was reported failed; Redis hands the others to a worker that answers.
+            raise EngineStuck(stuck.job_id)

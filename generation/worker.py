@@ -18,8 +18,8 @@ the worker takes the next job. A job past its time limit is reported failed ("ti
 to stop at its next step; a thread cannot be killed, so if the engine never returns, the GPU stays
 held (`snapshot().stuck_job_id`) and waiting jobs wait until it does. If it has not returned
 `stuck_seconds` after the limit, the state becomes "stuck" and `on_stuck(job_id)` is called once:
-a wedged driver call is only freed by ending the process, so the host restarts it, and waiting
-jobs are recorded for the retry as on any shutdown.
+a wedged driver call is only freed by ending the process, so the host restarts it; the worker
+takes no more jobs, and `stop()` reports the waiting ones for the retry as on any shutdown.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ __all__ = [
 ]
 
 InputLoader = Callable[[Path], Image.Image]
+# The name of the engine's thread, by which `python -m bot` finds one a shutdown gave up on.
+ENGINE_THREAD_PREFIX = "svd-engine"
 
 
 class Encoder(Protocol):
@@ -158,7 +160,9 @@ class LocalJobQueue(QueueFront):
         if self._main is not None:
             return
         self._output_dir.mkdir(parents=True, exist_ok=True)
-        self._engine_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svd-engine")
+        self._engine_pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=ENGINE_THREAD_PREFIX
+        )
         self._encode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svd-encode")
         self._state = "loading"
         self._main = asyncio.create_task(self._run(), name="svd-worker")
@@ -324,6 +328,7 @@ class LocalJobQueue(QueueFront):
         )
         # The GPU is busy until the engine thread returns; nothing else may start on it before.
         self._stuck = job.job_id
+        before = self._state
         try:
             returned, _ = await asyncio.wait({future}, timeout=self._stuck_seconds)
             if not returned:
@@ -332,15 +337,19 @@ class LocalJobQueue(QueueFront):
                     "wedged and only ending the process frees it",
                     self._stuck_seconds,
                 )
-                self._state = "stuck"
+                if not self._stopping:  # a shutdown under way keeps saying so
+                    self._state = "stuck"
                 if self._on_stuck is not None:
                     self._on_stuck(job.job_id)
+                    # The restart is decided: take no more clips, even should the thread come
+                    # back now; stop() ends this wait and keeps the waiting ones for the restart.
+                    await asyncio.Event().wait()
             with contextlib.suppress(Exception):  # its outcome was reported already
                 await future
         finally:
             self._stuck = None
             if self._state == "stuck":
-                self._state = "ready"
+                self._state = before
         job.log.info("engine thread returned after the timeout")
 
     def _on_progress(self, job: TrackedJob, progress: Progress) -> None:

@@ -18,6 +18,8 @@ from PIL import Image
 
 from bot.app import App, build_app
 from bot.settings import Settings
+from generation.errors import GenerationFailed
+from generation.fake_engine import FakeEngine
 from generation.reencode import read_frames
 from tests.fakes.discord_models import FakeMessage
 from tests.fakes.discord_server import FakeDiscordServer
@@ -297,6 +299,44 @@ async def test_upload_refused_as_too_large_is_reencoded_smaller(
     message = await clip_message(fake_discord)
     assert message.attachments
     assert any(r.status == 413 for r in fake_discord.requests)
+
+
+async def test_a_clip_that_fails_before_on_ready_still_reaches_its_member(
+    fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path
+) -> None:
+    # Interactions arrive as soon as the gateway is READY; discord.py's on_ready waits for every
+    # server's GUILD_CREATE first (up to guild_ready_timeout after the last). Outcomes in that
+    # window must not be lost.
+    settings = settings_for(fake_discord, tiny_model_dir, data_dir)
+    async with running(settings):
+        pass  # registers the commands
+    engine = FakeEngine(
+        step_seconds=0.001,
+        frames=TINY_FRAMES,
+        fail_when=lambda _o: GenerationFailed("The GPU had a bad moment.", reason="error"),
+    )
+    sessions = len(fake_discord.gateway.sessions)
+    async with build_app(settings, engine=engine, guild_ready_timeout=8.0) as app:
+        await app.queue.start()
+        task = asyncio.create_task(app.bot.start(fake_discord.bot_token))
+        try:
+            await fake_discord.recorder.wait_until(
+                lambda: len(fake_discord.gateway.sessions) > sessions, 30, "the bot to IDENTIFY"
+            )
+            handle = await animate(fake_discord)
+            await handle.wait_followup(lambda m: "bad moment" in m.content, timeout=6)
+            assert not app.bot.is_ready()  # told before on_ready
+            status = await app.service.quotas.status(
+                fake_discord.guild.id, fake_discord.user.id, ()
+            )
+            assert status.used == 0
+        finally:
+            await app.queue.stop(1)
+            await app.service.close()
+            await app.bot.close()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 async def test_restart_in_the_middle_of_the_queue_loses_nothing(

@@ -125,6 +125,31 @@ async def test_a_wedged_gpu_restarts_the_bot_and_no_clip_is_lost(
         code = await asyncio.wait_for(process.wait(), 60)
     assert code == 75  # EX_TEMPFAIL: Docker's restart policy starts it again
     # Started again (as the supervisor would): the clip that was waiting is made and posted.
+    # (With a time limit a busy CPU can keep: the wedge is gone.)
+    env["JOB_TIMEOUT_SECONDS"] = "300"
     async with running_bot_process(discord_server, env=env, timeout=120):
         posted = await clip_message(discord_server, other.id)
     assert posted.attachments
+
+
+async def test_sigterm_ends_the_bot_even_with_an_engine_thread_that_never_returns(
+    discord_server: FakeDiscordServer, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    env = {
+        **host_env(discord_server, tiny_model_dir, tmp_path),
+        "JOB_TIMEOUT_SECONDS": "2",
+        "STUCK_RESTART_SECONDS": "",  # never restart by itself: only the SIGTERM ends it
+        "SHUTDOWN_GRACE_SECONDS": "0",
+    }
+    await _sync({**os.environ, **env}, discord_server.guild.id, tmp_path)
+    from tests.e2e.test_bot import animate, reply_text
+
+    wedged = [sys.executable, "-c", WEDGED_BOT]
+    async with running_bot_process(discord_server, wedged, env=env, timeout=120) as process:
+        hung = await animate(discord_server, seed=99)
+        assert "Got it" in await reply_text(hung, within=60)
+        await hung.wait_followup(lambda m: "limit" in m.content, timeout=60)
+        process.send_signal(signal.SIGTERM)
+        # A plain exit would wait for the wedged thread for ever (Docker would SIGKILL it).
+        code = await asyncio.wait_for(process.wait(), 60)
+    assert code == 0
