@@ -68,6 +68,23 @@ async def queue_from_interaction(
         await interaction.response.defer(ephemeral=True, thinking=True)
     member = await member_of(interaction, service)
     accepted = await submit(member, origin_of(interaction))
+    # From here the clip is queued and will be made, whatever Discord answers now: an error must
+    # not reach the error handler, whose "not charged, try again" would make it twice. Without a
+    # progress message the presenter posts one itself, and the outcome comes either way.
+    try:
+        await _announce(interaction, service, accepted)
+    except discord.HTTPException as exc:
+        log.warning(
+            "queued, but Discord refused the announcement: %s",
+            exc,
+            extra={"job_id": accepted.job.job_id},
+        )
+
+
+async def _announce(
+    interaction: discord.Interaction, service: AnimateService, accepted: Accepted
+) -> None:
+    """The member's "Got it" and the channel's progress message."""
     queued = accepted.queued
     note = "".join(f"\nℹ️ {n}" for n in accepted.notes)
     await interaction.edit_original_response(

@@ -37,6 +37,8 @@ DEFAULT_EDIT_INTERVAL = 3.0
 SERVER_ERROR_RETRIES = 3
 # How long after the command its flow may still be posting the progress message.
 PROGRESS_POST_GRACE = timedelta(seconds=30)
+# How long an outcome waits for that flow (which normally takes well under a second).
+COMMAND_FLOW_WAIT = timedelta(seconds=10)
 
 # Re-encode a clip at `path` to fit `max_bytes`; returns the new file. Blocking.
 Reencoder = Callable[[Path, int], Path]
@@ -150,6 +152,7 @@ class DiscordPresenter:
         assert event.clip is not None
         path = event.clip.path
         budget = job.max_bytes or event.clip.size_bytes
+        job = await self._after_the_command_flow(job)
         text = messages.done_text(job, event)
         for attempt in range(1 + SERVER_ERROR_RETRIES):
             try:
@@ -184,12 +187,25 @@ class DiscordPresenter:
         return True
 
     async def failed(self, job: JobRecord, message: str) -> None:
+        job = await self._after_the_command_flow(job)
         await self._finish_progress(job)
         await self._tell(job, messages.failed_text(job, message))
 
     async def cancelled(self, job: JobRecord) -> None:
+        job = await self._after_the_command_flow(job)
         await self._finish_progress(job)
         await self._tell(job, messages.cancelled_text(job))
+
+    async def _after_the_command_flow(self, job: JobRecord) -> JobRecord:
+        """Wait (briefly) for the command's own flow to post its progress message. A clip that
+        ends within moments of being queued would otherwise send its outcome first: Discord
+        shows that followup in place of the "thinking..." answer, the flow's "Got it" then
+        overwrites it, and the progress message the flow posts next stays for good."""
+        current = await self._current(job)
+        while current.progress_message_id is None and _age(current) < COMMAND_FLOW_WAIT:
+            await asyncio.sleep(0.05)
+            current = await self._current(current)
+        return current
 
     async def _tell(self, job: JobRecord, text: str) -> None:
         try:

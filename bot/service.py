@@ -181,6 +181,11 @@ class AnimateService:
                 "Use `/animate` with the picture again."
             )
         options = AnimateOptions.from_dict(source.options)
+        if options.model is not None and options.model not in self._config.models:
+            raise GenerationError(
+                "The model this clip was made with is no longer on this server. "
+                "Use `/animate` with the picture again."
+            )
         if variation == "reroll":
             options = replace(options, seed=None)
         else:
@@ -216,6 +221,8 @@ class AnimateService:
         options = options.with_seed(options.seed)
         # A full queue or too many clips of this member's: refuse before anything is reserved.
         self._queue.check_admission(member.user_id)
+        # Before the reservation too: it asks the engine about the model, which may refuse it.
+        cost_units = self._cost(options)
         quota = await self._quotas.reserve(member.guild_id, member.user_id, member.role_ids, job_id)
         record = JobRecord(
             job_id=job_id,
@@ -230,7 +237,7 @@ class AnimateService:
             seed=options.seed,
             input_path=str(input_path),
             max_bytes=origin.max_bytes,
-            cost_units=self._cost(options),
+            cost_units=cost_units,
         )
         try:
             await self._jobs.create(record)
@@ -287,9 +294,9 @@ class AnimateService:
             targets = await self._jobs.active_for_user(member.guild_id, member.user_id)
         cancelled = []
         for job in targets:
-            if job.state in (JobState.QUEUED, JobState.RUNNING) and await self._queue.cancel(
-                job.job_id
-            ):
+            # Encoding too: the worker stops it there as well, and nothing is charged.
+            active = (JobState.QUEUED, JobState.RUNNING, JobState.ENCODING)
+            if job.state in active and await self._queue.cancel(job.job_id):
                 cancelled.append(job)
         return cancelled
 

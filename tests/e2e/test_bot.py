@@ -21,6 +21,7 @@ from bot.settings import Settings
 from generation.errors import GenerationFailed
 from generation.fake_engine import FakeEngine
 from generation.reencode import read_frames
+from generation.results import Engine
 from tests.fakes.discord_models import FakeMessage
 from tests.fakes.discord_server import FakeDiscordServer
 
@@ -57,8 +58,10 @@ def settings_for(server: FakeDiscordServer, model: Path, data: Path, **extra: An
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[App]:
-    async with build_app(settings, edit_interval=0.05, guild_ready_timeout=0.1) as app:
+async def running(settings: Settings, engine: Engine | None = None) -> AsyncIterator[App]:
+    async with build_app(
+        settings, engine=engine, edit_interval=0.05, guild_ready_timeout=0.1
+    ) as app:
         await app.queue.start()
         token = settings.discord_token.get_secret_value() if settings.discord_token else ""
         task = asyncio.create_task(app.bot.start(token))
@@ -310,11 +313,7 @@ async def test_a_clip_that_fails_before_on_ready_still_reaches_its_member(
     settings = settings_for(fake_discord, tiny_model_dir, data_dir)
     async with running(settings):
         pass  # registers the commands
-    engine = FakeEngine(
-        step_seconds=0.001,
-        frames=TINY_FRAMES,
-        fail_when=lambda _o: GenerationFailed("The GPU had a bad moment.", reason="error"),
-    )
+    engine = failing_engine()
     sessions = len(fake_discord.gateway.sessions)
     async with build_app(settings, engine=engine, guild_ready_timeout=8.0) as app:
         await app.queue.start()
@@ -337,6 +336,59 @@ async def test_a_clip_that_fails_before_on_ready_still_reaches_its_member(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def failing_engine() -> FakeEngine:
+    return FakeEngine(
+        step_seconds=0.001,
+        frames=TINY_FRAMES,
+        fail_when=lambda _o: GenerationFailed("The GPU had a bad moment.", reason="error"),
+    )
+
+
+async def test_a_clip_that_fails_at_once_is_told_apart_from_got_it(
+    fake_discord: FakeDiscordServer,
+    tiny_model_dir: Path,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Discord's round trip for the "Got it" edit is longer than the clip takes to fail.
+    edit = discord.Interaction.edit_original_response
+
+    async def slow_edit(self: discord.Interaction, **fields: Any) -> Any:
+        await asyncio.sleep(0.4)
+        return await edit(self, **fields)
+
+    monkeypatch.setattr(discord.Interaction, "edit_original_response", slow_edit)
+    settings = settings_for(fake_discord, tiny_model_dir, data_dir)
+    async with running(settings, engine=failing_engine()):
+        handle = await animate(fake_discord)
+        told = await handle.wait_followup(lambda m: "bad moment" in m.content, timeout=10)
+        assert "Got it" in await reply_text(handle)  # the answer, and the failure beside it
+        assert not told.deleted
+        await asyncio.sleep(0.5)
+        # No progress message is left behind with a Cancel button for a clip that is gone.
+        left = [m for m in fake_discord.messages(fake_discord.channel) if not m.deleted]
+        assert not [m for m in left if "cancel" in str(list(m.iter_components()))]
+
+
+async def test_a_discord_error_after_queueing_does_not_say_try_again(
+    fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path
+) -> None:
+    settings = settings_for(fake_discord, tiny_model_dir, data_dir)
+    async with running(settings, engine=FakeEngine(step_seconds=0.01, frames=TINY_FRAMES)) as app:
+        # Discord fails the progress message's post, retries included.
+        fake_discord.faults.add(
+            "POST", r"^/webhooks/\d+/[^/]+$", 503, {"message": "unavailable", "code": 0}, times=5
+        )
+        handle = await animate(fake_discord)
+        posted = await clip_message(fake_discord, fake_discord.user.id)
+        assert posted.attachments
+        await asyncio.sleep(1.0)  # the flow's own error, if any, lands right after
+        told = [m.content for m in handle.messages]
+        assert told and not [text for text in told if "not charged" in text], told
+        status = await app.service.quotas.status(fake_discord.guild.id, fake_discord.user.id, ())
+        assert status.used == 1  # one clip, made once and charged once
 
 
 async def test_restart_in_the_middle_of_the_queue_loses_nothing(

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import io
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from bot.service import AnimateService, Member, Origin, ServiceConfig
-from generation.errors import GenerationFailed, InvalidImage, InvalidOptions
-from generation.fake_engine import FakeEngine
+from generation.errors import GenerationError, GenerationFailed, InvalidImage, InvalidOptions
+from generation.fake_engine import FakeEncoder, FakeEngine
 from generation.jobs import JobEvent
 from generation.options import AnimateOptions
 from generation.worker import LocalJobQueue
@@ -82,7 +82,9 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(tmp_path: Path, engine: FakeEngine | None = None) -> AsyncIterator[Rig]:
+async def rig(
+    tmp_path: Path, engine: FakeEngine | None = None, encoder: FakeEncoder | None = None
+) -> AsyncIterator[Rig]:
     engine = engine or FakeEngine(frames=4, step_seconds=0.001)
     async with await Database.open(tmp_path / "bot.sqlite3") as db:
         guilds = GuildSettingsStore(db, default_limit=3, default_period="day")
@@ -93,7 +95,7 @@ async def rig(tmp_path: Path, engine: FakeEngine | None = None) -> AsyncIterator
         async def journal(event: JobEvent) -> None:
             await box[0].journal(event)
 
-        queue = LocalJobQueue(engine, output_dir=tmp_path / "out", journal=journal)
+        queue = LocalJobQueue(engine, output_dir=tmp_path / "out", journal=journal, encoder=encoder)
         service = AnimateService(
             config=ServiceConfig(inputs_dir=tmp_path / "in", models=["m"], resolution=256),
             jobs=jobs,
@@ -159,6 +161,36 @@ async def test_a_failing_job_is_refunded_and_the_next_one_runs(tmp_path: Path) -
         assert r.presenter.failures == ["The GPU ran out of memory."]
         assert len(r.presenter.delivered) == 1
         assert (await r.service.quota(ALICE)).remaining == 2
+
+
+async def test_a_clip_cancelled_while_encoding_is_not_posted_or_charged(tmp_path: Path) -> None:
+    async with rig(tmp_path, encoder=FakeEncoder(seconds=0.5)) as r:
+        accepted = await r.service.submit(
+            ALICE, png(), AnimateOptions(num_inference_steps=2), ORIGIN
+        )
+        await _wait_for_state(r.jobs, accepted.job.job_id, JobState.ENCODING)
+        cancelled = await r.service.cancel(ALICE, accepted.job.job_id)
+        assert [job.job_id for job in cancelled] == [accepted.job.job_id]
+        await r.presenter.until(1)
+        assert r.presenter.cancels == [accepted.job.job_id] and r.presenter.delivered == []
+        assert (await r.service.quota(ALICE)).remaining == 3
+
+
+async def test_re_rolling_a_clip_of_a_model_no_longer_offered_costs_nothing(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path) as r:
+        accepted = await r.service.submit(
+            ALICE, png(), AnimateOptions(num_inference_steps=2), ORIGIN
+        )
+        made = await _wait_for_state(r.jobs, accepted.job.job_id, JobState.DELIVERED)
+        # A clip made before the host took its model off the list.
+        old = replace(made, job_id="from-an-old-model", options={**made.options, "model": "old"})
+        await r.jobs.create(old)
+        with pytest.raises(GenerationError) as info:
+            await r.service.vary(ALICE, old.job_id, "reroll", ORIGIN)
+        assert "no longer on this server" in info.value.user_message
+        assert (await r.service.quota(ALICE)).remaining == 2  # only the first clip
 
 
 async def test_quota_exhaustion_says_when_and_costs_nothing(tmp_path: Path) -> None:
