@@ -58,17 +58,25 @@ def settings_for(server: FakeDiscordServer, model: Path, data: Path, **extra: An
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, engine: Engine | None = None) -> AsyncIterator[App]:
+async def running(
+    settings: Settings,
+    engine: Engine | None = None,
+    *,
+    guild_ready_timeout: float = 0.1,
+    until_ready: bool = True,
+) -> AsyncIterator[App]:
+    """The bot, connected; `until_ready=False` yields once it has started connecting."""
     async with build_app(
-        settings, engine=engine, edit_interval=0.05, guild_ready_timeout=0.1
+        settings, engine=engine, edit_interval=0.05, guild_ready_timeout=guild_ready_timeout
     ) as app:
         await app.queue.start()
         token = settings.discord_token.get_secret_value() if settings.discord_token else ""
         task = asyncio.create_task(app.bot.start(token))
         try:
-            await asyncio.wait_for(app.bot.wait_until_ready(), 30)
-            await asyncio.wait_for(app.queue.ready.wait(), 60)
-            await app.bot.tree.sync()
+            if until_ready:
+                await asyncio.wait_for(app.bot.wait_until_ready(), 30)
+                await asyncio.wait_for(app.queue.ready.wait(), 60)
+                await app.bot.tree.sync()
             yield app
         finally:
             await app.queue.stop(5)
@@ -313,29 +321,17 @@ async def test_a_clip_that_fails_before_on_ready_still_reaches_its_member(
     settings = settings_for(fake_discord, tiny_model_dir, data_dir)
     async with running(settings):
         pass  # registers the commands
-    engine = failing_engine()
     sessions = len(fake_discord.gateway.sessions)
-    async with build_app(settings, engine=engine, guild_ready_timeout=8.0) as app:
-        await app.queue.start()
-        task = asyncio.create_task(app.bot.start(fake_discord.bot_token))
-        try:
-            await fake_discord.recorder.wait_until(
-                lambda: len(fake_discord.gateway.sessions) > sessions, 30, "the bot to IDENTIFY"
-            )
-            handle = await animate(fake_discord)
-            await handle.wait_followup(lambda m: "bad moment" in m.content, timeout=6)
-            assert not app.bot.is_ready()  # told before on_ready
-            status = await app.service.quotas.status(
-                fake_discord.guild.id, fake_discord.user.id, ()
-            )
-            assert status.used == 0
-        finally:
-            await app.queue.stop(1)
-            await app.service.close()
-            await app.bot.close()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    slow_ready = running(settings, failing_engine(), guild_ready_timeout=8.0, until_ready=False)
+    async with slow_ready as app:
+        await fake_discord.recorder.wait_until(
+            lambda: len(fake_discord.gateway.sessions) > sessions, 30, "the bot to IDENTIFY"
+        )
+        handle = await animate(fake_discord)
+        await handle.wait_followup(lambda m: "bad moment" in m.content, timeout=6)
+        assert not app.bot.is_ready()  # told before on_ready
+        status = await app.service.quotas.status(fake_discord.guild.id, fake_discord.user.id, ())
+        assert status.used == 0
 
 
 def failing_engine() -> FakeEngine:
