@@ -97,6 +97,10 @@ def missing_permissions() -> DiscordHTTPError:
     return DiscordHTTPError(403, 50013, "Missing Permissions")
 
 
+def cannot_send_to_user() -> DiscordHTTPError:
+    return DiscordHTTPError(403, 50007, "Cannot send messages to this user")
+
+
 def cannot_edit_others_message() -> DiscordHTTPError:
     return DiscordHTTPError(403, 50005, "Cannot edit a message authored by another user")
 

@@ -21,6 +21,9 @@ class Fault:
     body: Any
     headers: dict[str, str] = field(default_factory=dict)
     times: int | None = 1
+    # Do what was asked first, then answer with the fault: Discord stored the message, but
+    # its edge failed before the answer got out (so a blind retry posts it twice).
+    after_applying: bool = False
     fired: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -42,6 +45,7 @@ class Faults:
         *,
         times: int | None = 1,
         headers: dict[str, str] | None = None,
+        after_applying: bool = False,
     ) -> Fault:
         """Answer the next `times` requests whose path matches the regex `path` with `status`.
 
@@ -54,6 +58,7 @@ class Faults:
             body=body,
             headers=dict(headers or {}),
             times=times,
+            after_applying=after_applying,
         )
         self._faults.append(fault)
         return fault
@@ -87,11 +92,18 @@ class Faults:
         return self.add(method, path, 429, body, times=times, headers=headers)
 
     def server_error(
-        self, method: str | None, path: str, *, status: int = 500, times: int | None = 1
+        self,
+        method: str | None,
+        path: str,
+        *,
+        status: int = 500,
+        times: int | None = 1,
+        after_applying: bool = False,
     ) -> Fault:
-        """A 5xx, as Discord's edge answers when something behind it fails."""
+        """A 5xx, as Discord's edge answers when something behind it fails (`after_applying`:
+        after the request took effect)."""
         body = {"message": f"{status}: Internal Server Error", "code": 0}
-        return self.add(method, path, status, body, times=times)
+        return self.add(method, path, status, body, times=times, after_applying=after_applying)
 
     def take(self, method: str, path: str) -> Fault | None:
         """The first armed fault for this request, counted as fired."""

@@ -135,7 +135,7 @@ class InteractionBuilder:
                 "id": str(channel.id),
                 "name": channel.name,
                 "type": channel.type,
-                "permissions": str(self.world.bot_permissions(channel.guild_id)),
+                "permissions": str(self.world.bot_permissions_in(channel)),
                 "parent_id": str(channel.parent_id) if channel.parent_id else None,
             }
             return str(channel.id)
@@ -248,7 +248,7 @@ class InteractionBuilder:
             "app_permissions": str(
                 app_permissions
                 if app_permissions is not None
-                else self.world.bot_permissions(guild_id)
+                else self.world.bot_permissions_in(channel)
             ),
         }
         guild = self.world.guilds.get(guild_id or 0)

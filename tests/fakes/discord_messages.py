@@ -152,6 +152,9 @@ class MessageStore:
     def get(self, message_id: int) -> FakeMessage | None:
         return self._messages.get(message_id)
 
+    def by_author(self, author_id: int) -> list[FakeMessage]:
+        return [m for m in self._messages.values() if m.author_id == author_id and not m.deleted]
+
     def in_channel(self, channel_id: int, *, include_deleted: bool = False) -> list[FakeMessage]:
         return [
             m
@@ -202,6 +205,7 @@ class MessageStore:
             webhook_id=webhook_id,
             interaction_id=interaction_id,
             reference_id=reference_id,
+            nonce=str(body["nonce"]) if body.get("nonce") else None,
         )
         if not loading and not self._has_content(message, has_files=bool(files)):
             raise errors.empty_message()

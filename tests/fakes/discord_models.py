@@ -23,6 +23,7 @@ ALL_PERMISSIONS = discord.Permissions.all().value
 VIEW_CHANNEL = discord.Permissions(view_channel=True).value
 SEND_MESSAGES = discord.Permissions(send_messages=True).value
 ATTACH_FILES = discord.Permissions(attach_files=True).value
+READ_MESSAGE_HISTORY = discord.Permissions(read_message_history=True).value
 
 # What @everyone may do in a fresh server, roughly: read, talk, attach, use commands.
 DEFAULT_EVERYONE_PERMISSIONS = discord.Permissions(
@@ -158,6 +159,7 @@ class FakeMessage:
     webhook_id: int | None = None
     interaction_id: int | None = None
     reference_id: int | None = None
+    nonce: str | None = None
     deleted: bool = False
 
     @property

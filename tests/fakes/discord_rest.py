@@ -216,11 +216,7 @@ class RestApi:
             if route.kind == "webhook_edit" and params.get("ref") == "@original":
                 kind = "edit_original"
             injected = self._faults.take(request.method, path)
-            if injected is not None:
-                fault = True
-                response = ApiResponse(injected.status, injected.body)
-                headers = injected.headers
-            else:
+            if injected is None or injected.after_applying:
                 if (
                     route.bot_auth
                     and request.headers.get("Authorization") != f"Bot {self._world.bot_token}"
@@ -230,6 +226,10 @@ class RestApi:
                     request.method, path, dict(request.query), dict(request.headers), payload, files
                 )
                 response = route.handler(api_request, **params)
+            if injected is not None:
+                fault = True
+                response = ApiResponse(injected.status, injected.body)
+                headers = injected.headers
         except DiscordHTTPError as error:
             response = ApiResponse(error.status, error.body())
             headers = error.headers
@@ -397,9 +397,8 @@ class RestApi:
         )
 
     def _channel_history(self, q: ApiRequest, channel: str) -> ApiResponse:
-        self._world.channel(int(channel))
         limit = min(int(q.query.get("limit", 50)), 100)
-        visible = [m for m in self._world.messages.in_channel(int(channel)) if not m.ephemeral]
+        visible = self._world.channel_history(int(channel))
         newest_first = sorted(visible, key=lambda m: m.id, reverse=True)[:limit]
         return ApiResponse(200, [self._message(m) for m in newest_first])
 

@@ -213,6 +213,21 @@ class FakeDiscordServer:
         )
         return role
 
+    def deny_bot(
+        self, permissions: int | discord.Permissions, channel: FakeChannel | None = None
+    ) -> None:
+        """A channel overwrite (default: the main channel) that denies the bot `permissions`."""
+        target = channel or self.channel
+        self.world.bot_denied_in[target.id] = permission_value(permissions)
+
+    def close_dms(self, user: FakeUser) -> None:
+        """`user` takes no direct messages from the bot: sending one answers 50007."""
+        self.world.closed_dms.add(user.id)
+
+    def dms(self, user: FakeUser) -> list[FakeMessage]:
+        """The messages in the bot's DM channel with `user`."""
+        return self.world.messages.in_channel(self.world.dm_channel(user.id).id)
+
     def add_attachment(
         self,
         filename: str,

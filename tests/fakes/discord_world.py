@@ -7,6 +7,7 @@ Every refusal is a `DiscordHTTPError` carrying Discord's status and code.
 
 from __future__ import annotations
 
+import datetime
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from tests.fakes.discord_messages import MessageStore, check_upload_sizes
 from tests.fakes.discord_models import (
     ATTACH_FILES,
     DEFAULT_BOT_PERMISSIONS,
+    READ_MESSAGE_HISTORY,
     SEND_MESSAGES,
     VIEW_CHANNEL,
     FakeChannel,
@@ -32,6 +34,8 @@ from tests.fakes.discord_validation import validate_commands
 
 FIRST_ANSWER_DEADLINE = 3.0
 TOKEN_LIFETIME = 15 * 60.0
+# How long Discord remembers a message's nonce for `enforce_nonce` ("the past few minutes").
+NONCE_WINDOW = datetime.timedelta(minutes=5)
 COMMAND = 2
 COMPONENT = 3
 MODAL_SUBMIT = 5
@@ -87,6 +91,10 @@ class DiscordWorld:
         self.messages = MessageStore(snowflakes, clock, base_url)
         self.interactions: dict[int, InteractionRecord] = {}
         self.enforce_first_answer_deadline = True
+        # Channel overwrites that deny the bot permissions there: channel id -> denied bits.
+        self.bot_denied_in: dict[int, int] = {}
+        # Users who take no DMs from the bot ("Allow direct messages from server members" off).
+        self.closed_dms: set[int] = set()
         self.emit: EventSink = lambda event, data: None
 
     # People and places
@@ -134,6 +142,10 @@ class DiscordWorld:
         if guild_id is None:
             return DEFAULT_BOT_PERMISSIONS
         return self.guilds[guild_id].permissions_of(self.bot_user.id)
+
+    def bot_permissions_in(self, channel: FakeChannel) -> int:
+        """The bot's permissions in `channel`: its guild's, less what an overwrite denies."""
+        return self.bot_permissions(channel.guild_id) & ~self.bot_denied_in.get(channel.id, 0)
 
     def upload_limit(self, guild_id: int | None) -> int:
         return self.guilds[guild_id].upload_limit if guild_id in self.guilds else 10 * MiB
@@ -367,8 +379,10 @@ class DiscordWorld:
 
     def _require(self, channel: FakeChannel, permissions: int) -> None:
         if channel.guild_id is None:
+            if channel.recipient_id in self.closed_dms:
+                raise errors.cannot_send_to_user()
             return
-        have = self.bot_permissions(channel.guild_id)
+        have = self.bot_permissions_in(channel)
         if not have & VIEW_CHANNEL:
             raise errors.missing_access()
         if have & permissions != permissions:
@@ -380,8 +394,14 @@ class DiscordWorld:
         channel = self.channel(channel_id)
         if not isinstance(body, dict):
             raise errors.bad_json()
-        self._require(channel, SEND_MESSAGES | (ATTACH_FILES if files else 0))
+        needed = SEND_MESSAGES | (ATTACH_FILES if files else 0)
+        if body.get("message_reference"):
+            needed |= READ_MESSAGE_HISTORY  # replying needs it
+        self._require(channel, needed)
         check_upload_sizes(files, self.upload_limit(channel.guild_id))
+        repeated = self._repeated_nonce(body)
+        if repeated is not None:
+            return repeated
         message = self.messages.create(
             channel_id=channel_id,
             guild_id=channel.guild_id,
@@ -391,6 +411,23 @@ class DiscordWorld:
         )
         self.emit("MESSAGE_CREATE", self.message_json(message))
         return message
+
+    def _repeated_nonce(self, body: dict[str, Any]) -> FakeMessage | None:
+        """With `enforce_nonce`, Discord answers a message whose nonce the same author used in
+        the past few minutes with that message, and creates none."""
+        nonce = body.get("nonce")
+        if not body.get("enforce_nonce") or not nonce:
+            return None
+        since = self.clock.now() - NONCE_WINDOW
+        for message in self.messages.by_author(self.bot_user.id):
+            if message.nonce == str(nonce) and message.created_at >= since:
+                return message
+        return None
+
+    def channel_history(self, channel_id: int) -> list[FakeMessage]:
+        channel = self.channel(channel_id)
+        self._require(channel, READ_MESSAGE_HISTORY)
+        return [m for m in self.messages.in_channel(channel_id) if not m.ephemeral]
 
     def channel_message(self, channel_id: int, message_id: int) -> FakeMessage:
         return self._visible_message(channel_id, message_id)
