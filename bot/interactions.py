@@ -41,6 +41,18 @@ async def member_of(interaction: discord.Interaction, service: AnimateService) -
     )
 
 
+def _bot_can_post(interaction: discord.Interaction) -> bool:
+    """Whether the bot may post clips in the channel with its own token, as it must once the
+    interaction's token has expired (Discord sends the bot's permissions there with it)."""
+    permissions = interaction.app_permissions
+    if isinstance(interaction.channel, discord.Thread):
+        send = permissions.send_messages_in_threads
+    else:
+        send = permissions.send_messages
+    # Read Message History: the clip is a reply to the progress message.
+    return send and permissions.attach_files and permissions.read_message_history
+
+
 def origin_of(interaction: discord.Interaction) -> Origin:
     assert interaction.channel_id is not None
     limit = getattr(interaction, "filesize_limit", None) or DEFAULT_UPLOAD_LIMIT
@@ -86,7 +98,10 @@ async def _announce(
 ) -> None:
     """The member's "Got it" and the channel's progress message."""
     queued = accepted.queued
-    note = "".join(f"\nℹ️ {n}" for n in accepted.notes)
+    notes = list(accepted.notes)
+    if not _bot_can_post(interaction):
+        notes.append(messages.CANNOT_POST_HERE)
+    note = "".join(f"\nℹ️ {n}" for n in notes)
     await interaction.edit_original_response(
         content=messages.accepted_text(
             queued.position, queued.eta_seconds, accepted.quota, on_hold=accepted.on_hold

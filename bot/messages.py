@@ -9,7 +9,7 @@ from datetime import datetime
 
 from generation.jobs import EventKind, JobEvent, QueueSnapshot
 from generation.options import AnimateOptions
-from storage.jobs import JobRecord
+from storage.jobs import JobRecord, JobState
 from storage.quotas import QuotaStatus
 
 BAR_WIDTH = 16
@@ -116,8 +116,26 @@ def cancelled_text(job: JobRecord) -> str:
 def undelivered_text(job: JobRecord) -> str:
     return (
         f"⚠️ {mention(job.user_id)}, your clip is finished but Discord would not accept the "
-        f"upload. It is kept safe (job `{job.job_id[:8]}`) and I will try again when the bot "
-        "restarts; you were not charged."
+        f"upload. It is kept safe (job `{job.job_id[:8]}`): I will keep trying, and `/queue` "
+        "hands it to you at once. You are not charged until you have it."
+    )
+
+
+def not_handed_over_text(jobs: Sequence[JobRecord]) -> str:
+    ids = ", ".join(f"`{job.job_id[:8]}`" for job in jobs)
+    return (
+        f"⚠️ Discord would not take {ids} just now either. It is kept safe and I keep trying; "
+        "you are not charged until you have it."
+    )
+
+
+def dm_clip_text(job: JobRecord, event: JobEvent) -> str:
+    """The clip sent privately because the bot may not post in the channel it was asked in."""
+    return truncate(
+        done_text(job, event)
+        + f"\nℹ️ I sent it here because I can't post clips in <#{job.channel_id}>: I need the "
+        "Send Messages, Attach Files and Read Message History permissions there (a moderator "
+        "can grant them)."
     )
 
 
@@ -133,6 +151,13 @@ def quota_text(status: QuotaStatus, *, subject: str = "You") -> str:
     if status.next_available_at is not None and (status.remaining or 0) < status.limit:
         text += f" Next clip back {relative_time(status.next_available_at)}."
     return text
+
+
+CANNOT_POST_HERE = (
+    "I can't post in this channel myself (I need Send Messages, Attach Files and Read Message "
+    "History here), so a clip that takes longer than 14 minutes comes to you by DM, if you "
+    "accept DMs from server members; `/queue` also fetches it."
+)
 
 
 def accepted_text(
@@ -166,6 +191,8 @@ def queue_text(jobs: Sequence[JobRecord], snapshot: QueueSnapshot) -> str:
             lines.append(
                 f"• `{short}` is at position {w.position}, starting in {duration(w.eta_seconds)}"
             )
+        elif job.state is JobState.DONE:
+            lines.append(f"• `{short}` is finished: posting it now")
         else:
             lines.append(f"• `{short}` is {job.state.value}")
     total = len(snapshot.waiting)

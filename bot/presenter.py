@@ -34,7 +34,8 @@ INVALID_WEBHOOK_TOKEN = 50027
 UNKNOWN_MESSAGE = 10008
 # Rate limits are not published: one progress edit every few seconds per message is safe.
 DEFAULT_EDIT_INTERVAL = 3.0
-SERVER_ERROR_RETRIES = 3
+# How far back a retry looks for a clip Discord stored although it answered with an error.
+RECENT_MESSAGES = 50
 # How long after the command its flow may still be posting the progress message.
 PROGRESS_POST_GRACE = timedelta(seconds=30)
 # How long an outcome waits for that flow (which normally takes well under a second).
@@ -42,6 +43,19 @@ COMMAND_FLOW_WAIT = timedelta(seconds=10)
 
 # Re-encode a clip at `path` to fit `max_bytes`; returns the new file. Blocking.
 Reencoder = Callable[[Path, int], Path]
+
+
+def _nonce(job: JobRecord) -> str:
+    # Discord allows 25 characters; a job id's first 25 hex digits are as unique as we need.
+    return job.job_id[:25]
+
+
+def _clip_name(job: JobRecord, path: Path) -> str:
+    return f"clip-{job.job_id[:8]}{path.suffix}"
+
+
+def _only_the_member(job: JobRecord) -> discord.AllowedMentions:
+    return discord.AllowedMentions(users=[discord.Object(job.user_id)], roles=False, everyone=False)
 
 
 def _age(job: JobRecord) -> timedelta:
@@ -70,7 +84,6 @@ class DiscordPresenter:
         lookup: Callable[[str], Awaitable[JobRecord | None]],
         edit_interval: float = DEFAULT_EDIT_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
-        retry_delay: float = 1.0,
     ) -> None:
         self._client = client
         self._reencode = reencode
@@ -78,7 +91,6 @@ class DiscordPresenter:
         self._lookup = lookup
         self._interval = edit_interval
         self._clock = clock
-        self._retry_delay = retry_delay
         self._progress: dict[str, _Progress] = {}
         # Tokens Discord has told us are dead, so we stop trying them.
         self._dead_tokens: set[str] = set()
@@ -148,21 +160,41 @@ class DiscordPresenter:
 
     # ------------------------------------------------------------------ outcomes
 
-    async def deliver(self, job: JobRecord, event: JobEvent) -> bool:
+    async def deliver(
+        self, job: JobRecord, event: JobEvent, *, tell: bool = True, again: bool = False
+    ) -> bool:
+        """Post the clip: through the interaction, else the channel, else the member's DMs.
+
+        False when none of them took it (the clip stays on disk for a later try); `tell` says
+        whether to tell the member so. `again`: an earlier try may have reached Discord, so
+        look in the channel first."""
         assert event.clip is not None
         path = event.clip.path
         budget = job.max_bytes or event.clip.size_bytes
         job = await self._after_the_command_flow(job)
+        if again and await self._already_posted(job):
+            await self._finish_progress(job)
+            return True
         text = messages.done_text(job, event)
-        for attempt in range(1 + SERVER_ERROR_RETRIES):
+        while True:
+            file = (path, _clip_name(job, path))
             try:
                 await self._send(
-                    job,
-                    text,
-                    view=clip_view(job.job_id),
-                    file=(path, f"clip-{job.job_id[:8]}{path.suffix}"),
+                    job, text, view=clip_view(job.job_id), file=file, nonce=_nonce(job)
                 )
                 break
+            except discord.Forbidden as exc:
+                # The bot may not post (or attach files) in that channel, and the interaction's
+                # token is gone: the member still gets the clip, privately.
+                log.warning(
+                    "no permission to post in channel %d (%s); sending the clip by DM",
+                    job.channel_id,
+                    exc.text or exc.code,
+                    extra={"job_id": job.job_id},
+                )
+                if await self._send_by_dm(job, event, file):
+                    break
+                failure: discord.HTTPException = exc
             except discord.HTTPException as exc:
                 if exc.status == 413 and budget > 64 * 1024:
                     # Discord's limit is lower than we were told: shrink to fit, never drop.
@@ -174,16 +206,67 @@ class DiscordPresenter:
                     )
                     path = await asyncio.to_thread(self._reencode, path, budget)
                     continue
-                if exc.status >= 500 and attempt < SERVER_ERROR_RETRIES:
-                    await asyncio.sleep(self._retry_delay * (attempt + 1))
-                    continue
-                log.error("clip upload failed: %s", exc, extra={"job_id": job.job_id})
+                # discord.py has retried a 5xx for half a minute already. Discord may have
+                # stored the clip before failing (a blind retry would post it twice): look.
+                if exc.status >= 500 and await self._already_posted(job):
+                    break
+                failure = exc
+            log.error("clip upload failed: %s", failure, extra={"job_id": job.job_id})
+            if tell:
                 await self._tell(job, messages.undelivered_text(job))
-                return False
-        else:
-            await self._tell(job, messages.undelivered_text(job))
             return False
         await self._finish_progress(job)
+        return True
+
+    async def _already_posted(self, job: JobRecord) -> bool:
+        """Whether the job's clip is among the channel's latest messages, posted by the bot
+        (with its token or the interaction's). Unknown (no Read Message History) is no."""
+        me = self._client.user
+        prefix = _clip_name(job, Path())
+        channel = self._client.get_partial_messageable(job.channel_id)
+        try:
+            async for message in channel.history(limit=RECENT_MESSAGES):
+                mine = (me is not None and message.author.id == me.id) or (
+                    message.webhook_id is not None and message.webhook_id == job.application_id
+                )
+                if mine and any(a.filename.startswith(prefix) for a in message.attachments):
+                    log.info("the clip was posted after all", extra={"job_id": job.job_id})
+                    return True
+        except discord.HTTPException as exc:
+            log.info("could not read the channel: %s", exc, extra={"job_id": job.job_id})
+        return False
+
+    async def hand_over(self, followup: discord.Webhook, job: JobRecord, event: JobEvent) -> bool:
+        """Post a clip Discord refused earlier through `followup`, the webhook of a command the
+        member just used: its token is fresh and it needs none of the bot's channel permissions.
+        """
+        assert event.clip is not None
+        try:
+            await followup.send(
+                messages.done_text(job, event),
+                file=discord.File(event.clip.path, filename=_clip_name(job, event.clip.path)),
+                view=clip_view(job.job_id),
+                allowed_mentions=_only_the_member(job),
+                wait=True,
+            )
+        except discord.HTTPException as exc:
+            log.warning("handing the clip over failed: %s", exc, extra={"job_id": job.job_id})
+            return False
+        await self._finish_progress(job)
+        return True
+
+    async def _send_by_dm(self, job: JobRecord, event: JobEvent, file: tuple[Path, str]) -> bool:
+        try:
+            channel = await self._client.create_dm(discord.Object(job.user_id))
+            # No buttons: Re-roll and Delete act on a server, and a DM has none.
+            await channel.send(
+                messages.dm_clip_text(job, event),
+                file=discord.File(file[0], filename=file[1]),
+            )
+        except discord.HTTPException as exc:
+            # The member does not take DMs from the bot (50007), or Discord refused the upload.
+            log.warning("could not DM the clip either: %s", exc, extra={"job_id": job.job_id})
+            return False
         return True
 
     async def failed(self, job: JobRecord, message: str) -> None:
@@ -239,15 +322,17 @@ class DiscordPresenter:
         *,
         view: discord.ui.View | None = None,
         file: tuple[Path, str] | None = None,
+        nonce: str | None = None,
     ) -> discord.Message:
         """Send through the interaction's webhook, or the channel once the token is dead.
 
         `file` is (path, name to show); each try opens it afresh, since discord.py closes a
-        `discord.File` once it has been sent, even when the request failed."""
-        mentions = discord.AllowedMentions(
-            users=[discord.Object(job.user_id)], roles=False, everyone=False
-        )
-        kwargs: dict[str, Any] = {"allowed_mentions": mentions}
+        `discord.File` once it has been sent, even when the request failed. `nonce` goes with
+        a channel message with `enforce_nonce`: for a few minutes Discord answers a repeat of
+        the same message with the first one instead of posting it twice. (discord.py picks a
+        random one per call, which covers its own retries but not ours.) Interaction webhooks
+        take none."""
+        kwargs: dict[str, Any] = {"allowed_mentions": _only_the_member(job)}
         if view is not None:
             kwargs["view"] = view
         webhook = self._webhook(job)
@@ -269,6 +354,8 @@ class DiscordPresenter:
                 channel_id=job.channel_id,
                 fail_if_not_exists=False,
             )
+        if nonce is not None:
+            kwargs["nonce"] = nonce
         return await channel.send(text, reference=reference, **kwargs)  # type: ignore[arg-type]
 
     async def _edit(self, job: JobRecord, message_id: int, text: str) -> None:

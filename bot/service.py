@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -81,14 +82,34 @@ class Presenter(Protocol):
     async def show(self, job: JobRecord, event: JobEvent) -> None:
         """Progress (queued, position, started, step, decoding, encoding). Must return quickly."""
 
-    async def deliver(self, job: JobRecord, event: JobEvent) -> bool:
-        """Post the finished clip; True once it is posted, False when it stays on disk."""
+    async def deliver(
+        self, job: JobRecord, event: JobEvent, *, tell: bool = True, again: bool = False
+    ) -> bool:
+        """Post the finished clip; True once it is posted, False when it stays on disk.
+        `tell`: say so to the member when it fails (a retry does not say it again). `again`:
+        an earlier try (before a restart, too) may have been posted after all: check first."""
 
     async def failed(self, job: JobRecord, message: str) -> None:
         """Tell the member the job failed, why, and that they were not charged."""
 
     async def cancelled(self, job: JobRecord) -> None:
         """Tell the member the job was cancelled."""
+
+
+@dataclass(frozen=True)
+class RedeliveryPolicy:
+    """How a finished clip Discord would not take is tried again: soon at first (an outage is
+    usually short), then less often, until it has been refused for `give_up_seconds`; then the
+    job fails and its reservation is refunded, so it does not hold the member's quota for ever."""
+
+    first_delay: float = 60.0
+    max_delay: float = 3600.0
+    give_up_seconds: float = 24 * 3600.0
+    # How often the service looks for clips that are due.
+    check_every: float = 15.0
+
+    def delay(self, tries: int) -> float:
+        return min(self.max_delay, self.first_delay * 2 ** max(0, tries - 1))
 
 
 @dataclass(frozen=True)
@@ -99,6 +120,18 @@ class ServiceConfig:
     image_limits: ImageLimits = field(default_factory=ImageLimits)
     # Inputs are kept this long for Re-roll / More / Less motion.
     keep_inputs_seconds: float = 7 * 24 * 3600
+    redelivery: RedeliveryPolicy = field(default_factory=RedeliveryPolicy)
+
+
+@dataclass
+class _Undelivered:
+    """A clip Discord has refused: since when (on the service's clock), how often, when to try
+    next, and whether the member has been told."""
+
+    since: float
+    tries: int = 0
+    next_at: float = 0.0
+    told: bool = False
 
 
 class AnimateService:
@@ -111,8 +144,10 @@ class AnimateService:
         guilds: GuildSettingsStore,
         queue: JobQueue,
         frames_for: Callable[[str | None], int],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
+        self._clock = clock
         self._jobs = jobs
         self._quotas = quotas
         self._guilds = guilds
@@ -120,6 +155,9 @@ class AnimateService:
         self._frames_for = frames_for
         self._presenter: Presenter | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Clips being posted now (by the pump, a retry or a hand-over): never two at once.
+        self._delivering: set[str] = set()
+        self._undelivered: dict[str, _Undelivered] = {}
 
     # ----------------------------------------------------------------- requests
 
@@ -361,13 +399,77 @@ class AnimateService:
     # --------------------------------------------------------- events → members
 
     async def pump(self, presenter: Presenter) -> None:
-        """Forward the queue's events to the presenter until the queue stops."""
+        """Forward the queue's events to the presenter until the queue stops, and meanwhile try
+        again the clips Discord refused."""
         self._presenter = presenter
-        async for event in self._queue.events():
+        retries = asyncio.create_task(self._redeliver_forever(presenter))
+        try:
+            async for event in self._queue.events():
+                try:
+                    await self._dispatch(presenter, event)
+                except Exception:
+                    log.exception("presenting event failed", extra={"job_id": event.job_id})
+        finally:
+            retries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retries
+
+    async def _redeliver_forever(self, presenter: Presenter) -> None:
+        while True:
+            await asyncio.sleep(self._config.redelivery.check_every)
             try:
-                await self._dispatch(presenter, event)
+                await self.redeliver_due(presenter)
             except Exception:
-                log.exception("presenting event failed", extra={"job_id": event.job_id})
+                log.exception("retrying undelivered clips failed")
+
+    async def redeliver_due(self, presenter: Presenter) -> int:
+        """Try again each refused clip whose time has come; returns how many were started."""
+        now = self._clock()
+        started = 0
+        for job_id, retry in list(self._undelivered.items()):
+            if retry.next_at > now or job_id in self._delivering:
+                continue
+            job = await self._jobs.get(job_id)
+            if job is None or job.state is not JobState.DONE:
+                self._undelivered.pop(job_id, None)  # handed over, or failed meanwhile
+                continue
+            if not await _exists(job.output_path):
+                self._undelivered.pop(job_id, None)
+                await self._fail(presenter, job, _LOST_MESSAGE)
+                continue
+            self._spawn(self._deliver(presenter, job, await _done_event(job)))
+            started += 1
+        return started
+
+    async def hand_over(
+        self, member: Member, post: Callable[[JobRecord, JobEvent], Awaitable[bool]]
+    ) -> list[JobRecord]:
+        """Give the member their finished clips that Discord refused earlier, through `post`
+        (the Discord layer answers a command of theirs with them, on its fresh token). Each one
+        posted is charged and done with. Returns the jobs `post` could not post; clips being
+        posted by someone else right now are left to them."""
+        refused = []
+        for listed in await self._jobs.active_for_user(member.guild_id, member.user_id):
+            job_id = listed.job_id
+            if listed.state is not JobState.DONE or job_id in self._delivering:
+                continue
+            # Claimed before any await, so the pump or a retry cannot start on it meanwhile.
+            self._delivering.add(job_id)
+            try:
+                job = await self._jobs.get(job_id)
+                if job is None or job.state is not JobState.DONE:
+                    continue  # posted, or given up on, since the list was read
+                if not await _exists(job.output_path):
+                    continue
+                event = await _done_event(job)
+                if not await post(job, event):
+                    refused.append(job)
+                    continue
+                self._undelivered.pop(job_id, None)
+                await self._delivered(job, event)
+            finally:
+                self._delivering.discard(job_id)
+        return refused
 
     async def _dispatch(self, presenter: Presenter, event: JobEvent) -> None:
         job = await self._jobs.get(event.job_id)
@@ -386,17 +488,64 @@ class AnimateService:
             case _:
                 await presenter.show(job, event)
 
-    async def _deliver(self, presenter: Presenter, job: JobRecord, event: JobEvent) -> None:
-        try:
-            delivered = await presenter.deliver(job, event)
-        except Exception:
-            # Not posted, and not lost: the clip stays on disk in state "done".
-            log.exception("delivering the clip failed", extra={"job_id": job.job_id})
-            delivered = False
-        if not delivered:
-            # The clip stays on disk in state "done"; the next start tries again.
-            log.warning("clip not delivered; kept on disk", extra={"job_id": job.job_id})
+    async def _deliver(
+        self, presenter: Presenter, job: JobRecord, event: JobEvent, *, again: bool = False
+    ) -> None:
+        if job.job_id in self._delivering:
             return
+        self._delivering.add(job.job_id)
+        try:
+            current = await self._jobs.get(job.job_id)
+            if current is None or current.state is not JobState.DONE:
+                return  # handed over to the member (or failed) since this event was sent
+            retry = self._undelivered.get(job.job_id)
+            told = retry is not None and retry.told
+            try:
+                delivered = await presenter.deliver(
+                    current, event, tell=not told, again=again or retry is not None
+                )
+                told = True  # a refusal was told (or, on a retry, had been)
+            except Exception:
+                # Not posted, and not lost: the clip stays on disk in state "done".
+                log.exception("delivering the clip failed", extra={"job_id": job.job_id})
+                delivered = False
+            if delivered:
+                self._undelivered.pop(job.job_id, None)
+                await self._delivered(current, event)
+                return
+            await self._undeliverable(presenter, current, retry, told=told)
+        finally:
+            self._delivering.discard(job.job_id)
+
+    async def _undeliverable(
+        self, presenter: Presenter, job: JobRecord, retry: _Undelivered | None, *, told: bool
+    ) -> None:
+        """Discord refused the clip: keep it on disk and try again later, or give up."""
+        policy = self._config.redelivery
+        now = self._clock()
+        # Counted from when the clip was finished, so restarts do not put off giving up.
+        retry = retry or _Undelivered(since=now - _seconds_since_done(job))
+        retry.tries += 1
+        retry.told = told
+        if now - retry.since >= policy.give_up_seconds:
+            self._undelivered.pop(job.job_id, None)
+            log.error(
+                "clip refused for %.0f h; giving up",
+                policy.give_up_seconds / 3600,
+                extra={"job_id": job.job_id},
+            )
+            await self._fail(presenter, job, _UNDELIVERABLE_MESSAGE)
+            return
+        retry.next_at = now + policy.delay(retry.tries)
+        self._undelivered[job.job_id] = retry
+        log.warning(
+            "clip not delivered (try %d); kept on disk, next try in %.0f s",
+            retry.tries,
+            retry.next_at - now,
+            extra={"job_id": job.job_id},
+        )
+
+    async def _delivered(self, job: JobRecord, event: JobEvent) -> None:
         await self._quotas.charge(job.job_id)
         await self._jobs.set_state(job.job_id, JobState.DELIVERED)
         if job.output_path or event.clip:
@@ -406,7 +555,12 @@ class AnimateService:
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
 
     # ------------------------------------------------------------------ restart
 
@@ -417,8 +571,9 @@ class AnimateService:
         for job in await self._jobs.unfinished():
             if job.state is JobState.DONE:
                 if await _exists(job.output_path):
-                    event = _done_event_from_record(job)
-                    self._spawn(self._deliver(presenter, job, event))
+                    # Before the restart it may have been posted with no answer back.
+                    event = await _done_event(job)
+                    self._spawn(self._deliver(presenter, job, event, again=True))
                     counts["redelivered"] += 1
                 else:
                     await self._fail(presenter, job, _LOST_MESSAGE)
@@ -471,10 +626,25 @@ _CRASHED_MESSAGE = (
     "The bot stopped twice while making this clip, so I gave up on it. "
     "You were not charged; try again, perhaps with fewer steps."
 )
+_UNDELIVERABLE_MESSAGE = (
+    "Discord refused this clip for a whole day, so I gave up on it. "
+    "You were not charged; please use `/animate` again."
+)
 _LOST_MESSAGE = (
     "This clip's files were lost while the bot restarted. "
     "You were not charged; please use `/animate` again."
 )
+
+
+async def _done_event(job: JobRecord) -> JobEvent:
+    return await asyncio.to_thread(_done_event_from_record, job)
+
+
+def _seconds_since_done(job: JobRecord) -> float:
+    if job.started_at is None or job.duration_seconds is None:
+        return 0.0
+    done = job.started_at + timedelta(seconds=job.duration_seconds)
+    return max(0.0, (datetime.now(UTC) - done).total_seconds())
 
 
 def _done_event_from_record(job: JobRecord) -> JobEvent:

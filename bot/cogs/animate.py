@@ -104,9 +104,18 @@ class AnimateCog(commands.Cog):
     @app_commands.command(name="queue", description="Your clips in the queue and when they start")
     @app_commands.guild_only()
     async def queue(self, interaction: discord.Interaction) -> None:
-        member = await member_of(interaction, self.bot.service)
-        jobs, snapshot = await self.bot.service.my_jobs(member)
+        service = self.bot.service
+        member = await member_of(interaction, service)
+        jobs, snapshot = await service.my_jobs(member)
         await interaction.response.send_message(messages.queue_text(jobs, snapshot), ephemeral=True)
+        # A finished clip Discord refused earlier (the bot may not post in its channel, the
+        # member takes no DMs, an outage): this command's fresh token can post it now.
+        presenter, followup = self.bot.presenter, interaction.followup
+        refused = await service.hand_over(
+            member, lambda job, event: presenter.hand_over(followup, job, event)
+        )
+        if refused:
+            await followup.send(messages.not_handed_over_text(refused), ephemeral=True)
 
     @app_commands.command(name="cancel", description="Cancel your waiting or running clips")
     @app_commands.guild_only()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import io
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -293,6 +294,120 @@ async def test_expired_token_falls_back_to_the_channel(
     assert message.webhook_id is None  # posted with the bot token, not the interaction's
     assert message.reference_id is not None  # a reply to the progress message
     assert any(r.status == 401 for r in fake_discord.requests)
+
+
+# An overwrite in the member's channel that lets the command through but not the bot's posts.
+NO_POSTING = discord.Permissions(send_messages=True, attach_files=True).value
+
+
+async def _past_the_token(server: FakeDiscordServer, **options: Any) -> Any:
+    """A clip whose queue outlasts its interaction token (the bot must use its own)."""
+    handle = await animate(server, steps=10, **options)
+    await reply_text(handle)
+    await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)  # the progress message
+    server.clock.advance(16 * 60)
+    return handle
+
+
+async def _clips(app: App) -> list[tuple[str, str]]:
+    """Each job's state and its quota reservation's: a clip is charged once it is delivered."""
+    rows = await app.database.fetch(
+        "SELECT j.state, q.state FROM jobs j JOIN quota_usage q USING (job_id) ORDER BY j.rowid"
+    )
+    return [(str(job), str(quota)) for job, quota in rows]
+
+
+async def eventually(check: Callable[[], Any], within: float = 10.0) -> Any:
+    """The first truthy result of `check` (a function or a coroutine function), polled."""
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{check.__name__} never held within {within} s")
+
+
+async def _until_delivered(app: App, within: float = 10.0) -> None:
+    async def delivered() -> bool:
+        return await _clips(app) == [("delivered", "charged")]
+
+    await eventually(delivered, within)
+
+
+async def test_a_clip_the_bot_may_not_post_in_the_channel_reaches_the_member_by_dm(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    fake_discord.deny_bot(NO_POSTING)
+    handle = await _past_the_token(fake_discord)
+    # Told at once, while the member can still open their DMs.
+    assert "comes to you by DM" in await reply_text(handle)
+    member = fake_discord.user
+
+    def dm_clip() -> FakeMessage | None:
+        return next((m for m in fake_discord.dms(member) if m.attachments), None)
+
+    message = await eventually(dm_clip, CLIP_TIMEOUT)
+    assert "your clip is ready" in message.content
+    assert "Send Messages, Attach Files" in message.content  # why, and who can fix it
+    assert f"<#{fake_discord.channel.id}>" in message.content
+    assert not message.components  # no server buttons in a DM
+    assert not [m for m in fake_discord.messages(fake_discord.channel) if m.attachments]
+    await _until_delivered(bot)
+
+
+async def test_a_clip_nobody_would_take_is_handed_over_by_queue(
+    bot: App, fake_discord: FakeDiscordServer, tmp_path: Path
+) -> None:
+    handle = await _past_the_token(fake_discord)
+    assert "DM" not in await reply_text(handle)  # it could post here when it was asked
+    fake_discord.deny_bot(NO_POSTING)
+    fake_discord.close_dms(fake_discord.user)
+
+    def dm_refused() -> bool:
+        return any(
+            r.kind == "channel_send"
+            and isinstance(r.response, dict)
+            and r.response.get("code") == 50007
+            for r in fake_discord.requests
+        )
+
+    await eventually(dm_refused, CLIP_TIMEOUT)
+    assert await _clips(bot) == [("done", "reserved")]  # kept, and not charged
+
+    asked = await fake_discord.interaction("queue", {}, permissions=MEMBER)
+    assert "finished: posting it now" in await reply_text(asked)
+    posted = await asked.wait_followup(lambda m: bool(m.attachments), timeout=10)
+    assert not posted.ephemeral and "your clip is ready" in posted.content
+    assert posted.components  # Re-roll and Delete, as on any clip
+    assert frames_of(posted, tmp_path).shape[0] == TINY_FRAMES
+    await _until_delivered(bot)
+    # Asked again: nothing left to hand over, nothing posted twice.
+    again = await fake_discord.interaction("queue", {}, permissions=MEMBER)
+    assert "no clips waiting" in await reply_text(again)
+    await asyncio.sleep(0.5)
+    assert not [m for m in again.followups if m.attachments]
+
+
+async def test_a_server_error_after_discord_stored_the_clip_does_not_post_it_twice(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    await _past_the_token(fake_discord)
+    # Discord keeps the clip, then its edge answers 502 to each of discord.py's five tries
+    # (which share one nonce): the bot must find it posted, not post it again or say it failed.
+    fault = fake_discord.faults.server_error(
+        "POST", r"^/channels/\d+/messages$", status=502, times=5, after_applying=True
+    )
+
+    await _until_delivered(bot, CLIP_TIMEOUT + 30)  # discord.py's tries take 25 s
+    assert fault.fired == 5
+    await asyncio.sleep(0.5)
+    clips = [m for m in fake_discord.messages(fake_discord.channel) if m.attachments]
+    assert len(clips) == 1, [m.content[:40] for m in clips]
+    said = [m.content for m in fake_discord.messages(fake_discord.channel)]
+    assert not [text for text in said if "would not accept" in text], said
 
 
 async def test_upload_refused_as_too_large_is_reencoded_smaller(

@@ -57,7 +57,9 @@ class Recorder:
     async def show(self, job: JobRecord, event: JobEvent) -> None:
         pass
 
-    async def deliver(self, job: JobRecord, event: JobEvent) -> bool:
+    async def deliver(
+        self, job: JobRecord, event: JobEvent, *, tell: bool = True, again: bool = False
+    ) -> bool:
         assert event.clip is not None and event.clip.path.exists()
         self.delivered.append(job.job_id)
         return True

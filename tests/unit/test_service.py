@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.service import AnimateService, Member, Origin, ServiceConfig
+from bot.service import AnimateService, Member, Origin, RedeliveryPolicy, ServiceConfig
 from generation.errors import GenerationError, GenerationFailed, InvalidImage, InvalidOptions
 from generation.fake_engine import FakeEncoder, FakeEngine
 from generation.jobs import JobEvent
@@ -44,12 +45,18 @@ class Recorder:
     failures: list[str] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     refuse_uploads: bool = False
+    # One entry per delivery attempt: whether the member was to be told of a refusal.
+    attempts: list[bool] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def show(self, job: JobRecord, event: JobEvent) -> None:
         pass
 
-    async def deliver(self, job: JobRecord, event: JobEvent) -> bool:
+    async def deliver(
+        self, job: JobRecord, event: JobEvent, *, tell: bool = True, again: bool = False
+    ) -> bool:
+        self.attempts.append(tell)
+        self.changed.set()
         if self.refuse_uploads:
             return False
         self.delivered.append(job.job_id)
@@ -83,7 +90,12 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def rig(
-    tmp_path: Path, engine: FakeEngine | None = None, encoder: FakeEncoder | None = None
+    tmp_path: Path,
+    engine: FakeEngine | None = None,
+    encoder: FakeEncoder | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    redelivery: RedeliveryPolicy | None = None,
 ) -> AsyncIterator[Rig]:
     engine = engine or FakeEngine(frames=4, step_seconds=0.001)
     async with await Database.open(tmp_path / "bot.sqlite3") as db:
@@ -97,12 +109,18 @@ async def rig(
 
         queue = LocalJobQueue(engine, output_dir=tmp_path / "out", journal=journal, encoder=encoder)
         service = AnimateService(
-            config=ServiceConfig(inputs_dir=tmp_path / "in", models=["m"], resolution=256),
+            config=ServiceConfig(
+                inputs_dir=tmp_path / "in",
+                models=["m"],
+                resolution=256,
+                redelivery=redelivery or RedeliveryPolicy(),
+            ),
             jobs=jobs,
             quotas=quotas,
             guilds=guilds,
             queue=queue,
             frames_for=engine.frames_for,
+            clock=clock,
         )
         box.append(service)
         presenter = Recorder()
@@ -231,6 +249,121 @@ async def test_an_undeliverable_clip_stays_on_disk_uncharged(tmp_path: Path) -> 
         assert job.output_path and await asyncio.to_thread(Path(job.output_path).exists)
         status = await r.quotas.reservation_state(accepted.job.job_id)
         assert status is not None and str(status) != "charged"
+
+
+@dataclass
+class ManualClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# Retries only when a test asks (redeliver_due), never from the background loop.
+BY_HAND = RedeliveryPolicy(first_delay=60, max_delay=3600, give_up_seconds=86400, check_every=1e6)
+
+
+async def _attempts(presenter: Recorder, count: int) -> None:
+    async with asyncio.timeout(10):
+        while len(presenter.attempts) < count:
+            presenter.changed.clear()
+            await presenter.changed.wait()
+
+
+async def _a_refused_clip(r: Rig) -> str:
+    """A clip made and refused by Discord once (the presenter refuses until told otherwise)."""
+    r.presenter.refuse_uploads = True
+    accepted = await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+    await _attempts(r.presenter, 1)
+    await _wait_for_state(r.jobs, accepted.job.job_id, JobState.DONE)
+    return accepted.job.job_id
+
+
+async def test_a_refused_clip_is_tried_again_less_often_and_the_member_told_once(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    async with rig(tmp_path, clock=clock, redelivery=BY_HAND) as r:
+        job_id = await _a_refused_clip(r)
+        assert await r.service.redeliver_due(r.presenter) == 0  # not yet
+        clock.now += 61
+        assert await r.service.redeliver_due(r.presenter) == 1
+        await _attempts(r.presenter, 2)
+        clock.now += 61
+        assert await r.service.redeliver_due(r.presenter) == 0  # now every 2 min
+        clock.now += 60
+        r.presenter.refuse_uploads = False
+        assert await r.service.redeliver_due(r.presenter) == 1
+        job = await _wait_for_state(r.jobs, job_id, JobState.DELIVERED)
+        # Told of the refusal once, not at every retry.
+        assert r.presenter.attempts == [True, False, False]
+        assert r.presenter.delivered == [job_id]
+        assert (await r.service.quota(ALICE)).remaining == 2
+        assert job.output_path and not await asyncio.to_thread(Path(job.output_path).exists)
+        assert await r.service.redeliver_due(r.presenter) == 0
+
+
+async def test_a_clip_refused_for_a_day_is_given_up_and_refunded(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with rig(tmp_path, clock=clock, redelivery=BY_HAND) as r:
+        job_id = await _a_refused_clip(r)
+        clock.now += 86400
+        assert await r.service.redeliver_due(r.presenter) == 1
+        job = await _wait_for_state(r.jobs, job_id, JobState.FAILED)
+        assert r.presenter.failures and "gave up" in r.presenter.failures[0]
+        assert job.error and "not charged" in job.error
+        assert (await r.service.quota(ALICE)).remaining == 3
+
+
+async def test_a_refused_clip_is_handed_over_when_the_member_asks(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with rig(tmp_path, clock=clock, redelivery=BY_HAND) as r:
+        job_id = await _a_refused_clip(r)
+        posted: list[tuple[str, bool]] = []
+
+        async def refuse(job: JobRecord, event: JobEvent) -> bool:
+            return False
+
+        async def post(job: JobRecord, event: JobEvent) -> bool:
+            assert event.clip is not None
+            posted.append((job.job_id, await asyncio.to_thread(event.clip.path.exists)))
+            return True
+
+        assert [job.job_id for job in await r.service.hand_over(ALICE, refuse)] == [job_id]
+        assert (await r.jobs.get(job_id)).state is JobState.DONE  # type: ignore[union-attr]
+        assert await r.service.hand_over(Member(guild_id=1, user_id=99), post) == []  # not theirs
+        assert posted == []
+        assert await r.service.hand_over(ALICE, post) == []
+        assert posted == [(job_id, True)]
+        assert (await r.jobs.get(job_id)).state is JobState.DELIVERED  # type: ignore[union-attr]
+        assert (await r.service.quota(ALICE)).remaining == 2
+        # The scheduled retry finds nothing left to do, and nothing is posted twice.
+        clock.now += 3600
+        assert await r.service.redeliver_due(r.presenter) == 0
+        assert await r.service.hand_over(ALICE, post) == []
+        assert len(posted) == 1 and len(r.presenter.attempts) == 1
+
+
+async def test_a_hand_over_and_a_retry_at_the_same_moment_post_the_clip_once(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    async with rig(tmp_path, clock=clock, redelivery=BY_HAND) as r:
+        job_id = await _a_refused_clip(r)
+        r.presenter.refuse_uploads = False
+        clock.now += 61
+        posted: list[str] = []
+
+        async def post(job: JobRecord, event: JobEvent) -> bool:
+            posted.append(job.job_id)
+            return True
+
+        # The member asks with /queue just as the scheduled retry comes round.
+        await asyncio.gather(r.service.hand_over(ALICE, post), r.service.redeliver_due(r.presenter))
+        await _wait_for_state(r.jobs, job_id, JobState.DELIVERED)
+        await r.service.close()  # the retry's task, if it started, has finished
+        assert len(posted) + len(r.presenter.delivered) == 1, (posted, r.presenter.delivered)
+        assert (await r.service.quota(ALICE)).remaining == 2
 
 
 async def test_a_job_that_crashed_twice_is_failed_and_refunded_on_restart(tmp_path: Path) -> None:
