@@ -26,6 +26,7 @@ from tests.fakes.discord_models import (
 )
 from tests.fakes.discord_payloads import (
     attachment_payload,
+    channel_payload,
     member_payload,
     role_payload,
     user_payload,
@@ -264,7 +265,9 @@ class InteractionBuilder:
                 if permissions is not None
                 else guild.permissions_of(user.id, member.role_ids)
             )
-            channel_data.update(name=channel.name, guild_id=str(guild.id))
+            # Discord sends the channel's usual fields here (discord.py builds a channel from
+            # them when the server is not in its cache) and the bot's permissions in it.
+            channel_data.update(channel_payload(channel), permissions=payload["app_permissions"])
             payload.update(
                 guild_id=str(guild.id),
                 guild={"id": str(guild.id), "locale": "en-US", "features": []},
