@@ -123,13 +123,18 @@ class SvdBot(commands.Bot):
 
     async def _cancel_job(self, interaction: discord.Interaction, job_id: str) -> None:
         member = await member_of(interaction, self.service)
+        # Cancelling may wait on Redis (scale-out): answer Discord first.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         cancelled = await self.service.cancel(member, job_id)
-        text = (
-            "🚫 Cancelled. You were not charged."
-            if cancelled
-            else "That clip is already finished or cancelled."
+        if not cancelled:
+            text = "That clip is already finished or cancelled."
+        elif cancelled[0].user_id == member.user_id:
+            text = "🚫 Cancelled. You were not charged."
+        else:
+            text = f"🚫 Cancelled <@{cancelled[0].user_id}>'s clip; they were not charged."
+        await interaction.followup.send(
+            text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
         )
-        await interaction.response.send_message(text, ephemeral=True)
 
     # ------------------------------------------------------------------- errors
 

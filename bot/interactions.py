@@ -28,7 +28,7 @@ async def member_of(interaction: discord.Interaction, service: AnimateService) -
     """The member, with moderator rights checked now (server admins can change the defaults)."""
     if interaction.guild_id is None or not isinstance(interaction.user, discord.Member):
         raise NotInGuild()
-    roles = tuple(role.id for role in interaction.user.roles if role.id != interaction.guild_id)
+    roles = role_ids(interaction.user)
     settings = await service.guild_settings(interaction.guild_id)
     moderator = interaction.permissions.manage_guild or (
         settings.moderator_role_id is not None and settings.moderator_role_id in roles
@@ -39,6 +39,17 @@ async def member_of(interaction: discord.Interaction, service: AnimateService) -
         role_ids=roles,
         is_moderator=moderator,
     )
+
+
+def role_ids(member: discord.Member) -> tuple[int, ...]:
+    """The member's role ids, from the interaction itself. `Member.roles` looks each id up in
+    discord.py's guild cache, which is empty for a server whose GUILD_CREATE has not arrived yet
+    (just after a restart) or that is unavailable: role limits and the moderator role would
+    silently not apply. discord.py keeps the payload's ids only in `_roles`."""
+    ids = getattr(member, "_roles", None)
+    if ids is None:
+        ids = [role.id for role in member.roles]
+    return tuple(int(i) for i in ids if int(i) != member.guild.id)
 
 
 def _bot_can_post(interaction: discord.Interaction) -> bool:

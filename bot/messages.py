@@ -153,6 +153,11 @@ def quota_text(status: QuotaStatus, *, subject: str = "You") -> str:
     return text
 
 
+MODERATOR_ROLE_HINT = (
+    "\nℹ️ Discord shows `/quota-admin` only to members with Manage Server until you allow the "
+    "role too: Server Settings → Integrations → this bot → `/quota-admin` → add the role."
+)
+
 CANNOT_POST_HERE = (
     "I can't post in this channel myself (I need Send Messages, Attach Files and Read Message "
     "History here), so a clip that takes longer than 14 minutes comes to you by DM, if you "

@@ -187,8 +187,11 @@ class AnimateService:
         if model is not None and model not in self._config.models:
             raise InvalidOptions("model", "That model is not available on this server.")
         if preset is not None:
-            return AnimateOptions.from_preset(preset, **given)
-        return AnimateOptions(**given)
+            options = AnimateOptions.from_preset(preset, **given)
+        else:
+            options = AnimateOptions(**given)
+        # Not typed: the default steps follow the server's cap too.
+        return _within_step_cap(options, settings.max_steps)
 
     async def submit(
         self, member: Member, image_bytes: bytes, options: AnimateOptions, origin: Origin
@@ -224,6 +227,8 @@ class AnimateService:
                 "The model this clip was made with is no longer on this server. "
                 "Use `/animate` with the picture again."
             )
+        # The cap may have been lowered since the first clip.
+        options = _within_step_cap(options, (await self._guilds.get(member.guild_id)).max_steps)
         if variation == "reroll":
             options = replace(options, seed=None)
         else:
@@ -634,6 +639,12 @@ _LOST_MESSAGE = (
     "This clip's files were lost while the bot restarted. "
     "You were not charged; please use `/animate` again."
 )
+
+
+def _within_step_cap(options: AnimateOptions, max_steps: int) -> AnimateOptions:
+    if options.num_inference_steps <= max_steps:
+        return options
+    return replace(options, num_inference_steps=max_steps)
 
 
 async def _done_event(job: JobRecord) -> JobEvent:

@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import messages
-from bot.interactions import member_of
+from bot.interactions import member_of, role_ids
 from bot.service import Member
 from storage.quota_rules import QuotaRule
 from storage.quotas import RoleLimit
@@ -30,6 +30,24 @@ class LimitError(Exception):
         )
 
 
+class EveryoneRole(Exception):
+    user_message = (
+        "@everyone is every member: use `/quota-admin default` for the server-wide limit, "
+        "or pick another role."
+    )
+
+
+class ManageServerOnly(Exception):
+    user_message = (
+        "Only members with the Manage Server permission can choose the moderator role "
+        "(otherwise a moderator could make anyone a moderator)."
+    )
+
+
+def _clears(text: str) -> bool:
+    return text.strip().lower() in {"clear", "remove", "default"}
+
+
 class NotModerator(Exception):
     user_message = (
         "Only moderators can do that: you need the Manage Server permission "
@@ -42,7 +60,8 @@ def parse_limit(text: str) -> int | None:
     cleaned = text.strip().lower()
     if cleaned in {"unlimited", "none", "∞", "inf"}:
         return None
-    if cleaned.isdigit() and int(cleaned) < 1_000_000:
+    # isascii: str.isdigit also accepts '²', which int() refuses.
+    if cleaned.isascii() and cleaned.isdigit() and int(cleaned) < 1_000_000:
         return int(cleaned)
     raise LimitError(text)
 
@@ -78,7 +97,7 @@ class QuotaAdmin(
     @app_commands.command(name="set", description="Set one member's limit")
     @app_commands.describe(
         user="The member",
-        limit="A number (0 blocks) or `unlimited`",
+        limit="A number (0 blocks), `unlimited`, or `clear` to follow their roles again",
         period="Per hour, day or week (the server's default period if empty)",
     )
     async def set_(
@@ -89,14 +108,20 @@ class QuotaAdmin(
         period: PeriodChoice | None = None,
     ) -> None:
         mod = await self._moderator(interaction)
-        value = parse_limit(limit)
-        if period is None:
-            period = (await self.bot.service.guild_settings(mod.guild_id)).default_period
-        old, new = await self.bot.service.quotas.set_user_limit(
-            mod.guild_id, user.id, value, period, actor_id=mod.user_id
-        )
+        quotas = self.bot.service.quotas
+        if _clears(limit):
+            old, new = await quotas.clear_user_limit(mod.guild_id, user.id, actor_id=mod.user_id)
+            after = f"**{describe(new)}** (their roles or the server default apply)"
+        else:
+            value = parse_limit(limit)
+            if period is None:
+                period = (await self.bot.service.guild_settings(mod.guild_id)).default_period
+            old, new = await quotas.set_user_limit(
+                mod.guild_id, user.id, value, period, actor_id=mod.user_id
+            )
+            after = f"**{describe(new)}**"
         await interaction.response.send_message(
-            f"✅ {user.mention}'s limit: {describe(old)} → **{describe(new)}**.",
+            f"✅ {user.mention}'s limit: {describe(old)} → {after}.",
             ephemeral=True,
             allowed_mentions=discord.AllowedMentions.none(),
         )
@@ -118,7 +143,9 @@ class QuotaAdmin(
     @app_commands.describe(role="The role", limit="A number (0 blocks), `unlimited` or `clear`")
     async def role(self, interaction: discord.Interaction, role: discord.Role, limit: str) -> None:
         mod = await self._moderator(interaction)
-        if limit.strip().lower() in {"clear", "remove", "default"}:
+        if role.is_default():
+            raise EveryoneRole()
+        if _clears(limit):
             old, new = await self.bot.service.quotas.clear_role_limit(
                 mod.guild_id, role.id, actor_id=mod.user_id
             )
@@ -154,7 +181,7 @@ class QuotaAdmin(
     @app_commands.describe(user="The member")
     async def show(self, interaction: discord.Interaction, user: discord.Member) -> None:
         mod = await self._moderator(interaction)
-        roles = tuple(r.id for r in user.roles if r.id != mod.guild_id)
+        roles = role_ids(user)
         status = await self.bot.service.quotas.status(mod.guild_id, user.id, roles)
         source = {"user": "their own limit", "role": "a role limit", "guild": "the server default"}
         text = messages.quota_text(status, subject=user.mention)
@@ -167,7 +194,8 @@ class QuotaAdmin(
     @app_commands.describe(
         max_steps="Most denoising steps a member may ask for (1-50)",
         format="Default format when a member does not pick one",
-        moderator_role="A role whose members may use /quota-admin",
+        moderator_role="A role whose members may use /quota-admin (Manage Server only)",
+        clear_moderator_role="True: no moderator role any more (Manage Server only)",
     )
     async def config(
         self,
@@ -175,6 +203,7 @@ class QuotaAdmin(
         max_steps: app_commands.Range[int, 1, 50] | None = None,
         format: FormatChoice | None = None,
         moderator_role: discord.Role | None = None,
+        clear_moderator_role: bool = False,
     ) -> None:
         mod = await self._moderator(interaction)
         changes: dict[str, object] = {}
@@ -182,16 +211,28 @@ class QuotaAdmin(
             changes["max_steps"] = max_steps
         if format is not None:
             changes["default_format"] = format
-        if moderator_role is not None:
-            changes["moderator_role_id"] = moderator_role.id
+        if moderator_role is not None or clear_moderator_role:
+            if not interaction.permissions.manage_guild:
+                raise ManageServerOnly()
+            if moderator_role is not None and moderator_role.is_default():
+                raise EveryoneRole()
+            role_id = None if clear_moderator_role or moderator_role is None else moderator_role.id
+            changes["moderator_role_id"] = role_id
         if changes:
             old, new = await self.bot.service.guilds.update(mod.guild_id, mod.user_id, **changes)
         else:
             old = new = await self.bot.service.guild_settings(mod.guild_id)
         role = f"<@&{new.moderator_role_id}>" if new.moderator_role_id else "none"
-        await interaction.response.send_message(
+        text = (
             f"⚙️ Max steps **{new.max_steps}** (was {old.max_steps}) · default format "
-            f"**{new.default_format}** (was {old.default_format}) · moderator role {role}.",
+            f"**{new.default_format}** (was {old.default_format}) · moderator role {role}."
+        )
+        if "moderator_role_id" in changes and new.moderator_role_id:
+            # Discord hides /quota-admin from members without Manage Server until an admin
+            # allows the role in the command's permissions; the bot cannot do that itself.
+            text += messages.MODERATOR_ROLE_HINT
+        await interaction.response.send_message(
+            text,
             ephemeral=True,
             allowed_mentions=discord.AllowedMentions.none(),
         )

@@ -121,13 +121,15 @@ class AnimateCog(commands.Cog):
     @app_commands.guild_only()
     async def cancel(self, interaction: discord.Interaction) -> None:
         member = await member_of(interaction, self.bot.service)
+        # Cancelling may wait on Redis (scale-out): answer Discord first.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         cancelled = await self.bot.service.cancel(member)
         if not cancelled:
             text = "You have no clips waiting or in progress."
         else:
             n = len(cancelled)
             text = f"🚫 Cancelled {n} clip{'s' if n != 1 else ''}. You were not charged."
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.edit_original_response(content=text)
 
     @app_commands.command(name="quota", description="How many clips you have left")
     @app_commands.guild_only()

@@ -251,6 +251,59 @@ async def test_quota_admin_checks_permissions_at_run_time(
     assert "**3** of 3" in await reply_text(quota)
 
 
+async def test_moderators_clear_a_limit_but_only_managers_pick_moderators(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    member = fake_discord.user
+    mods = fake_discord.add_role("Mods")
+    mod = fake_discord.add_user("mod", roles=[mods])
+    admin = fake_discord.add_user("admin")
+
+    async def quota_admin(who: Any, subcommand: str, permissions: int, **options: Any) -> str:
+        handle = await fake_discord.interaction(
+            "quota-admin", options, subcommand=subcommand, user=who, permissions=permissions
+        )
+        return await reply_text(handle)
+
+    text = await quota_admin(admin, "config", MANAGE_GUILD, moderator_role=mods.id)
+    assert f"moderator role <@&{mods.id}>" in text and "Integrations" in text
+    # A member of the moderator role moderates, but cannot hand the role to others.
+    assert "✅" in await quota_admin(mod, "set", MEMBER, user=member.id, limit="1")
+    refused = await quota_admin(mod, "config", MEMBER, moderator_role=fake_discord.guild.id)
+    assert "Manage Server" in refused
+    assert "default" in await quota_admin(
+        mod, "role", MEMBER, role=fake_discord.guild.id, limit="2"
+    )
+    # The member's own limit goes; the server default applies again.
+    cleared = await quota_admin(mod, "set", MEMBER, user=member.id, limit="clear")
+    assert "1 clip per day → **not set**" in cleared, cleared
+    quota = await fake_discord.interaction("quota", permissions=MEMBER)
+    assert "**3** of 3" in await reply_text(quota)
+    text = await quota_admin(admin, "config", MANAGE_GUILD, clear_moderator_role=True)
+    assert "moderator role none" in text
+    assert "Only moderators" in await quota_admin(mod, "set", MEMBER, user=member.id, limit="1")
+
+
+async def test_role_limits_apply_in_a_server_the_bot_has_not_cached(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    # A server that added the bot after it connected: no GUILD_CREATE yet, so discord.py's cache
+    # knows none of its roles. The interaction still carries the member's role ids.
+    late = fake_discord.add_guild("late")
+    blocked = late.add_role("blocked")
+    newcomer = fake_discord.add_user("newcomer", guild=late, roles=[blocked])
+    await bot.service.quotas.set_role_limit(late.id, blocked.id, 0, actor_id=fake_discord.user.id)
+    handle = await fake_discord.interaction(
+        "animate",
+        {"steps": 3},
+        user=newcomer,
+        guild=late,
+        attachment=("cat.png", picture(), "image/png"),
+        permissions=MEMBER,
+    )
+    assert "turned off clips for you" in await reply_text(handle)
+
+
 async def test_cancel_refunds_the_clip(bot: App, fake_discord: FakeDiscordServer) -> None:
     first = await animate(fake_discord, steps=30)
     await reply_text(first)

@@ -228,6 +228,17 @@ async def test_steps_above_the_servers_cap_are_refused(tmp_path: Path) -> None:
         assert "at most 30 steps" in info.value.user_message
 
 
+async def test_a_lowered_step_cap_applies_to_default_steps_and_re_rolls(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        made = await r.service.submit(ALICE, png(), AnimateOptions(num_inference_steps=20), ORIGIN)
+        await _wait_for_state(r.jobs, made.job.job_id, JobState.DELIVERED)
+        await r.service.guilds.update(1, 99, max_steps=10)
+        assert (await r.service.build_options(1)).num_inference_steps == 10
+        assert (await r.service.build_options(1, preset="subtle")).num_inference_steps == 10
+        again = await r.service.vary(ALICE, made.job.job_id, "reroll", ORIGIN)
+        assert AnimateOptions.from_dict(again.job.options).num_inference_steps == 10
+
+
 async def test_draft_quality_is_feature_caching_and_anything_else_is_refused(
     tmp_path: Path,
 ) -> None:
