@@ -134,7 +134,8 @@ async def build_app(
                 stuck_seconds=settings.stuck_restart_seconds,
                 on_stuck=on_stuck,
             )
-            frames_for = engine.frames_for
+            # Not engine.frames_for: it may wait for a whole clip, and this is asked on the loop.
+            frames_for = queue.frames_for
         # Waiting-time estimates start from the durations of the last runs, not a guess.
         queue.eta.seed(await jobs.recent_durations(limit=20))
         service = AnimateService(

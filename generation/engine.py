@@ -173,9 +173,30 @@ class SVDEngine:
     # --- the Engine protocol -------------------------------------------------------------
 
     def load(self) -> None:
-        """Load the default model and, under the fast plan, compile and warm it up."""
+        """Load the default model and, under the fast plan, compile and warm it up; then learn
+        how many frames the other models make (from their configs), so that waiting times for
+        them are right without loading them."""
         with self._lock:
             self._acquire(self.models[0])
+        read = getattr(self._loader, "num_frames", None)
+        for name in self.models[1:]:
+            if name in self._frames or not callable(read):
+                continue
+            try:
+                count = read(name)
+            except Exception as exc:  # a missing config only costs an estimate
+                log.info("could not read how many frames %s makes: %s", name, exc)
+                continue
+            if count is not None:
+                self._frames[name] = count
+
+    def known_frames(self, model: str | None) -> int | None:
+        """The frame count if known without waiting (never takes the lock); else None."""
+        try:
+            name = self._model_name(model)
+        except InvalidOptions:
+            return None
+        return self._frames.get(name)
 
     def frames_for(self, model: str | None) -> int:
         name = self._model_name(model)

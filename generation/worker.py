@@ -143,6 +143,7 @@ class LocalJobQueue(QueueFront):
         self._stuck_seconds = stuck_seconds
         self._on_stuck = on_stuck
         self._frames: dict[str | None, int] = {}
+        self._learning: dict[str | None, asyncio.Task[None]] = {}
         self.ready = asyncio.Event()
         self.load_error: BaseException | None = None
         self._engine_pool: ThreadPoolExecutor | None = None
@@ -471,10 +472,44 @@ class LocalJobQueue(QueueFront):
         return self._frames_for(model)
 
     def _frames_for(self, model: str | None) -> int:
-        if model not in self._frames:
-            try:
-                self._frames[model] = self._engine.frames_for(model)
-            except Exception:
-                self._log.warning("engine could not say how many frames %s makes", model)
-                return DEFAULT_FRAMES
-        return self._frames[model]
+        known = self._frames.get(model)
+        if known is not None:
+            return known
+        # An engine that can answer without waiting says so through `known_frames` (the SVD
+        # engine, for models it has loaded or read); one without it answers at once anyway.
+        at_once = getattr(self._engine, "known_frames", None)
+        if at_once is None:
+            return self._ask_engine(model) or DEFAULT_FRAMES
+        try:
+            count = at_once(model)
+        except Exception:
+            count = None
+        if count is not None:
+            self._frames[model] = count
+            return int(count)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self._ask_engine(model) or DEFAULT_FRAMES  # no event loop to block
+        # The engine may have to wait for the clip it is making (or the model it is loading)
+        # and read the model's config to answer: never on the event loop, which must keep
+        # answering Discord. Until it has answered, estimates use the usual count.
+        if model not in self._learning:
+            self._learning[model] = asyncio.create_task(self._learn_frames(model))
+        return DEFAULT_FRAMES
+
+    async def _learn_frames(self, model: str | None) -> None:
+        count = await asyncio.to_thread(self._ask_engine, model)
+        if count is None:
+            self._learning.pop(model, None)  # ask again next time
+        else:
+            self._frames[model] = count
+
+    def _ask_engine(self, model: str | None) -> int | None:
+        try:
+            count = self._engine.frames_for(model)
+        except Exception:
+            self._log.warning("engine could not say how many frames %s makes", model)
+            return None
+        self._frames[model] = count
+        return count

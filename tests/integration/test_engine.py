@@ -264,7 +264,9 @@ def test_several_models_load_on_demand_and_stay_resident(
     engine = SVDEngine([default, other], device="cpu", resolution=256)
     engine.load()
     assert engine.loaded_models() == [default]
-    # The other model's frame count is read from its config, without loading it.
+    # The other model's frame count is read from its config at start-up, without loading it,
+    # so the event loop can have it without waiting.
+    assert engine.known_frames(other) == FRAMES_B
     assert engine.frames_for(other) == FRAMES_B
     assert engine.loaded_models() == [default]
 

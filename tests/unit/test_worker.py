@@ -22,7 +22,7 @@ from generation.metrics import Metrics
 from generation.options import AnimateOptions
 from generation.queue import FairQueue, QueueClosed
 from generation.results import GenerationResult, OnStep, ShouldCancel
-from generation.worker import GENERIC_ERROR, LocalJobQueue
+from generation.worker import DEFAULT_FRAMES, GENERIC_ERROR, LocalJobQueue
 
 FRAMES = 6
 
@@ -434,6 +434,37 @@ async def test_a_hung_engine_holds_the_gpu_until_it_returns(
     release.set()
     assert (await h.wait_terminal("next")).kind is EventKind.DONE
     assert h.runtime.snapshot().stuck_job_id is None
+
+
+class SlowToCount(FakeEngine):
+    """An engine that must wait (for a clip, a load, a config download) to count frames."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.release = threading.Event()
+
+    def known_frames(self, model: str | None) -> int | None:
+        return None
+
+    def frames_for(self, model: str | None) -> int:
+        self.release.wait(5)
+        return super().frames_for(model)
+
+
+async def test_the_event_loop_never_waits_for_the_engine_to_count_frames(
+    make: Callable[..., Harness],
+) -> None:
+    engine = SlowToCount(step_seconds=0.001, frames=FRAMES)
+    h = make(engine=engine)
+    started = time.monotonic()
+    assert h.runtime.frames_for("other") == DEFAULT_FRAMES  # the usual count, at once
+    assert time.monotonic() - started < 0.5
+    engine.release.set()
+    for _ in range(500):  # learnt in a thread, then kept
+        if h.runtime.frames_for("other") == FRAMES:
+            break
+        await asyncio.sleep(0.01)
+    assert h.runtime.frames_for("other") == FRAMES
 
 
 async def test_an_engine_that_never_returns_asks_the_host_for_a_restart(
