@@ -122,11 +122,14 @@ class FairQueue:
             return None
         user = self._users[job.user_id]
         user.waiting -= 1
-        # Give the member their turn back, so cancelling does not push their next job back.
+        # Give the member their turn back, so cancelling does not push their next job back;
+        # but only that turn (the round before the cancelled job's): falling back to the round
+        # before the current one would let a member who just had a turn cancel and resubmit to
+        # get another ahead of everyone waiting.
         user.last_round = max(
             [j.round for j in self._waiting.values() if j.user_id == job.user_id]
             + [j.round for j in self._taken.values() if j.user_id == job.user_id]
-            + [self._round - 1]
+            + [job.round - 1]
         )
         self._forget(job.user_id)
         self._touch()

@@ -225,3 +225,18 @@ def test_a_draft_costs_its_whole_steps_and_a_share_of_the_reused_ones() -> None:
     # So a queue of drafts is estimated to clear faster than the same clips at best quality.
     eta = EtaEstimator(default_seconds_per_unit=0.02)
     assert eta.estimate(job_cost(draft, 25)) < eta.estimate(job_cost(AnimateOptions(), 25))
+
+
+def test_cancelling_and_resubmitting_does_not_win_an_extra_turn() -> None:
+    queue = FairQueue(max_per_user=5)
+    for job_id, user in (("a1", 1), ("b1", 2), ("b2", 2)):
+        queue.push(request(job_id, user))
+    for expected in ("a1", "b1"):
+        taken = queue.take_nowait()
+        assert taken is not None and taken.job_id == expected
+        queue.finish(expected)
+    # A has had this round's turn; B's second clip waits for the next round.
+    queue.push(request("a2", 1))
+    assert queue.remove("a2") is not None
+    queue.push(request("a3", 1))
+    assert drain(queue) == ["b2", "a3"]
