@@ -95,6 +95,9 @@ def fit_image(image: Image.Image, resolution: int) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
 
 
+ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})
+
+
 def load_image(data: bytes, limits: ImageLimits) -> LoadedImage:
     """Check and decode an uploaded file; raise `InvalidImage` saying what to send instead."""
     if not data:
@@ -120,7 +123,9 @@ def load_image(data: bytes, limits: ImageLimits) -> LoadedImage:
 
     file_format = str(image.format)
     notes: list[str] = []
-    if getattr(image, "is_animated", False):
+    # Only formats that animate: phones' JPEGs with a gain map or depth image open as MPO with
+    # several "frames", and HEIC can hold bursts, but they are still photos.
+    if file_format in ANIMATED_FORMATS and getattr(image, "is_animated", False):
         # A freshly opened file is positioned on its first frame; loading decodes just that one.
         notes.append(ANIMATED_NOTE)
     _verify(data)

@@ -386,6 +386,16 @@ def test_still_gif_has_no_animation_note() -> None:
     assert loaded.image.mode == "RGB"
 
 
+def test_a_phone_jpeg_with_a_gain_map_is_a_still_photo() -> None:
+    # Ultra HDR / depth JPEGs carry a second image: Pillow opens them as MPO, "animated".
+    main = Image.new("RGB", (120, 80), (200, 10, 10))
+    gain_map = Image.new("RGB", (60, 40), (128, 128, 128))
+    loaded = load_image(encode(main, "MPO", save_all=True, append_images=[gain_map]), LIMITS)
+    assert loaded.notes == ()
+    assert loaded.image.size == (120, 80)
+    assert loaded.image.getpixel((60, 40)) == pytest.approx((200, 10, 10), abs=6)
+
+
 def test_sixteen_bit_greyscale_is_scaled_not_clipped() -> None:
     levels = np.array([[0, 32_896, 65_535]], dtype=np.uint16).repeat(64, 0).repeat(64, 1)
     loaded = load_image(encode(Image.fromarray(levels), "PNG"), LIMITS)
