@@ -55,7 +55,6 @@ class SvdBot(commands.Bot):
             lookup=service.job,
             edit_interval=config.edit_interval,
         )
-        self._started = False
         self._pump: asyncio.Task[None] | None = None
         self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
 
@@ -70,15 +69,16 @@ class SvdBot(commands.Bot):
         # for every server's GUILD_CREATE, and a clip that failed or finished in that window
         # must still reach its member. (The presenter speaks HTTP only, ready after login.)
         self._pump = asyncio.create_task(self.service.pump(self.presenter))
+        # Also before the gateway connects (setup_hook runs once per process): the clips that
+        # waited before a restart go back in line ahead of any new request, within the caps.
+        try:
+            counts = await self.service.resume(self.presenter)
+            log.info("resumed after restart: %s", counts)
+        except Exception:
+            log.exception("resuming the clips from before the restart failed")
 
     async def on_ready(self) -> None:
         log.info("connected as %s to %d guild(s)", self.user, len(self.guilds))
-        if self._started:
-            return
-        # Once per process: a gateway reconnect fires on_ready again.
-        self._started = True
-        counts = await self.service.resume(self.presenter)
-        log.info("resumed after restart: %s", counts)
 
     async def close(self) -> None:
         if self._pump is not None:

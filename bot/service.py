@@ -26,6 +26,7 @@ from generation.images import ImageLimits, fit_image, load_image
 from generation.jobs import EventKind, JobEvent, JobQueue, JobRequest, QueueSnapshot
 from generation.options import QUALITY_CACHE_INTERVALS, AnimateOptions
 from generation.results import EncodedClip
+from storage.errors import QuotaExceeded
 from storage.jobs import JobRecord, JobState, JobStore
 from storage.quotas import QuotaStatus, QuotaStore
 from storage.settings import GuildSettings, GuildSettingsStore
@@ -37,6 +38,8 @@ Variation = Literal["reroll", "more", "less"]
 MOTION_STEP = 40
 # A job still running after a restart is retried once; the second crash fails it with a refund.
 MAX_ATTEMPTS = 2
+# Pictures decoded at once (each may take up to about a gigabyte at the pixel limit).
+DECODES_AT_ONCE = 2
 # Discord's default per-file upload limit, for records that do not say.
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 
@@ -157,6 +160,7 @@ class AnimateService:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Clips being posted now (by the pump, a retry or a hand-over): never two at once.
         self._delivering: set[str] = set()
+        self._decoding = asyncio.Semaphore(DECODES_AT_ONCE)
         self._undelivered: dict[str, _Undelivered] = {}
 
     # ----------------------------------------------------------------- requests
@@ -203,8 +207,15 @@ class AnimateService:
         """
         job_id = uuid.uuid4().hex
         input_path = self._config.inputs_dir / f"{job_id}.png"
-        # Decoding and resizing a large upload takes a while: keep it off the event loop.
-        notes = await asyncio.to_thread(self._prepare_input, image_bytes, input_path)
+        # Decoding a large picture costs seconds and up to a gigabyte: say no first to a member
+        # who could not queue it anyway (the reservation checks again, atomically).
+        self._queue.check_admission(member.user_id)
+        status = await self._quotas.status(member.guild_id, member.user_id, member.role_ids)
+        if status.limit is not None and status.remaining == 0:
+            raise QuotaExceeded(status.limit, status.used, status.period, status.next_available_at)
+        # Off the event loop, and a few at a time, so a burst of big uploads cannot exhaust RAM.
+        async with self._decoding:
+            notes = await asyncio.to_thread(self._prepare_input, image_bytes, input_path)
         try:
             return await self._enqueue(member, job_id, input_path, options, origin, notes)
         except BaseException:
@@ -292,7 +303,11 @@ class AnimateService:
                 await self._jobs.set_state(job_id, JobState.FAILED, error=message)
             raise
         stored = await self._jobs.get(job_id)
-        on_hold = self._queue.snapshot().state == "no_workers"
+        state = self._queue.snapshot().state
+        on_hold = state == "no_workers"
+        if state == "loading":
+            # The wait estimate counts clips only; loading (and compiling) comes first.
+            notes = (*notes, _LOADING_NOTE)
         return Accepted(
             job=stored or record, queued=queued, quota=quota, notes=notes, on_hold=on_hold
         )
@@ -574,32 +589,44 @@ class AnimateService:
         clips that were finished but not posted. Returns counts for the log."""
         counts = {"requeued": 0, "retried": 0, "failed": 0, "redelivered": 0}
         for job in await self._jobs.unfinished():
-            if job.state is JobState.DONE:
-                if await _exists(job.output_path):
-                    # Before the restart it may have been posted with no answer back.
-                    event = await _done_event(job)
-                    self._spawn(self._deliver(presenter, job, event, again=True))
-                    counts["redelivered"] += 1
-                else:
-                    await self._fail(presenter, job, _LOST_MESSAGE)
-                    counts["failed"] += 1
-                continue
-            if job.state in (JobState.RUNNING, JobState.ENCODING):
-                if job.attempts >= MAX_ATTEMPTS:
-                    await self._fail(presenter, job, _CRASHED_MESSAGE)
-                    counts["failed"] += 1
-                    continue
-                await self._jobs.requeue(job.job_id)
-                counts["retried"] += 1
-            else:
-                counts["requeued"] += 1
-            if not await _exists(job.input_path):
-                await self._fail(presenter, job, _LOST_MESSAGE)
-                counts["failed"] += 1
-                continue
-            queued = await self._queue.submit(self._request(job), resume=True)
-            await presenter.show(job, queued)
+            try:
+                outcome = await self._resume_one(presenter, job)
+            except Exception:
+                # One bad record must not keep every later clip out of the queue.
+                log.exception("could not resume this clip", extra={"job_id": job.job_id})
+                with contextlib.suppress(Exception):
+                    await self._fail(presenter, job, _UNRESUMABLE_MESSAGE)
+                outcome = "failed"
+            counts[outcome] += 1
         return counts
+
+    async def _resume_one(self, presenter: Presenter, job: JobRecord) -> str:
+        if job.state is JobState.DONE:
+            if not await _exists(job.output_path):
+                await self._fail(presenter, job, _LOST_MESSAGE)
+                return "failed"
+            # Before the restart it may have been posted with no answer back.
+            event = await _done_event(job)
+            self._spawn(self._deliver(presenter, job, event, again=True))
+            return "redelivered"
+        model = job.options.get("model")
+        if model is not None and model not in self._config.models:
+            # The host took the model off the list while the clip waited.
+            await self._fail(presenter, job, _MODEL_GONE_MESSAGE)
+            return "failed"
+        outcome = "requeued"
+        if job.state in (JobState.RUNNING, JobState.ENCODING):
+            if job.attempts >= MAX_ATTEMPTS:
+                await self._fail(presenter, job, _CRASHED_MESSAGE)
+                return "failed"
+            await self._jobs.requeue(job.job_id)
+            outcome = "retried"
+        if not await _exists(job.input_path):
+            await self._fail(presenter, job, _LOST_MESSAGE)
+            return "failed"
+        queued = await self._queue.submit(self._request(job), resume=True)
+        await presenter.show(job, queued)
+        return outcome
 
     async def _fail(self, presenter: Presenter, job: JobRecord, message: str) -> None:
         await self._jobs.set_state(job.job_id, JobState.FAILED, error=message)
@@ -633,6 +660,18 @@ _CRASHED_MESSAGE = (
 )
 _UNDELIVERABLE_MESSAGE = (
     "Discord refused this clip for a whole day, so I gave up on it. "
+    "You were not charged; please use `/animate` again."
+)
+_LOADING_NOTE = (
+    "The bot has just started and is still loading the model, so your clip may start later "
+    "than that."
+)
+_UNRESUMABLE_MESSAGE = (
+    "This clip could not be picked up again after the bot restarted. "
+    "You were not charged; please use `/animate` again."
+)
+_MODEL_GONE_MESSAGE = (
+    "The model this clip was to be made with is no longer on this server. "
     "You were not charged; please use `/animate` again."
 )
 _LOST_MESSAGE = (

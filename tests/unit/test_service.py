@@ -157,6 +157,18 @@ async def test_a_delivered_clip_is_charged_once(tmp_path: Path) -> None:
         assert (await r.service.quota(ALICE)).remaining == 2
 
 
+async def test_a_clip_asked_for_while_the_model_loads_says_it_may_start_later(
+    tmp_path: Path,
+) -> None:
+    engine = FakeEngine(frames=4, step_seconds=0.001, load_seconds=1.0)
+    async with rig(tmp_path, engine) as r:
+        early = await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        assert any("still loading the model" in note for note in early.notes)
+        await _wait_for_state(r.jobs, early.job.job_id, JobState.DELIVERED)
+        later = await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        assert not any("loading" in note for note in later.notes)
+
+
 async def test_bad_image_is_refused_before_anything_is_charged(tmp_path: Path) -> None:
     async with rig(tmp_path) as r:
         with pytest.raises(InvalidImage):
@@ -219,6 +231,9 @@ async def test_quota_exhaustion_says_when_and_costs_nothing(tmp_path: Path) -> N
         with pytest.raises(QuotaExceeded) as info:
             await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
         assert "<t:" in info.value.user_message
+        # Told before the picture is even decoded (a big one costs seconds and RAM).
+        with pytest.raises(QuotaExceeded):
+            await r.service.submit(ALICE, b"not decoded at all", AnimateOptions(), ORIGIN)
 
 
 async def test_steps_above_the_servers_cap_are_refused(tmp_path: Path) -> None:
@@ -403,6 +418,43 @@ async def test_a_job_that_crashed_twice_is_failed_and_refunded_on_restart(tmp_pa
         assert counts["failed"] == 1
         assert "stopped twice" in r.presenter.failures[0]
         assert (await r.service.quota(ALICE)).remaining == 2
+
+
+async def test_a_restart_fails_and_refunds_waiting_clips_it_cannot_make_and_goes_on(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path) as r:
+        accepted = await r.service.submit(
+            ALICE, png(), AnimateOptions(num_inference_steps=1), ORIGIN
+        )
+        await r.presenter.until(1)
+    source = accepted.job
+    async with rig(tmp_path) as r:
+        await r.quotas.set_user_limit(1, 10, 10, "day", actor_id=1)
+
+        async def waiting(job_id: str, **options: object) -> None:
+            record = JobRecord(
+                job_id=job_id,
+                guild_id=1,
+                channel_id=5,
+                user_id=10,
+                options={**source.options, **options},
+                input_path=source.input_path,
+                max_bytes=source.max_bytes,
+            )
+            await r.jobs.create(record)
+            await r.quotas.reserve(1, 10, (), job_id)
+
+        # Waiting when the host took model "old" off the list and restarted.
+        await waiting("a" * 32, model="old")
+        # A record that no longer makes valid options (an older version wrote it).
+        await waiting("b" * 32, num_inference_steps=0)
+        await waiting("c" * 32)
+        counts = await r.service.resume(r.presenter)
+        assert counts["failed"] == 2 and counts["requeued"] == 1, counts
+        assert any("no longer on this server" in text for text in r.presenter.failures)
+        await _wait_for_state(r.jobs, "c" * 32, JobState.DELIVERED)  # the rest went on
+        assert (await r.service.quota(ALICE)).remaining == 8  # only two clips charged
 
 
 async def test_old_files_are_cleaned_up_but_recent_ones_kept(tmp_path: Path) -> None:
