@@ -480,10 +480,7 @@ class LocalJobQueue(QueueFront):
         at_once = getattr(self._engine, "known_frames", None)
         if at_once is None:
             return self._ask_engine(model) or DEFAULT_FRAMES
-        try:
-            count = at_once(model)
-        except Exception:
-            count = None
+        count = at_once(model)  # never raises: None when unknown
         if count is not None:
             self._frames[model] = count
             return int(count)
@@ -499,11 +496,8 @@ class LocalJobQueue(QueueFront):
         return DEFAULT_FRAMES
 
     async def _learn_frames(self, model: str | None) -> None:
-        count = await asyncio.to_thread(self._ask_engine, model)
-        if count is None:
+        if await asyncio.to_thread(self._ask_engine, model) is None:
             self._learning.pop(model, None)  # ask again next time
-        else:
-            self._frames[model] = count
 
     def _ask_engine(self, model: str | None) -> int | None:
         try:
