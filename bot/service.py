@@ -518,7 +518,7 @@ class AnimateService:
             current = await self._jobs.get(job.job_id)
             if current is None or current.state is not JobState.DONE:
                 return  # handed over to the member (or failed) since this event was sent
-            retry = self._undelivered.get(job.job_id)
+            retry = self._undelivered.get(job.job_id) or self._refused_before(current)
             told = retry is not None and retry.told
             try:
                 delivered = await presenter.deliver(
@@ -536,6 +536,14 @@ class AnimateService:
             await self._undeliverable(presenter, current, retry, told=told)
         finally:
             self._delivering.discard(job.job_id)
+
+    def _refused_before(self, job: JobRecord) -> _Undelivered | None:
+        """The retry state of a clip refused before a restart, from its record: the member was
+        told then, and the next refusal waits longer."""
+        if job.delivery_tries <= 0:
+            return None
+        since = self._clock() - _seconds_since_done(job)
+        return _Undelivered(since=since, tries=job.delivery_tries, told=True)
 
     async def _undeliverable(
         self, presenter: Presenter, job: JobRecord, retry: _Undelivered | None, *, told: bool
@@ -558,6 +566,7 @@ class AnimateService:
             return
         retry.next_at = now + policy.delay(retry.tries)
         self._undelivered[job.job_id] = retry
+        await self._jobs.update(job.job_id, delivery_tries=retry.tries)
         log.warning(
             "clip not delivered (try %d); kept on disk, next try in %.0f s",
             retry.tries,

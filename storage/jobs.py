@@ -88,6 +88,8 @@ class JobRecord:
     duration_seconds: float | None = None
     # frames × steps.
     cost_units: int | None = None
+    # How often Discord has refused the finished clip (the member is told at the first).
+    delivery_tries: int = 0
 
 
 _TIMES = ("created_at", "started_at", "finished_at")
@@ -108,6 +110,7 @@ UPDATABLE = frozenset(
         "error",
         "duration_seconds",
         "cost_units",
+        "delivery_tries",
     }
 )
 

@@ -151,6 +151,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        4,
+        "how often Discord has refused a finished clip",
+        (
+            # Kept across restarts so that the member is told once, and the retries go on
+            # spacing out, rather than starting over after every restart.
+            "ALTER TABLE jobs ADD COLUMN delivery_tries INTEGER NOT NULL DEFAULT 0 "
+            "CHECK (delivery_tries >= 0)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -289,18 +289,20 @@ class ManualClock:
 BY_HAND = RedeliveryPolicy(first_delay=60, max_delay=3600, give_up_seconds=86400, check_every=1e6)
 
 
-async def _attempts(presenter: Recorder, count: int) -> None:
+async def _attempts(r: Rig, count: int) -> None:
+    """Until the service has tried to post `count` times and taken note of how each went."""
     async with asyncio.timeout(10):
-        while len(presenter.attempts) < count:
-            presenter.changed.clear()
-            await presenter.changed.wait()
+        while len(r.presenter.attempts) < count:
+            r.presenter.changed.clear()
+            await r.presenter.changed.wait()
+        await r.service.close()  # waits for the delivery tasks, not just the presenter
 
 
 async def _a_refused_clip(r: Rig) -> str:
     """A clip made and refused by Discord once (the presenter refuses until told otherwise)."""
     r.presenter.refuse_uploads = True
     accepted = await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
-    await _attempts(r.presenter, 1)
+    await _attempts(r, 1)
     await _wait_for_state(r.jobs, accepted.job.job_id, JobState.DONE)
     return accepted.job.job_id
 
@@ -314,7 +316,7 @@ async def test_a_refused_clip_is_tried_again_less_often_and_the_member_told_once
         assert await r.service.redeliver_due(r.presenter) == 0  # not yet
         clock.now += 61
         assert await r.service.redeliver_due(r.presenter) == 1
-        await _attempts(r.presenter, 2)
+        await _attempts(r, 2)
         clock.now += 61
         assert await r.service.redeliver_due(r.presenter) == 0  # now every 2 min
         clock.now += 60
@@ -327,6 +329,31 @@ async def test_a_refused_clip_is_tried_again_less_often_and_the_member_told_once
         assert (await r.service.quota(ALICE)).remaining == 2
         assert job.output_path and not await asyncio.to_thread(Path(job.output_path).exists)
         assert await r.service.redeliver_due(r.presenter) == 0
+
+
+async def test_after_a_restart_a_refused_clip_is_retried_without_telling_the_member_again(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    async with rig(tmp_path, clock=clock, redelivery=BY_HAND) as r:
+        job_id = await _a_refused_clip(r)
+        clock.now += 61
+        assert await r.service.redeliver_due(r.presenter) == 1
+        await _attempts(r, 2)
+    async with rig(tmp_path, clock=clock, redelivery=BY_HAND) as r:
+        r.presenter.refuse_uploads = True
+        assert (await r.service.resume(r.presenter))["redelivered"] == 1
+        await _attempts(r, 1)  # tried again at once: the restart may have fixed it
+        assert r.presenter.attempts == [False]  # told before the restart, not again
+        # The third refusal waits 4 minutes, as it would have without the restart.
+        clock.now += 3 * 60 + 50
+        assert await r.service.redeliver_due(r.presenter) == 0
+        clock.now += 20
+        r.presenter.refuse_uploads = False
+        assert await r.service.redeliver_due(r.presenter) == 1
+        await _wait_for_state(r.jobs, job_id, JobState.DELIVERED)
+        assert r.presenter.attempts == [False, False]
+        assert (await r.service.quota(ALICE)).remaining == 2
 
 
 async def test_a_clip_refused_for_a_day_is_given_up_and_refunded(tmp_path: Path) -> None:
