@@ -10,6 +10,7 @@ from datetime import datetime
 from generation.jobs import EventKind, JobEvent, QueueSnapshot
 from generation.options import AnimateOptions
 from storage.jobs import JobRecord, JobState
+from storage.quota_rules import clips, counts_for
 from storage.quotas import QuotaStatus
 
 BAR_WIDTH = 16
@@ -144,9 +145,10 @@ def quota_text(status: QuotaStatus, *, subject: str = "You") -> str:
         return f"♾️ {subject} can make unlimited clips."
     if status.limit == 0:
         return f"⛔ {subject} cannot make clips on this server (limit set to 0 by a moderator)."
+    have = "have" if subject == "You" else "has"
     text = (
-        f"🎟️ {subject} have **{status.remaining}** of {status.limit} clips left "
-        f"this {status.period}."
+        f"🎟️ {subject} {have} **{status.remaining}** of {clips(status.limit)} left "
+        f"({counts_for(status.period)})."
     )
     if status.next_available_at is not None and (status.remaining or 0) < status.limit:
         text += f" Next clip back {relative_time(status.next_available_at)}."
@@ -177,7 +179,10 @@ def accepted_text(
     else:
         text = f"👍 Got it! Your clip is {where}; it should start in {duration(eta)}."
     if quota.limit is not None and quota.remaining is not None:
-        text += f" You have {quota.remaining} of {quota.limit} clips left this {quota.period}."
+        text += (
+            f" You have {quota.remaining} of {clips(quota.limit)} left "
+            f"({counts_for(quota.period)})."
+        )
     return text
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+from storage.quota_rules import counts_for
+
 
 def discord_timestamp(when: datetime, style: str = "R") -> str:
     """Discord's timestamp markup: `R` renders as "in 3 hours" in the reader's own locale."""
@@ -58,7 +60,7 @@ class QuotaExceeded(StorageError):
             text = "A moderator has turned off clips for you on this server."
         else:
             what = "your 1 clip" if limit == 1 else f"all {limit} of your clips"
-            text = f"You have used {what} for this {period}."
+            text = f"You have used {what} ({counts_for(period)})."
             if next_available_at is not None:
                 text += f" Your next clip is available {discord_timestamp(next_available_at)}."
         super().__init__(text)

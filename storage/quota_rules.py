@@ -22,6 +22,9 @@ PERIOD_LENGTHS: dict[Period, timedelta] = {
     "day": timedelta(days=1),
     "week": timedelta(weeks=1),
 }
+# How long one clip counts against the limit, as a member reads it: "this day" would promise a
+# reset at midnight, and the window rolls.
+PERIOD_SPANS: dict[Period, str] = {"hour": "an hour", "day": "24 hours", "week": "7 days"}
 # Where the limit that applies to a member comes from.
 QuotaSource = Literal["user", "role", "guild"]
 
@@ -40,6 +43,15 @@ def check_period(period: object) -> Period:
         if period == known:
             return known
     raise ValueError(f"a quota period is one of {', '.join(PERIODS)}, not {period!r}")
+
+
+def clips(count: int) -> str:
+    return f"{count} clip{'' if count == 1 else 's'}"
+
+
+def counts_for(period: str) -> str:
+    """'each counts for 24 hours': how the rolling window reads in a member's message."""
+    return f"each counts for {PERIOD_SPANS.get(period, period)}"  # type: ignore[call-overload]
 
 
 def period_micros(period: Period) -> int:
@@ -62,7 +74,7 @@ class QuotaRule:
             return "unlimited"
         if self.limit == 0:
             return "blocked"
-        return f"{self.limit} clip{'s' if self.limit != 1 else ''} per {self.period}"
+        return f"{clips(self.limit)} per {self.period}"
 
     def to_json(self) -> dict[str, object]:
         return {"limit": self.limit, "period": self.period}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -30,7 +31,13 @@ def test_quota_text_says_what_remains_and_when_the_next_clip_is_back() -> None:
         limit=5, used=5, remaining=0, period="day", next_available_at=back, source="guild"
     )
     text = messages.quota_text(status)
-    assert "**0** of 5" in text and f"<t:{int(back.timestamp())}:R>" in text
+    assert "**0** of 5 clips left (each counts for 24 hours)" in text
+    assert f"<t:{int(back.timestamp())}:R>" in text
+    # A moderator reading someone else's: "<@42> has", and one clip is "1 clip".
+    one = replace(status, limit=1, used=0, remaining=1, next_available_at=None)
+    assert messages.quota_text(one, subject="<@42>") == (
+        "🎟️ <@42> has **1** of 1 clip left (each counts for 24 hours)."
+    )
     unlimited = QuotaStatus(
         limit=None, used=3, remaining=None, period="day", next_available_at=None, source="role"
     )

@@ -135,7 +135,7 @@ def test_quota_exceeded_message_gives_the_discord_timestamp() -> None:
     at = NOW + timedelta(hours=3)
     error = QuotaExceeded(limit=5, used=5, period="day", next_available_at=at)
     assert error.user_message == (
-        "You have used all 5 of your clips for this day. "
+        "You have used all 5 of your clips (each counts for 24 hours). "
         f"Your next clip is available <t:{int(at.timestamp())}:R>."
     )
     assert (error.limit, error.used, error.period, error.next_available_at) == (5, 5, "day", at)
@@ -143,7 +143,7 @@ def test_quota_exceeded_message_gives_the_discord_timestamp() -> None:
 
 def test_quota_exceeded_message_for_one_clip_and_for_blocked() -> None:
     assert QuotaExceeded(1, 1, "hour", None).user_message.startswith(
-        "You have used your 1 clip for this hour."
+        "You have used your 1 clip (each counts for an hour)."
     )
     assert "turned off clips for you" in QuotaExceeded(0, 0, "day", None).user_message
 
