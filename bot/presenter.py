@@ -180,7 +180,11 @@ class DiscordPresenter:
             file = (path, _clip_name(job, path))
             try:
                 await self._send(
-                    job, text, view=clip_view(job.job_id), file=file, nonce=_nonce(job)
+                    job,
+                    text,
+                    view=clip_view(job.job_id, motion=job.options.get("motion_bucket_id")),
+                    file=file,
+                    nonce=_nonce(job),
                 )
                 break
             except discord.Forbidden as exc:
@@ -245,7 +249,7 @@ class DiscordPresenter:
             await followup.send(
                 messages.done_text(job, event),
                 file=discord.File(event.clip.path, filename=_clip_name(job, event.clip.path)),
-                view=clip_view(job.job_id),
+                view=clip_view(job.job_id, motion=job.options.get("motion_bucket_id")),
                 allowed_mentions=_only_the_member(job),
                 wait=True,
             )

@@ -20,11 +20,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from generation.errors import GenerationError, InvalidOptions
+from generation.errors import GenerationError, InvalidOptions, TooManyJobs
 from generation.eta import job_cost
 from generation.images import ImageLimits, fit_image, load_image
 from generation.jobs import EventKind, JobEvent, JobQueue, JobRequest, QueueSnapshot
-from generation.options import QUALITY_CACHE_INTERVALS, AnimateOptions
+from generation.options import MOTION_RANGE, QUALITY_CACHE_INTERVALS, AnimateOptions
 from generation.results import EncodedClip
 from storage.errors import QuotaExceeded
 from storage.jobs import JobRecord, JobState, JobStore
@@ -209,7 +209,7 @@ class AnimateService:
         input_path = self._config.inputs_dir / f"{job_id}.png"
         # Decoding a large picture costs seconds and up to a gigabyte: say no first to a member
         # who could not queue it anyway (the reservation checks again, atomically).
-        self._queue.check_admission(member.user_id)
+        await self._check_admission(member)
         status = await self._quotas.status(member.guild_id, member.user_id, member.role_ids)
         if status.limit is not None and status.remaining == 0:
             raise QuotaExceeded(status.limit, status.used, status.period, status.next_available_at)
@@ -243,8 +243,14 @@ class AnimateService:
         if variation == "reroll":
             options = replace(options, seed=None)
         else:
-            delta = MOTION_STEP if variation == "more" else -MOTION_STEP
-            motion = min(255, max(1, options.motion_bucket_id + delta))
+            motion = moved_motion(options.motion_bucket_id, variation)
+            if motion == options.motion_bucket_id:
+                # The same motion again would cost a clip for what Re-roll already offers.
+                most = "most" if variation == "more" else "least"
+                raise GenerationError(
+                    f"This clip already has the {most} motion there is ({motion}). "
+                    "Use Re-roll for a different take; nothing was charged."
+                )
             options = replace(options, motion_bucket_id=motion, seed=None, preset=None)
         job_id = uuid.uuid4().hex
         input_path = self._config.inputs_dir / f"{job_id}.png"
@@ -254,6 +260,18 @@ class AnimateService:
         except BaseException:
             input_path.unlink(missing_ok=True)
             raise
+
+    async def _check_admission(self, member: Member) -> None:
+        try:
+            self._queue.check_admission(member.user_id)
+        except TooManyJobs as exc:
+            # One GPU, so the cap counts a member's clips in every server; say so when some are
+            # elsewhere, or /queue here would show fewer than the message claims.
+            jobs = await self._jobs.active_for_user(member.guild_id, member.user_id)
+            here = sum(job.state in _IN_QUEUE for job in jobs)
+            if here >= exc.active:
+                raise
+            raise TooManyJobs(exc.active, exc.limit, elsewhere=exc.active - here) from None
 
     def _prepare_input(self, data: bytes, path: Path) -> tuple[str, ...]:
         loaded = load_image(data, self._config.image_limits)
@@ -274,7 +292,7 @@ class AnimateService:
         # Fix the seed now so the record (and a retry after a restart) reproduces the same clip.
         options = options.with_seed(options.seed)
         # A full queue or too many clips of this member's: refuse before anything is reserved.
-        self._queue.check_admission(member.user_id)
+        await self._check_admission(member)
         # Before the reservation too: it asks the engine about the model, which may refuse it.
         cost_units = self._cost(options)
         quota = await self._quotas.reserve(member.guild_id, member.user_id, member.role_ids, job_id)
@@ -405,8 +423,10 @@ class AnimateService:
                 await self._jobs.set_state(job_id, JobState.DONE, **done)
             case EventKind.FAILED:
                 await self._jobs.set_state(job_id, JobState.FAILED, error=event.error)
-                if event.reason != "invalid":
-                    await self._quotas.refund(job_id)
+                # Never charged for a clip they did not get. Options were checked at submit, so
+                # options the engine refuses now ("invalid") mean the host's set-up changed (a
+                # GPU worker without that model), not something the member did.
+                await self._quotas.refund(job_id)
             case EventKind.CANCELLED:
                 await self._jobs.set_state(job_id, JobState.CANCELLED, error=event.error)
                 await self._quotas.refund(job_id)
@@ -597,6 +617,7 @@ class AnimateService:
         """After a restart: re-queue waiting jobs in order, retry a crashed job once, and deliver
         clips that were finished but not posted. Returns counts for the log."""
         counts = {"requeued": 0, "retried": 0, "failed": 0, "redelivered": 0}
+        counts["settled"] = await self._settle_reservations()
         for job in await self._jobs.unfinished():
             try:
                 outcome = await self._resume_one(presenter, job)
@@ -608,6 +629,19 @@ class AnimateService:
                 outcome = "failed"
             counts[outcome] += 1
         return counts
+
+    async def _settle_reservations(self) -> int:
+        """Settle the clips a crash left reserved for a job that had ended or was never written:
+        the job and its reservation are two writes, and the process can die between them. Runs
+        before new requests arrive, so no reservation is half-way through being made."""
+        settled = 0
+        for job_id in await self._quotas.held():
+            job = await self._jobs.get(job_id)
+            if job is None or job.state in (JobState.FAILED, JobState.CANCELLED):
+                settled += await self._quotas.refund(job_id)
+            elif job.state is JobState.DELIVERED:
+                settled += await self._quotas.charge(job_id)
+        return settled
 
     async def _resume_one(self, presenter: Presenter, job: JobRecord) -> str:
         if job.state is JobState.DONE:
@@ -663,6 +697,9 @@ class AnimateService:
                 await asyncio.wait_for(task, timeout=30)
 
 
+# What the queue's per-member cap counts (a clip made but not yet posted is out of the queue).
+_IN_QUEUE = frozenset({JobState.QUEUED, JobState.RUNNING, JobState.ENCODING})
+
 _CRASHED_MESSAGE = (
     "The bot stopped twice while making this clip, so I gave up on it. "
     "You were not charged; try again, perhaps with fewer steps."
@@ -687,6 +724,13 @@ _LOST_MESSAGE = (
     "This clip's files were lost while the bot restarted. "
     "You were not charged; please use `/animate` again."
 )
+
+
+def moved_motion(motion: int, variation: Variation) -> int:
+    """The motion bucket More / Less motion asks for, within what SVD takes."""
+    low, high = MOTION_RANGE
+    delta = MOTION_STEP if variation == "more" else -MOTION_STEP
+    return min(high, max(low, motion + delta))
 
 
 def _within_step_cap(options: AnimateOptions, max_steps: int) -> AnimateOptions:

@@ -11,6 +11,8 @@ from typing import Any, ClassVar, cast
 
 import discord
 
+from generation.options import MOTION_RANGE
+
 JOB_ID = r"[0-9a-f]{32}"
 
 
@@ -56,10 +58,19 @@ class ClipButton(
         await bot.handle_button(interaction, self.action, self.job_id)
 
 
-def clip_view(job_id: str) -> discord.ui.View:
+def clip_view(job_id: str, *, motion: int | None = None) -> discord.ui.View:
+    """Re-roll, More / Less motion, Delete; a motion button is greyed out at the end of the
+    range (`motion`: the clip's motion bucket), where it could only repeat the same motion."""
+    low, high = MOTION_RANGE
+    ends = {
+        "more": motion is not None and motion >= high,
+        "less": motion is not None and motion <= low,
+    }
     view = discord.ui.View(timeout=None)
     for action in ("reroll", "more", "less", "delete"):
-        view.add_item(ClipButton(action, job_id))
+        button = ClipButton(action, job_id)
+        button.item.disabled = ends.get(action, False)
+        view.add_item(button)
     return view
 
 

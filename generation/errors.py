@@ -42,13 +42,19 @@ class QueueFull(GenerationError):
 class TooManyJobs(GenerationError):
     """The user already has as many jobs waiting or running as allowed."""
 
-    def __init__(self, active: int, limit: int) -> None:
-        super().__init__(
-            f"You already have {active} clip(s) waiting or in progress (the limit is {limit}). "
-            "Wait for one to finish or `/cancel` it; nothing was charged."
-        )
+    def __init__(self, active: int, limit: int, *, elsewhere: int = 0) -> None:
+        clips = "1 clip" if active == 1 else f"{active} clips"
+        text = f"You already have {clips} waiting or in progress (the limit is {limit}"
+        if elsewhere:
+            # The cap is per person, whichever server they asked in; /queue shows only this one's.
+            text += (
+                f", in all the servers this bot is in; {elsewhere} of them in another server, "
+                "where `/queue` shows them"
+            )
+        super().__init__(text + "). Wait for one to finish or `/cancel` it; nothing was charged.")
         self.active = active
         self.limit = limit
+        self.elsewhere = elsewhere
 
 
 class GenerationFailed(GenerationError):

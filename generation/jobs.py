@@ -130,7 +130,7 @@ class JobEvent:
     error: str | None = None
     # failed / cancelled / interrupted: "oom", "timeout", "error", "input" (the stored picture is
     # missing or unreadable), "invalid" (options the model refused), "cancelled", "shutdown".
-    # Everything except "invalid" is not the member's fault.
+    # None of them costs the member a clip.
     reason: str | None = None
 
     @property

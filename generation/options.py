@@ -17,6 +17,8 @@ FORMATS: tuple[OutputFormat, ...] = ("mp4", "gif")
 MAX_SEED = 2**32 - 1
 
 Quality = Literal["best", "draft"]
+# SVD's motion bucket: 0 barely moves, 255 the most it was trained on.
+MOTION_RANGE = (0, 255)
 # Draft quality runs the whole UNet on one step in three (DeepCache's usual interval). The cap
 # is a bound, not a tuned value: past it most steps would run on stale deep features.
 QUALITY_CACHE_INTERVALS: dict[Quality, int] = {"best": 1, "draft": 3}
@@ -86,7 +88,7 @@ class AnimateOptions:
     preset: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        _check_int("motion_bucket_id", self.motion_bucket_id, 0, 255)
+        _check_int("motion_bucket_id", self.motion_bucket_id, *MOTION_RANGE)
         _check_float("noise_aug_strength", self.noise_aug_strength, 0.0, 1.0)
         _check_int("fps", self.fps, 1, 30)
         _check_int("num_inference_steps", self.num_inference_steps, 1, 50)

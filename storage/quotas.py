@@ -184,6 +184,13 @@ class QuotaStore:
             member = await self._member(conn, guild_id, user_id, role_ids, "", now)
         return measure(member.rule, member.source, member.counted, now)
 
+    async def held(self) -> list[str]:
+        """Jobs whose clip is reserved: neither charged nor refunded yet, oldest first."""
+        rows = await self._db.fetch(
+            "SELECT job_id FROM quota_usage WHERE state = 'reserved' ORDER BY reserved_at_us"
+        )
+        return [row[0] for row in rows]
+
     async def reservation_state(self, job_id: str) -> ReservationState | None:
         rows = await self._db.fetch("SELECT state FROM quota_usage WHERE job_id = ?", (job_id,))
         return rows[0][0] if rows else None

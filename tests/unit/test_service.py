@@ -16,7 +16,13 @@ import pytest
 from PIL import Image
 
 from bot.service import AnimateService, Member, Origin, RedeliveryPolicy, ServiceConfig
-from generation.errors import GenerationError, GenerationFailed, InvalidImage, InvalidOptions
+from generation.errors import (
+    GenerationError,
+    GenerationFailed,
+    InvalidImage,
+    InvalidOptions,
+    TooManyJobs,
+)
 from generation.fake_engine import FakeEncoder, FakeEngine
 from generation.jobs import JobEvent
 from generation.options import AnimateOptions
@@ -191,6 +197,73 @@ async def test_a_failing_job_is_refunded_and_the_next_one_runs(tmp_path: Path) -
         assert r.presenter.failures == ["The GPU ran out of memory."]
         assert len(r.presenter.delivered) == 1
         assert (await r.service.quota(ALICE)).remaining == 2
+
+
+async def test_a_clip_the_engine_refuses_the_options_of_is_refunded(tmp_path: Path) -> None:
+    # Options are checked at submit; a refusal later is the host's set-up (a GPU worker without
+    # the model), and the member must not lose a clip for it.
+    def no_such_model(options: AnimateOptions) -> BaseException | None:
+        return InvalidOptions("model", "This GPU worker does not have that model.")
+
+    engine = FakeEngine(frames=4, step_seconds=0.001, fail_when=no_such_model)
+    async with rig(tmp_path, engine) as r:
+        accepted = await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        await r.presenter.until(1)
+        assert r.presenter.failures == ["This GPU worker does not have that model."]
+        assert await r.quotas.reservation_state(accepted.job.job_id) == "refunded"
+        assert (await r.service.quota(ALICE)).remaining == 3
+
+
+async def test_the_per_member_cap_counts_every_server_and_says_so(tmp_path: Path) -> None:
+    engine = FakeEngine(frames=4, step_seconds=0.5)
+    async with rig(tmp_path, engine) as r:
+        for _ in range(2):
+            await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        with pytest.raises(TooManyJobs) as here:
+            await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        assert "another server" not in here.value.user_message
+        elsewhere = Member(guild_id=2, user_id=ALICE.user_id)
+        with pytest.raises(TooManyJobs) as there:
+            await r.service.submit(elsewhere, png(), AnimateOptions(), ORIGIN)
+        assert there.value.elsewhere == 2
+        assert "You already have 2 clips waiting" in there.value.user_message
+        assert "2 of them in another server" in there.value.user_message
+        assert (await r.service.quota(elsewhere)).remaining == 3  # nothing charged there
+        await r.service.cancel(ALICE, None)
+
+
+async def test_more_motion_at_the_most_motion_is_refused_before_charging(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        made = await r.service.submit(
+            ALICE, png(), AnimateOptions(motion_bucket_id=250, num_inference_steps=1), ORIGIN
+        )
+        await _wait_for_state(r.jobs, made.job.job_id, JobState.DELIVERED)
+        more = await r.service.vary(ALICE, made.job.job_id, "more", ORIGIN)
+        assert AnimateOptions.from_dict(more.job.options).motion_bucket_id == 255
+        await _wait_for_state(r.jobs, more.job.job_id, JobState.DELIVERED)
+        with pytest.raises(GenerationError) as info:
+            await r.service.vary(ALICE, more.job.job_id, "more", ORIGIN)
+        assert "already has the most motion" in info.value.user_message
+        assert (await r.service.quota(ALICE)).remaining == 1  # the two clips made, no more
+        less = await r.service.vary(ALICE, more.job.job_id, "less", ORIGIN)
+        assert AnimateOptions.from_dict(less.job.options).motion_bucket_id == 215
+
+
+async def test_a_restart_settles_reservations_a_crash_left_behind(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        # Killed between the reservation and the job's record, and between a job's failure and
+        # its refund: both clips would stay counted for the whole period.
+        await r.quotas.reserve(1, 10, (), "never-written")
+        failed = JobRecord(job_id="e" * 32, guild_id=1, channel_id=5, user_id=10)
+        await r.jobs.create(failed)
+        await r.quotas.reserve(1, 10, (), failed.job_id)
+        await r.jobs.set_state(failed.job_id, JobState.FAILED, error="The GPU ran out of memory.")
+        assert (await r.service.quota(ALICE)).remaining == 1
+    async with rig(tmp_path) as r:
+        counts = await r.service.resume(r.presenter)
+        assert counts["settled"] == 2
+        assert (await r.service.quota(ALICE)).remaining == 3
+        assert await r.quotas.reservation_state("never-written") == "refunded"
 
 
 async def test_a_clip_cancelled_while_encoding_is_not_posted_or_charged(tmp_path: Path) -> None:
