@@ -77,6 +77,8 @@ class _Attempt:
     width: int
     height: int
     reduced: bool
+    # MP4: the quality target it was written with (two tries of one size differ in it).
+    crf: int | None = None
 
 
 def encode_clip(
@@ -182,21 +184,30 @@ def _fit_mp4(
 ) -> _Attempt:
     height, width = frames.shape[1:3]
     attempt: _Attempt | None = None
-    for scale in _scales(width, height, SCALE_STEP):
-        size = _scaled_size(width, height, scale, even=True)
+    # Each try has its own file: the search may settle on one made before its last try.
+    tries: dict[_Attempt, Path] = {}
+    try:
+        for scale in _scales(width, height, SCALE_STEP):
+            size = _scaled_size(width, height, scale, even=True)
 
-        def write(crf: int, size: tuple[int, int] = size, scale: float = scale) -> _Attempt:
-            _write_mp4(frames, out, fps, size, crf, exe, timeout_s)
-            reduced = crf > MP4_CRF or scale < 1.0
-            attempt = _Attempt(out.stat().st_size, *size, reduced=reduced)
-            log.info("mp4 %dx%d crf %d: %d bytes", *size, crf, attempt.size_bytes)
-            return attempt
+            def write(crf: int, size: tuple[int, int] = size, scale: float = scale) -> _Attempt:
+                path = out.with_name(f"{out.name}.{len(tries)}")
+                _write_mp4(frames, path, fps, size, crf, exe, timeout_s)
+                reduced = crf > MP4_CRF or scale < 1.0
+                attempt = _Attempt(path.stat().st_size, *size, reduced=reduced, crf=crf)
+                tries[attempt] = path
+                log.info("mp4 %dx%d crf %d: %d bytes", *size, crf, attempt.size_bytes)
+                return attempt
 
-        # At full size start from the usual quality; at a smaller size (reached only when even
-        # the lowest quality did not fit) start from the lowest, the likeliest to fit.
-        attempt = _search_crf(write, max_bytes, MP4_CRF if scale == 1.0 else MP4_MAX_CRF)
-        if attempt.size_bytes <= max_bytes:
-            return attempt
+            # At full size start from the usual quality; at a smaller size (reached only when
+            # even the lowest quality did not fit) start from the lowest, the likeliest to fit.
+            attempt = _search_crf(write, max_bytes, MP4_CRF if scale == 1.0 else MP4_MAX_CRF)
+            if attempt.size_bytes <= max_bytes:
+                os.replace(tries[attempt], out)
+                return attempt
+    finally:
+        for path in tries.values():
+            path.unlink(missing_ok=True)
     assert attempt is not None  # _scales always yields at least one scale
     raise _too_large(max_bytes, attempt.size_bytes, "mp4")
 
@@ -250,10 +261,12 @@ def _write_mp4(
 ) -> None:
     height, width = frames.shape[1:3]
     # Convert to BT.709 and say so in the file: browsers guess BT.601 or BT.709 from the height
-    # when a file is untagged, and a wrong guess shifts every colour.
+    # when a file is untagged, and a wrong guess shifts every colour. The tags go on the frames
+    # (setparams) as well as on the encoder: the frames' own, unset, would win over the flags.
     scale = (
         f"scale={size[0]}:{size[1]}:flags=lanczos+accurate_rnd"
-        ":out_color_matrix=bt709:out_range=tv,format=yuv420p"
+        ":out_color_matrix=bt709:out_range=tv,format=yuv420p,"
+        "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv"
     )
     args = [
         *_raw_input(width, height, _rate(fps)),
