@@ -40,14 +40,21 @@ def read_frames(path: Path) -> tuple[np.ndarray, float]:
 
 
 def _read_gif(path: Path) -> tuple[np.ndarray, float]:
+    """A GIF writer merges identical neighbouring frames into one that shows longer (a clip that
+    starts still): each is repeated for as long as it shows, at the shortest frame's rate, so
+    that a re-encode keeps the timing and the frame count."""
     with Image.open(path) as image:
         durations = []
         frames = []
         for frame in ImageSequence.Iterator(image):
             durations.append(frame.info.get("duration", 0) or 0)
             frames.append(np.asarray(frame.convert("RGB")))
-    mean_ms = sum(durations) / len(durations) if durations else 0
-    return np.stack(frames), (1000.0 / mean_ms) if mean_ms else DEFAULT_FPS
+    shown = [d for d in durations if d > 0]
+    if not shown:
+        return np.stack(frames), DEFAULT_FPS
+    shortest = min(shown)
+    repeats = [max(1, round(d / shortest)) for d in durations]
+    return np.repeat(np.stack(frames), repeats, axis=0), 1000.0 / shortest
 
 
 def reencode_file(path: Path, max_bytes: int) -> Path:

@@ -21,6 +21,7 @@ from PIL import Image, ImageSequence
 from generation.encode import EncodeFailed, encode_clip, interpolate_frames, ping_pong_frames
 from generation.errors import GenerationFailed
 from generation.fake_engine import moving_clip
+from generation.reencode import read_frames, reencode_file
 from generation.results import EncodedClip
 
 MIB = 1024 * 1024
@@ -209,6 +210,20 @@ def test_the_mp4_posted_is_the_try_that_fitted_whatever_the_order_of_tries(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["roomy.mp4"] + [f"budget-{share}.mp4" for share in (2, 3, 5, 7)]
     )  # no try left behind
+
+
+def test_a_gif_shrunk_after_a_refusal_keeps_its_timing_and_frames(tmp_path: Path) -> None:
+    # Still for its first 10 frames, as SVD clips of a calm picture often are: the GIF holds
+    # them as one long frame, which the re-encode must not squeeze to one frame's time.
+    frames = moving_clip(width=256, height=144, speed=2.0, seed=3)
+    frames[:10] = frames[0]
+    posted = encode_clip(frames, tmp_path / "clip.gif", format="gif", fps=7)
+    assert read_gif(posted.path).durations[0] > 1000  # merged: 10 frames shown as one
+    smaller = reencode_file(posted.path, posted.size_bytes * 3 // 4)
+    before, after = read_gif(posted.path), read_gif(smaller)
+    assert sum(after.durations) == pytest.approx(sum(before.durations), rel=0.05)
+    assert after.durations[0] == pytest.approx(before.durations[0], rel=0.05)
+    assert len(read_frames(smaller)[0]) == len(frames) == 25
 
 
 def test_tight_budget_shrinks_the_gif_and_still_fits(half_clip: np.ndarray, tmp_path: Path) -> None:
