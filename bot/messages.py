@@ -9,6 +9,7 @@ from datetime import datetime
 
 from generation.jobs import EventKind, JobEvent, QueueSnapshot
 from generation.options import AnimateOptions
+from storage.audit import AuditEntry
 from storage.jobs import JobRecord, JobState
 from storage.quota_rules import clips, counts_for
 from storage.quotas import QuotaStatus
@@ -218,3 +219,73 @@ def queue_text(jobs: Sequence[JobRecord], snapshot: QueueSnapshot) -> str:
 
 def truncate(text: str, limit: int = MAX_CONTENT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# ------------------------------------------------------------------- the moderators' log
+
+_SETTING_NAMES = {
+    "default_limit": "server default limit",
+    "default_period": "server default period",
+    "max_steps": "max steps",
+    "default_format": "default format",
+    "moderator_role_id": "moderator role",
+}
+
+
+def audit_text(entries: Sequence[AuditEntry]) -> str:
+    """`/quota-admin log`: who changed what, newest first, one line each."""
+    if not entries:
+        return "📜 No moderator has changed a limit or setting on this server yet."
+    lines = ["📜 Latest changes, newest first:"]
+    for entry in entries:
+        line = f"{relative_time(entry.created_at)} <@{entry.actor_id}> {_audit_change(entry)}"
+        if sum(len(text) + 1 for text in lines) + len(line) > 1900:  # Discord's 2000 characters
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _audit_change(entry: AuditEntry) -> str:
+    kind, _, target_id = entry.target.partition(":")
+    who = f"<@{target_id}>" if kind == "user" else f"<@&{target_id}>"
+    old, new = entry.old or {}, entry.new or {}
+    match entry.action:
+        case "quota.user.set":
+            return f"set {who}'s limit: {_rule(entry.old)} → **{_rule(entry.new)}**"
+        case "quota.user.clear":
+            return f"removed {who}'s own limit ({_rule(entry.old)})"
+        case "quota.user.reset":
+            return f"reset {who}'s usage ({old.get('used', 0)} clips used → 0)"
+        case "quota.role.set":
+            return f"set the limit for {who}: {_rule(entry.old)} → **{_rule(entry.new)}**"
+        case "quota.role.clear":
+            return f"removed the limit for {who} ({_rule(entry.old)})"
+        case "settings.update":
+            changed = [
+                f"{_SETTING_NAMES.get(name, name)} {_setting(name, old.get(name))} → "
+                f"**{_setting(name, new.get(name))}**"
+                for name in new
+                if old.get(name) != new.get(name)
+            ]
+            return "changed " + (", ".join(changed) if changed else "nothing")
+    return f"{entry.action} {entry.target}"
+
+
+def _rule(value: object) -> str:
+    if not isinstance(value, dict):
+        return "not set"
+    limit = value.get("limit")
+    if limit is None:
+        return "unlimited"
+    if limit == 0:
+        return "blocked"
+    period = value.get("period")
+    return clips(int(limit)) + (f" per {period}" if period else "")
+
+
+def _setting(name: str, value: object) -> str:
+    if name == "moderator_role_id":
+        return f"<@&{value}>" if value else "none"
+    if name == "default_limit" and value is None:
+        return "unlimited"
+    return str(value)

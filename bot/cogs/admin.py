@@ -12,13 +12,15 @@ from discord.ext import commands
 from bot import messages
 from bot.interactions import member_of, role_ids
 from bot.service import Member
-from storage.quota_rules import QuotaRule
+from storage.quota_rules import Period, QuotaRule
 from storage.quotas import RoleLimit
 
 if TYPE_CHECKING:
     from bot.client import SvdBot
 
 PeriodChoice = Literal["hour", "day", "week"]
+# Entries `/quota-admin log` shows: what fits in one message.
+AUDIT_SHOWN = 15
 FormatChoice = Literal["mp4", "gif"]
 
 
@@ -66,13 +68,14 @@ def parse_limit(text: str) -> int | None:
     raise LimitError(text)
 
 
-def describe(value: QuotaRule | RoleLimit | None) -> str:
-    """A limit as a moderator reads it: '5 clips per day', 'unlimited', 'blocked', 'not set'."""
+def describe(value: QuotaRule | RoleLimit | None, period: Period | None = None) -> str:
+    """A limit as a moderator reads it: '5 clips per day', 'unlimited', 'blocked', 'not set'.
+    A role limit has no period of its own: it counts over the server's (`period`)."""
     if value is None:
         return "not set"
     if isinstance(value, RoleLimit):
-        value = QuotaRule(value.limit, "day")
-        return value.describe().replace(" per day", "")
+        value = QuotaRule(value.limit, period or "day")
+        return value.describe() if period else value.describe().replace(" per day", "")
     return value.describe()
 
 
@@ -153,9 +156,10 @@ class QuotaAdmin(
             old, new = await self.bot.service.quotas.set_role_limit(
                 mod.guild_id, role.id, parse_limit(limit), actor_id=mod.user_id
             )
+        period = (await self.bot.service.guild_settings(mod.guild_id)).default_period
         await interaction.response.send_message(
-            f"✅ Limit for {role.mention}: {describe(old)} → **{describe(new)}**. "
-            "Members get the most generous limit among their roles.",
+            f"✅ Limit for {role.mention}: {describe(old, period)} → **{describe(new, period)}** "
+            "(the server's period). Members get the most generous limit among their roles.",
             ephemeral=True,
             allowed_mentions=discord.AllowedMentions.none(),
         )
@@ -188,6 +192,16 @@ class QuotaAdmin(
         text += f"\nLimit from {source.get(status.source, status.source)}; used {status.used}."
         await interaction.response.send_message(
             text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+        )
+
+    @app_commands.command(name="log", description="The latest changes moderators made here")
+    async def log(self, interaction: discord.Interaction) -> None:
+        mod = await self._moderator(interaction)
+        entries = await self.bot.service.quotas.audit_log(mod.guild_id, limit=AUDIT_SHOWN)
+        await interaction.response.send_message(
+            messages.audit_text(entries),
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
         )
 
     @app_commands.command(name="config", description="Server settings: steps, format, moderators")

@@ -282,6 +282,17 @@ async def test_moderators_clear_a_limit_but_only_managers_pick_moderators(
     text = await quota_admin(admin, "config", MANAGE_GUILD, clear_moderator_role=True)
     assert "moderator role none" in text
     assert "Only moderators" in await quota_admin(mod, "set", MEMBER, user=member.id, limit="1")
+    # A role limit counts over the server's period, and the reply says which.
+    text = await quota_admin(admin, "role", MANAGE_GUILD, role=mods.id, limit="2")
+    assert "not set → **2 clips per day** (the server's period)" in text, text
+    # Every change is in the log, newest first, with who made it.
+    log = (await quota_admin(admin, "log", MANAGE_GUILD)).splitlines()
+    assert f"<@{admin.id}> set the limit for <@&{mods.id}>: not set → **2 clips**" in log[1]
+    assert f"moderator role <@&{mods.id}> → **none**" in log[2]
+    assert f"<@{mod.id}> removed <@{member.id}>'s own limit (1 clip per day)" in log[3]
+    assert f"<@{mod.id}> set <@{member.id}>'s limit: not set → **1 clip per day**" in log[4]
+    assert f"moderator role none → **<@&{mods.id}>**" in log[5]
+    assert len(log) == 6
 
 
 async def test_role_limits_apply_in_a_server_the_bot_has_not_cached(

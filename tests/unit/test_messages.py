@@ -9,6 +9,7 @@ import pytest
 
 from bot import messages
 from bot.cogs.admin import LimitError, parse_limit
+from storage.audit import AuditEntry
 from storage.quota_rules import QuotaStatus
 
 
@@ -101,3 +102,23 @@ def test_a_draft_says_so_with_its_settings() -> None:
     assert "quality `draft`" in messages.done_text(job, JobEvent("j1", EventKind.DONE, seed=5))
     best = JobRecord(job_id="j2", guild_id=1, channel_id=2, user_id=42, options={"seed": 5})
     assert "draft" not in messages.done_text(best, JobEvent("j2", EventKind.DONE, seed=5))
+
+
+def test_the_moderators_log_reads_as_sentences_and_fits_one_message() -> None:
+    assert "No moderator has changed" in messages.audit_text([])
+    at = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+    steps = AuditEntry(
+        id=1,
+        guild_id=1,
+        actor_id=7,
+        action="settings.update",
+        target="guild",
+        old={"max_steps": 30, "default_format": "mp4"},
+        new={"max_steps": 20, "default_format": "mp4"},
+        created_at=at,
+    )
+    text = messages.audit_text([steps])
+    assert text.splitlines()[1] == f"<t:{int(at.timestamp())}:R> <@7> changed max steps 30 → **20**"
+    reset = replace(steps, action="quota.user.reset", target="user:9", old={"used": 3}, new={})
+    many = messages.audit_text([reset] * 100)
+    assert len(many) <= 2000 and "reset <@9>'s usage (3 clips used → 0)" in many
