@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "worker":
         return _end(_run_worker(settings))
     if command == "health":
-        from bot.app import healthy
+        from bot.health import healthy
 
         ok, why = healthy(settings.data_dir / "health.json")
         print(why)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +15,13 @@ import discord
 import yarl
 
 from bot.client import BotConfig, SvdBot
+from bot.health import HEARTBEAT_SECONDS, write_heartbeat
 from bot.service import AnimateService, ServiceConfig
 from bot.settings import Settings
 from generation.engine import SVDEngine
 from generation.images import ImageLimits
 from generation.jobs import JobEvent
+from generation.metrics import Metrics, serve_metrics
 from generation.plans import PlanSettings
 from generation.queue import FairQueue
 from generation.reencode import reencode_file
@@ -36,7 +36,6 @@ from storage.settings import GuildSettingsStore
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 30.0
 CLEANUP_SECONDS = 3600.0
 
 
@@ -79,6 +78,8 @@ class App:
     queue: LocalJobQueue | RedisJobQueue
     service: AnimateService
     bot: SvdBot
+    # Set with METRICS_PORT; `run` serves it.
+    metrics: Metrics | None = None
 
 
 @contextlib.asynccontextmanager
@@ -111,6 +112,7 @@ async def build_app(
             await service_box[0].journal(event)
 
         line = FairQueue(max_per_user=settings.max_jobs_per_user, max_waiting=settings.max_waiting)
+        metrics = Metrics() if settings.metrics_port is not None else None
         queue: LocalJobQueue | RedisJobQueue
         if settings.queue_backend == "redis":
             queue = RedisJobQueue(
@@ -120,6 +122,7 @@ async def build_app(
                 keys=Keys(settings.redis_prefix),
                 queue=line,
                 journal=journal,
+                metrics=metrics,
             )
             frames_for = queue.frames_for
         else:
@@ -130,6 +133,7 @@ async def build_app(
                 output_dir=settings.outputs_dir,
                 queue=line,
                 journal=journal,
+                metrics=metrics,
                 job_timeout=settings.job_timeout_seconds,
                 stuck_seconds=settings.stuck_restart_seconds,
                 on_stuck=on_stuck,
@@ -162,7 +166,7 @@ async def build_app(
             ),
             reencode=reencode_file,
         )
-        yield App(settings, database, engine, queue, service, bot)
+        yield App(settings, database, engine, queue, service, bot, metrics)
     finally:
         await database.close()
 
@@ -209,7 +213,7 @@ async def run(
             loop.add_signal_handler(sig, stop.set)
     stuck = StuckWatch(stop)
     try:
-        async with build_app(settings, engine=engine, on_stuck=stuck) as app:
+        async with build_app(settings, engine=engine, on_stuck=stuck) as app, _serving(app):
             await app.queue.start()
             heartbeat = asyncio.create_task(_heartbeat(app, settings.data_dir / "health.json"))
             cleaner = asyncio.create_task(_clean_up_files(app))
@@ -234,6 +238,27 @@ async def run(
             raise EngineStuck(stuck.job_id)
 
 
+@contextlib.asynccontextmanager
+async def _serving(app: App) -> AsyncIterator[None]:
+    """Prometheus metrics at http://host:METRICS_PORT/metrics while the bot runs."""
+    port = app.settings.metrics_port
+    if app.metrics is None or port is None:
+        yield
+        return
+    try:
+        server = serve_metrics(app.metrics, port)
+    except OSError as exc:
+        # Metrics are a convenience: a port already taken must not keep the bot from serving.
+        log.error("cannot serve metrics on METRICS_PORT=%d (%s); running without", port, exc)
+        yield
+        return
+    log.info("serving metrics on port %d", port)
+    try:
+        yield
+    finally:
+        server.shutdown()
+
+
 async def _clean_up_files(app: App) -> None:
     """Hourly: delete pictures and clips of long-finished jobs, so the disk does not fill."""
     while True:
@@ -250,36 +275,9 @@ async def _heartbeat(app: App, path: Path) -> None:
     """A small file the container's health check reads: is the bot connected and the model
     ready, as of when?"""
     while True:
-        state = {
-            "time": time.time(),
-            "discord_ready": app.bot.is_ready(),
-            "queue": app.queue.snapshot().state,
-        }
-        await asyncio.to_thread(_write_json, path, state)
+        ready, state = app.bot.is_ready(), app.queue.snapshot().state
+        await asyncio.to_thread(write_heartbeat, path, discord_ready=ready, queue=state)
         await asyncio.sleep(HEARTBEAT_SECONDS)
-
-
-def _write_json(path: Path, data: object) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
-
-
-def healthy(path: Path, max_age: float = 3 * HEARTBEAT_SECONDS) -> tuple[bool, str]:
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False, f"no heartbeat at {path}"
-    age = time.time() - float(state.get("time", 0))
-    if age > max_age:
-        return False, f"heartbeat is {age:.0f} s old"
-    if not state.get("discord_ready"):
-        return False, "not connected to Discord"
-    if state.get("queue") == "load_failed":
-        return False, "the model failed to load"
-    if state.get("queue") == "stuck":
-        return False, "the GPU stopped responding during a clip; the bot is restarting"
-    return True, f"ok ({state.get('queue')})"
 
 
 async def sync_commands(settings: Settings, token: str, guild_id: int | None) -> list[str]:

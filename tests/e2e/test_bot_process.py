@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from tests.fakes.discord_client import running_bot_process
@@ -54,11 +57,33 @@ async def test_the_bot_runs_and_stops_cleanly_on_sigterm(
     discord_server: FakeDiscordServer, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     env = host_env(discord_server, tiny_model_dir, tmp_path)
+    env["METRICS_PORT"] = str(free_port())
     async with running_bot_process(discord_server, env=env, timeout=120) as process:
+        # METRICS_PORT alone turns Prometheus metrics on.
+        metrics = await asyncio.to_thread(fetch, f"http://127.0.0.1:{env['METRICS_PORT']}/metrics")
+        assert "svdbot_queue_waiting_jobs 0.0" in metrics
         process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(process.wait(), 60)
     assert code == 0
     assert (tmp_path / "bot.sqlite3").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def fetch(url: str, within: float = 30.0) -> str:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return str(response.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 # `python -m bot` with the real engine, except that a clip with seed 99 never comes back from the
