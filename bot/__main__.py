@@ -47,20 +47,33 @@ def main(argv: list[str] | None = None) -> int:
         from bot.doctor import run_checks
 
         return run_checks(settings)
-    if command == "worker":
-        return _end(_run_worker(settings))
     if command == "health":
         from bot.health import healthy
 
         ok, why = healthy(settings.data_dir / "health.json")
         print(why)
         return 0 if ok else 1
+    if command == "worker":
+        return _cannot_start(settings) or _end(_run_worker(settings))
     try:
         token = require_token(settings)
     except SettingsError as exc:
         print(f"svd-bot: {exc}", file=sys.stderr)
         return 2
-    return _end(_run_async(command, settings, token, args))
+    return _cannot_start(settings) or _end(_run_async(command, settings, token, args))
+
+
+def _cannot_start(settings: Settings) -> int:
+    """2, after one line per problem, when a setting stops the bot before it could run (rather
+    than a traceback from deep inside SQLite or the hub); 0 when it can start."""
+    from bot.doctor import startup_problems
+
+    problems = startup_problems(settings)
+    for problem in problems:
+        print(f"svd-bot: {problem}", file=sys.stderr)
+    if problems:
+        print("svd-bot: fix it in .env (./run.sh check lists everything)", file=sys.stderr)
+    return 2 if problems else 0
 
 
 def _exit_for_restart(program: str, reason: Exception) -> NoReturn:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.settings import Settings
+from generation.model_paths import looks_like_path
 
 MODEL_DOWNLOAD_GB = 10
 
@@ -52,7 +53,7 @@ def check_all(settings: Settings) -> list[Finding]:
     findings.extend(_models(settings))
     findings.append(_ffmpeg())
     findings.append(_database(settings.database_path))
-    findings.append(_writable("Data folder", settings.data_dir))
+    findings.append(_writable("Data folder (DATA_DIR)", settings.data_dir))
     findings.append(compile_cache(settings))
     findings.append(_token(settings))
     findings.append(_queue_backend(settings))
@@ -155,15 +156,37 @@ def _plan(settings: Settings, cuda: bool) -> Finding:
     return Finding(True, "Memory plan", detail)
 
 
+def startup_problems(settings: Settings) -> list[str]:
+    """What `python -m bot` checks before it starts, in one line each: the fatal problems of the
+    database, the data folder and model folders (cheap: no torch, no network)."""
+    checks = [
+        _database(settings.database_path),
+        _writable("Data folder (DATA_DIR)", settings.data_dir),
+        *(f for f in map(_model_folder, settings.models) if f is not None),
+    ]
+    return [f"{f.label}: {f.detail}" for f in checks if f.fatal and not f.ok]
+
+
+def _model_folder(model: str) -> Finding | None:
+    """The finding for a model given as a folder; None for a hub id."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        ok = (path / "model_index.json").is_file()
+        detail = f"local folder {path}" if ok else f"{path} has no model_index.json"
+        return Finding(ok, "Model (SVD_MODEL)", detail, fatal=not ok)
+    if looks_like_path(model):
+        detail = f"the folder {model} does not exist (a hub id looks like owner/name)"
+        return Finding(False, "Model (SVD_MODEL)", detail, fatal=True)
+    return None
+
+
 def _models(settings: Settings) -> list[Finding]:
     findings = []
     for index, model in enumerate(settings.models):
         label = "Model" if index == 0 else f"Model {index + 1}"
-        path = Path(model).expanduser()
-        if path.is_dir():
-            ok = (path / "model_index.json").is_file()
-            detail = f"local folder {path}" if ok else f"{path} has no model_index.json"
-            findings.append(Finding(ok, label, detail, fatal=not ok))
+        folder = _model_folder(model)
+        if folder is not None:
+            findings.append(Finding(folder.ok, label, folder.detail, fatal=folder.fatal))
             continue
         cached = _in_hub_cache(model)
         if cached:
@@ -211,13 +234,16 @@ def _ffmpeg() -> Finding:
 
 
 def _database(path: Path) -> Finding:
+    label = "Database (DATABASE_PATH)"
+    if path.is_dir():
+        return Finding(False, label, f"{path} is a folder; name a file in it", fatal=True)
     state = "exists" if path.exists() else "will be created"
-    folder = _writable("Database", path.parent)
+    folder = _writable(label, path.parent)
     if not folder.ok:
         return folder
     if path.exists() and not os.access(path, os.W_OK):
-        return Finding(False, "Database", f"{path} is not writable", fatal=True)
-    return Finding(True, "Database", f"{path} ({state}, writable)")
+        return Finding(False, label, f"{path} is not writable", fatal=True)
+    return Finding(True, label, f"{path} ({state}, writable)")
 
 
 def _writable(label: str, folder: Path) -> Finding:

@@ -22,6 +22,7 @@ import torch
 from diffusers import StableVideoDiffusionPipeline
 
 from generation.feature_cache import FeatureCache
+from generation.model_paths import looks_like_path
 from generation.plans import GIB, DType, Footprint, Plan
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class PretrainedLoader:
         self.local_files_only = local_files_only
 
     def __call__(self, model: str, dtype: torch.dtype) -> Pipeline:
+        if looks_like_path(model) and not Path(model).expanduser().is_dir():
+            raise FileNotFoundError(f"the model folder {model} does not exist")
         kwargs: dict[str, Any] = {
             "dtype": dtype,
             "cache_dir": self.cache_dir,

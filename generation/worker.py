@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from PIL import Image
 
-from generation.errors import Cancelled, GenerationFailed
+from generation.errors import Cancelled, GenerationError, GenerationFailed
 from generation.eta import EtaEstimator
 from generation.front import (
     DEFAULT_FRAMES,
@@ -243,7 +243,11 @@ class LocalJobQueue(QueueFront):
             # (and a refund) rather than waiting forever; a transient problem heals by itself.
             self.load_error = exc
             self._state = "load_failed"
-            self._log.exception("loading the model failed")
+            if isinstance(exc, GenerationError) and exc.__cause__ is not None:
+                # The engine logged the cause with its traceback: once is enough.
+                self._log.error("loading the model failed: %s", exc.__cause__)
+            else:
+                self._log.exception("loading the model failed")
             return
         if self._state == "loading":
             self._state = "ready"

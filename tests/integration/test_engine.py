@@ -363,6 +363,14 @@ def test_fp16_loading_falls_back_when_a_model_has_no_fp16_variant(tiny_svd_dir: 
     assert PretrainedLoader().num_frames(str(tiny_svd_dir)) == FRAMES
 
 
+def test_a_model_folder_that_does_not_exist_is_not_looked_up_on_the_hub(tmp_path: Path) -> None:
+    # Sent to the hub, "./svd-xt" would fail with a puzzling "Repo id must use alphanumeric
+    # chars" (or, worse, a download of something else); the host must read the folder is missing.
+    for missing in (f"{tmp_path}/svd-xt", "./svd-xt", "models/svd/xt"):
+        with pytest.raises(FileNotFoundError, match=r"model folder .* does not exist"):
+            PretrainedLoader(local_files_only=False)(missing, torch.float32)
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 

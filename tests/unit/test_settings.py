@@ -146,6 +146,26 @@ def test_run_with_bad_setting_exits_with_one_line(tmp_path: Path) -> None:
     assert "MEMORY_MODE" in result.stderr and "sequential" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "said"),
+    [
+        ("DATABASE_PATH", "{tmp}", "is a folder"),
+        ("DATABASE_PATH", "/proc/nope/bot.sqlite3", "not writable"),
+        ("DATA_DIR", "/proc/nope", "not writable"),
+        ("SVD_MODEL", "./no-such-model", "does not exist"),
+    ],
+)
+def test_a_setting_that_cannot_work_stops_the_start_with_a_line_naming_it(
+    tmp_path: Path, setting: str, value: str, said: str
+) -> None:
+    result = _run_bot(tmp_path, DISCORD_TOKEN="x", **{setting: value.format(tmp=tmp_path)})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    first, hint = result.stderr.strip().splitlines()
+    assert setting in first and said in first, first
+    assert "./run.sh check" in hint
+
+
 def test_check_runs_on_a_cpu_host_and_never_prints_the_token(tmp_path: Path) -> None:
     secret = "MTIz.secret-token-value"
     result = _run_bot(tmp_path, "check", DISCORD_TOKEN=secret, HF_OFFLINE="false")
