@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import NoReturn
 
-from bot.logs import configure_logging
+from bot.logs import configure_logging, redact
 from bot.settings import Settings, SettingsError, load_settings, require_token
 
 # EX_TEMPFAIL: "try again". Docker's restart policy and systemd's Restart=on-failure start the
@@ -161,7 +161,7 @@ def _run_async(command: str, settings: Settings, token: str, args: argparse.Name
     except Exception as exc:
         # The full story is in the log; the host gets one line.
         logging.getLogger("bot").exception("the bot stopped")
-        print(f"svd-bot: stopped: {exc}", file=sys.stderr)
+        print(f"svd-bot: stopped: {redact(str(exc), (token,))}", file=sys.stderr)
         return 1
 
 

@@ -10,6 +10,13 @@ from bot.settings import Settings
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s%(job)s: %(message)s"
 
 
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[token]")
+    return text
+
+
 class ContextFilter(logging.Filter):
     """Adds ` [job=…]` to records that carry a job id, and hides the token."""
 
@@ -22,18 +29,28 @@ class ContextFilter(logging.Filter):
         record.job = f" [job={job_id[:8]}]" if isinstance(job_id, str) else ""
         if self._secrets:
             message = record.getMessage()
-            redacted = message
-            for secret in self._secrets:
-                redacted = redacted.replace(secret, "[token]")
+            redacted = redact(message, self._secrets)
             if redacted != message:
                 record.msg, record.args = redacted, None
         return True
 
 
+class RedactingFormatter(logging.Formatter):
+    """Hides the token in the whole formatted record: the filter only sees the message, and a
+    traceback (an exception's text, a local in a chained message) is added after it."""
+
+    def __init__(self, fmt: str, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__(fmt)
+        self._secrets = tuple(s for s in secrets if s)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record), self._secrets)
+
+
 def configure_logging(settings: Settings) -> None:
     token = settings.discord_token.get_secret_value() if settings.discord_token else ""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(RedactingFormatter(FORMAT, (token,)))
     handler.addFilter(ContextFilter((token,)))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.logs import ContextFilter
+from bot.logs import FORMAT, ContextFilter, RedactingFormatter
 from bot.settings import SettingsError, load_settings, require_token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,3 +183,13 @@ def test_token_is_redacted_from_logs() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "got %s", ("abc.TOKEN",), None)
     ContextFilter(("abc.TOKEN",)).filter(record)
     assert record.getMessage() == "got [token]"
+
+
+def test_token_is_redacted_from_tracebacks_too() -> None:
+    try:
+        raise RuntimeError("Authorization: Bot abc.TOKEN refused")
+    except RuntimeError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    ContextFilter(("abc.TOKEN",)).filter(record)
+    text = RedactingFormatter(FORMAT, ("abc.TOKEN",)).format(record)
+    assert "abc.TOKEN" not in text and "Bot [token] refused" in text and "Traceback" in text
