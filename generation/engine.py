@@ -284,6 +284,11 @@ class SVDEngine:
         loaded = self._pool.peek(self._model_name(model))
         return loaded.pipe if loaded else None
 
+    def feature_cache(self, model: str | None = None) -> FeatureCache | None:
+        """The loaded model's feature cache (for benchmarks: its mode picks the compiled graph)."""
+        loaded = self._pool.peek(self._model_name(model))
+        return loaded.feature_cache if loaded else None
+
     def loaded_models(self) -> list[str]:
         """Models loaded now, least recently used first."""
         return self._pool.names

@@ -1,0 +1,52 @@
+"""`bench/engine.py --gpu`, the script a lent GPU's few minutes go to, run end to end on the CPU
+with the tiny model: a bug of ours must show up here, not there. Its figures mean nothing on a
+CPU; what it checks does: the fast plan computes the same function and never recompiles."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_gpu_benchmark_runs_through_on_the_tiny_model(tmp_path: Path) -> None:
+    out = tmp_path / "engine.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.engine",
+            "--gpu",
+            "--arch=tiny",
+            "--device=cpu",
+            # dynamo's capture and guards, as on the GPU, without minutes of C++ compiling.
+            "--compile-backend=eager",
+            "--plans=seed,fast",
+            "--repeats=1",
+            "--warmup=0",
+            "--steps=2",
+            "--draft-interval=3",
+            f"--out={out}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"seed", "fast", "fast draft/3"}
+    fast = rows["fast"]
+    assert fast["recompiles"] == 0 and rows["fast draft/3"]["recompiles"] == 0
+    assert fast["unet_relative_error"] < 1e-3 and fast["vae_relative_error"] < 1e-3
+    # The agreement check runs the graphs the clips ran, so it compiles nothing of its own.
+    assert "compiled" not in fast["note"] and "differ" not in fast["note"], fast["note"]
+    assert fast["compile_seconds"] > 0 and len(fast["clip_seconds"]) == 1
