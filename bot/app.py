@@ -226,6 +226,7 @@ async def run(
             finally:
                 log.info("shutting down: finishing or recording the job in flight")
                 await app.queue.stop(settings.shutdown_grace_seconds)
+                await app.bot.drain()
                 await app.service.close()
                 await app.bot.close()
                 for task in (heartbeat, cleaner, stopper, bot_task):

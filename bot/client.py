@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,18 @@ from generation.images import ImageLimits
 log = logging.getLogger(__name__)
 
 GENERIC_ERROR = "Something went wrong on my side. You were not charged; please try again."
+# How long a shutdown waits for the last events of the stopped queue to be shown.
+PUMP_DRAIN_SECONDS = 10.0
+# A second press of the same button by the same member within this many seconds is a double
+# click (Discord sends both): counted once, so a Re-roll is not made (and charged) twice.
+REPEAT_CLICK_SECONDS = 3.0
+_REPEATED = {
+    "cancel": "Already cancelling that clip.",
+    "delete": "Already deleting that clip.",
+}
+_REPEATED_VARIATION = (
+    "You pressed that twice: one new clip is on its way (the second press was not counted)."
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,8 @@ class SvdBot(commands.Bot):
             edit_interval=config.edit_interval,
         )
         self._pump: asyncio.Task[None] | None = None
+        # (member, button) → when it was last pressed, for double clicks.
+        self._clicks: dict[tuple[int, str], float] = {}
         self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
 
     async def setup_hook(self) -> None:
@@ -80,6 +95,13 @@ class SvdBot(commands.Bot):
     async def on_ready(self) -> None:
         log.info("connected as %s to %d guild(s)", self.user, len(self.guilds))
 
+    async def drain(self) -> None:
+        """After the queue stopped: let the pump hand on its last events (a clip finished in
+        the grace period, "the bot is restarting" on each progress message) before the service
+        and the connection close."""
+        if self._pump is not None:
+            await asyncio.wait({self._pump}, timeout=PUMP_DRAIN_SECONDS)
+
     async def close(self) -> None:
         if self._pump is not None:
             self._pump.cancel()
@@ -92,6 +114,11 @@ class SvdBot(commands.Bot):
     async def handle_button(
         self, interaction: discord.Interaction, action: str, job_id: str
     ) -> None:
+        if self._repeated_click(interaction.user.id, f"{action}:{job_id}"):
+            text = _REPEATED.get(action, _REPEATED_VARIATION)
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.response.send_message(text, ephemeral=True)
+            return
         try:
             if action == "delete":
                 await self._delete_clip(interaction, job_id)
@@ -101,6 +128,16 @@ class SvdBot(commands.Bot):
                 await self._vary(interaction, job_id, action)  # type: ignore[arg-type]
         except Exception as exc:
             await self.reply_error(interaction, exc)
+
+    def _repeated_click(self, user_id: int, button: str) -> bool:
+        now = time.monotonic()
+        if len(self._clicks) > 1000:  # forget old clicks now and then
+            self._clicks = {
+                key: at for key, at in self._clicks.items() if now - at < REPEAT_CLICK_SECONDS
+            }
+        last = self._clicks.get((user_id, button))
+        self._clicks[(user_id, button)] = now
+        return last is not None and now - last < REPEAT_CLICK_SECONDS
 
     async def _vary(
         self, interaction: discord.Interaction, job_id: str, variation: Variation
@@ -119,7 +156,9 @@ class SvdBot(commands.Bot):
             )
             return
         await interaction.response.defer()
-        await interaction.delete_original_response()
+        # Already gone (deleted by hand, or another moderator was quicker): what was asked.
+        with contextlib.suppress(discord.NotFound):
+            await interaction.delete_original_response()
 
     async def _cancel_job(self, interaction: discord.Interaction, job_id: str) -> None:
         member = await member_of(interaction, self.service)

@@ -31,7 +31,7 @@ def duration(seconds: float | None) -> str:
     """'about 40 s', 'about 3 min': estimates, so never falsely precise."""
     if seconds is None or math.isnan(seconds):
         return "a moment"
-    if seconds < 60:
+    if round(seconds) < 60:
         return f"about {max(1, round(seconds))} s"
     minutes = seconds / 60
     if minutes < 90:
@@ -51,7 +51,7 @@ def progress_text(job: JobRecord, event: JobEvent) -> str:
     match event.kind:
         case EventKind.QUEUED | EventKind.POSITION:
             position = event.position or 1
-            ahead = "next in line" if position <= 1 else f"position **{position}** in the queue"
+            ahead = "next in line" if position <= 1 else f"at position **{position}** in the queue"
             return f"⏳ {who}'s clip is {ahead} · starts in {duration(event.eta_seconds)}"
         case EventKind.STALLED if event.reason == "resuming":
             return f"⏳ A GPU worker is back; {who}'s clip goes on as soon as it takes it up."
@@ -74,6 +74,11 @@ def progress_text(job: JobRecord, event: JobEvent) -> str:
             return f"🎞️ Decoding frames for {who}…\n`{bar(1, 1)}` 100%"
         case EventKind.ENCODING:
             return f"📦 Encoding {who}'s clip…"
+        case EventKind.INTERRUPTED:
+            return (
+                f"⏸️ The bot is restarting. {who}'s clip is kept and will be made when it is "
+                "back; nothing is lost."
+            )
         case _:
             return f"⏳ Working on {who}'s clip…"
 
@@ -93,7 +98,7 @@ def done_text(job: JobRecord, event: JobEvent) -> str:
     if options.quality == "draft":
         parts.append("quality `draft`")
     if event.seconds is not None:
-        parts.append(f"{event.seconds:.0f} s")
+        parts.append(f"made in {max(1, round(event.seconds))} s")
     lines = [f"✅ {mention(job.user_id)}, your clip is ready · " + " · ".join(parts)]
     if event.fallback_from:
         lines.append(
@@ -108,11 +113,21 @@ def done_text(job: JobRecord, event: JobEvent) -> str:
 
 
 def failed_text(job: JobRecord, message: str) -> str:
-    return truncate(f"❌ {mention(job.user_id)}, your clip could not be made. {message}")
+    # Every failure is refunded; say so unless the reason already does.
+    charged = "" if "not charged" in message else " You were not charged."
+    return truncate(f"❌ {mention(job.user_id)}, your clip could not be made. {message}{charged}")
 
 
 def cancelled_text(job: JobRecord) -> str:
     return f"🚫 {mention(job.user_id)}'s clip was cancelled. No clip was charged."
+
+
+def kept_for_later_text(job: JobRecord) -> str:
+    """The progress message of a finished clip Discord would not take: no longer "Encoding"."""
+    return (
+        f"📦 {mention(job.user_id)}'s clip is finished, but I could not post it here. It is "
+        "kept safe: I keep trying, and `/queue` hands it over at once."
+    )
 
 
 def undelivered_text(job: JobRecord) -> str:
@@ -192,20 +207,20 @@ def queue_text(jobs: Sequence[JobRecord], snapshot: QueueSnapshot) -> str:
     running = {r.job_id: r for r in snapshot.running}
     lines = []
     for job in jobs:
-        short = job.job_id[:8]
+        short = _clip_link(job)
         if job.job_id in running:
             r = running[job.job_id]
             step = f" (step {r.step}/{r.total})" if r.total else ""
-            lines.append(f"• `{short}` is being made now{step}")
+            lines.append(f"• {short} is being made now{step}")
         elif job.job_id in waiting:
             w = waiting[job.job_id]
             lines.append(
-                f"• `{short}` is at position {w.position}, starting in {duration(w.eta_seconds)}"
+                f"• {short} is at position {w.position}, starting in {duration(w.eta_seconds)}"
             )
         elif job.state is JobState.DONE:
-            lines.append(f"• `{short}` is finished: posting it now")
+            lines.append(f"• {short} is finished: posting it now")
         else:
-            lines.append(f"• `{short}` is {job.state.value}")
+            lines.append(f"• {short} is {job.state.value}")
     total = len(snapshot.waiting)
     head = f"📋 {total} clip{'s' if total != 1 else ''} waiting in total"
     making = len(snapshot.running)
@@ -215,6 +230,14 @@ def queue_text(jobs: Sequence[JobRecord], snapshot: QueueSnapshot) -> str:
     if not lines:
         return head + "\nYou have no clips waiting. Use `/animate` to make one."
     return head + "\nYour clips:\n" + "\n".join(lines)
+
+
+def _clip_link(job: JobRecord) -> str:
+    """The clip as /queue names it: a link to its progress message, where the member saw it."""
+    if job.progress_message_id is None:
+        return f"`{job.job_id[:8]}`"
+    url = f"https://discord.com/channels/{job.guild_id}/{job.channel_id}/{job.progress_message_id}"
+    return f"[`{job.job_id[:8]}`]({url})"
 
 
 def truncate(text: str, limit: int = MAX_CONTENT) -> str:

@@ -144,8 +144,8 @@ class DiscordPresenter:
         # The progress message id may have been stored after this record was read.
         return await self._lookup(job.job_id) or job
 
-    async def _finish_progress(self, job: JobRecord) -> None:
-        """Stop progress edits and remove the progress message: the result replaces it."""
+    async def _stop_progress(self, job: JobRecord) -> JobRecord:
+        """Stop the throttled progress edits (one in flight ends first); the current record."""
         state = self._progress.setdefault(job.job_id, _Progress())
         state.finished = True
         async with state.lock:
@@ -153,10 +153,32 @@ class DiscordPresenter:
         if state.flusher is not None and not state.flusher.done():
             state.flusher.cancel()
         self._progress.pop(job.job_id, None)
-        current = await self._current(job)
+        return await self._current(job)
+
+    async def _finish_progress(self, job: JobRecord, final: str | None = None) -> bool:
+        """Stop progress edits, then remove the progress message (the result replaces it) or,
+        with `final`, turn it into that text without buttons. True when that edit was made."""
+        current = await self._stop_progress(job)
+        if current.progress_message_id is None:
+            return False
+        try:
+            if final is None:
+                await self._delete(current, current.progress_message_id)
+                return False
+            await self._edit(current, current.progress_message_id, final, buttons=False)
+            return True
+        except discord.HTTPException as exc:
+            log.info("could not finish the progress message: %s", exc, extra={"job_id": job.job_id})
+            return False
+
+    async def interrupted(self, job: JobRecord, event: JobEvent) -> None:
+        """The bot is shutting down: say so on the progress message at once (not throttled: the
+        bot closes next). Its Cancel button stays; it works again once the bot is back."""
+        current = await self._stop_progress(job)
         if current.progress_message_id is not None:
             with contextlib.suppress(discord.HTTPException):
-                await self._delete(current, current.progress_message_id)
+                text = messages.progress_text(current, event)
+                await self._edit(current, current.progress_message_id, text)
 
     # ------------------------------------------------------------------ outcomes
 
@@ -218,6 +240,8 @@ class DiscordPresenter:
             log.error("clip upload failed: %s", failure, extra={"job_id": job.job_id})
             if tell:
                 await self._tell(job, messages.undelivered_text(job))
+                # No longer "Encoding…", and its Cancel button could only say "finished".
+                await self._finish_progress(job, final=messages.kept_for_later_text(job))
             return False
         await self._finish_progress(job)
         return True
@@ -280,8 +304,11 @@ class DiscordPresenter:
 
     async def cancelled(self, job: JobRecord) -> None:
         job = await self._after_the_command_flow(job)
-        await self._finish_progress(job)
-        await self._tell(job, messages.cancelled_text(job))
+        # The progress message ends saying so, with no ping: the member (or a moderator) just
+        # cancelled it and was told privately.
+        text = messages.cancelled_text(job)
+        if not await self._finish_progress(job, final=text):
+            await self._tell(job, text, mentions=discord.AllowedMentions.none())
 
     async def _after_the_command_flow(self, job: JobRecord) -> JobRecord:
         """Wait (briefly) for the command's own flow to post its progress message. A clip that
@@ -294,9 +321,11 @@ class DiscordPresenter:
             current = await self._current(current)
         return current
 
-    async def _tell(self, job: JobRecord, text: str) -> None:
+    async def _tell(
+        self, job: JobRecord, text: str, *, mentions: discord.AllowedMentions | None = None
+    ) -> None:
         try:
-            await self._send(job, text)
+            await self._send(job, text, mentions=mentions)
         except discord.HTTPException as exc:
             log.error("could not tell the member: %s", exc, extra={"job_id": job.job_id})
 
@@ -327,6 +356,7 @@ class DiscordPresenter:
         view: discord.ui.View | None = None,
         file: tuple[Path, str] | None = None,
         nonce: str | None = None,
+        mentions: discord.AllowedMentions | None = None,
     ) -> discord.Message:
         """Send through the interaction's webhook, or the channel once the token is dead.
 
@@ -336,7 +366,7 @@ class DiscordPresenter:
         the same message with the first one instead of posting it twice. (discord.py picks a
         random one per call, which covers its own retries but not ours.) Interaction webhooks
         take none."""
-        kwargs: dict[str, Any] = {"allowed_mentions": _only_the_member(job)}
+        kwargs: dict[str, Any] = {"allowed_mentions": mentions or _only_the_member(job)}
         if view is not None:
             kwargs["view"] = view
         webhook = self._webhook(job)
@@ -351,28 +381,29 @@ class DiscordPresenter:
         if file is not None:
             kwargs["file"] = discord.File(file[0], filename=file[1])
         channel = self._client.get_partial_messageable(job.channel_id)
-        reference = None
-        if job.progress_message_id is not None:
-            reference = discord.MessageReference(
-                message_id=job.progress_message_id,
-                channel_id=job.channel_id,
-                fail_if_not_exists=False,
-            )
+        # Not a reply to the progress message: the outcome replaces it (a reply would point at
+        # "Original message was deleted"), and the mention notifies the member.
         if nonce is not None:
             kwargs["nonce"] = nonce
-        return await channel.send(text, reference=reference, **kwargs)  # type: ignore[arg-type]
+        return await channel.send(text, **kwargs)
 
-    async def _edit(self, job: JobRecord, message_id: int, text: str) -> None:
+    async def _edit(
+        self, job: JobRecord, message_id: int, text: str, *, buttons: bool = True
+    ) -> None:
+        """`buttons=False` also removes the message's buttons."""
+        changes: dict[str, Any] = {"content": text}
+        if not buttons:
+            changes["view"] = None
         webhook = self._webhook(job)
         if webhook is not None:
             try:
-                await webhook.edit_message(message_id, content=text)
+                await webhook.edit_message(message_id, **changes)
                 return
             except discord.HTTPException as exc:
                 if not self._token_died(job, exc):
                     raise
         channel = self._client.get_partial_messageable(job.channel_id)
-        await channel.get_partial_message(message_id).edit(content=text)
+        await channel.get_partial_message(message_id).edit(**changes)
 
     async def _delete(self, job: JobRecord, message_id: int) -> None:
         webhook = self._webhook(job)

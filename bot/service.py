@@ -98,6 +98,9 @@ class Presenter(Protocol):
     async def cancelled(self, job: JobRecord) -> None:
         """Tell the member the job was cancelled."""
 
+    async def interrupted(self, job: JobRecord, event: JobEvent) -> None:
+        """Say the bot is shutting down and the job will go on after the restart."""
+
 
 @dataclass(frozen=True)
 class RedeliveryPolicy:
@@ -524,7 +527,7 @@ class AnimateService:
             case EventKind.CANCELLED:
                 await presenter.cancelled(job)
             case EventKind.INTERRUPTED:
-                pass
+                await presenter.interrupted(job, event)
             case _:
                 await presenter.show(job, event)
 

@@ -12,7 +12,7 @@ from discord.ext import commands
 from bot import messages
 from bot.interactions import member_of, role_ids
 from bot.service import Member
-from storage.quota_rules import Period, QuotaRule
+from storage.quota_rules import Period, QuotaRule, clips
 from storage.quotas import RoleLimit
 
 if TYPE_CHECKING:
@@ -187,9 +187,14 @@ class QuotaAdmin(
         mod = await self._moderator(interaction)
         roles = role_ids(user)
         status = await self.bot.service.quotas.status(mod.guild_id, user.id, roles)
-        source = {"user": "their own limit", "role": "a role limit", "guild": "the server default"}
+        source = {
+            "user": "their own limit",
+            "role": "one of their roles",
+            "guild": "the server default",
+        }
         text = messages.quota_text(status, subject=user.mention)
-        text += f"\nLimit from {source.get(status.source, status.source)}; used {status.used}."
+        text += f"\nThe limit comes from {source.get(status.source, status.source)}; "
+        text += f"{clips(status.used)} used."
         await interaction.response.send_message(
             text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
         )

@@ -98,7 +98,10 @@ class AnimateCog(commands.Cog):
             )
         content_type = (image.content_type or "").split(";")[0].strip().lower()
         if content_type and not content_type.startswith("image/"):
-            return "That attachment isn't a picture. Please attach a PNG, JPEG, WebP or GIF image."
+            return (
+                "That attachment isn't a picture. Please attach a PNG, JPEG, WebP, GIF, HEIC or "
+                "AVIF image."
+            )
         return None
 
     @app_commands.command(name="queue", description="Your clips in the queue and when they start")
@@ -141,7 +144,8 @@ class AnimateCog(commands.Cog):
 
 Preset = Literal["subtle", "normal", "dramatic"]
 Format = Literal["mp4", "gif"]
-Motion = app_commands.Range[int, 1, 255]
+# SVD's whole range, the one More / Less motion move in: a clip's motion can always be typed.
+Motion = app_commands.Range[int, 0, 255]
 Noise = app_commands.Range[float, 0.0, 1.0]
 Fps = app_commands.Range[int, 1, 30]
 Steps = app_commands.Range[int, 1, 50]
@@ -149,7 +153,7 @@ Seed = app_commands.Range[int, 0, 2**32 - 1]
 
 _DESCRIPTIONS = {
     "image": "The picture to animate (PNG, JPEG, WebP, GIF, HEIC or AVIF)",
-    "motion": "How much it moves: 1 (still) to 255 (wild); 127 by default",
+    "motion": "How much it moves: 0 (still) to 255 (wild); 127 by default",
     "preset": "Motion without numbers: subtle, normal or dramatic",
     "format": "mp4 (small, smooth) or gif (loops everywhere)",
     "seed": "Reuse a seed to reproduce a clip; random when empty",

@@ -81,6 +81,7 @@ async def running(
             yield app
         finally:
             await app.queue.stop(5)
+            await app.bot.drain()
             await app.service.close()
             await app.bot.close()
             task.cancel()
@@ -327,9 +328,12 @@ async def test_cancel_refunds_the_clip(bot: App, fake_discord: FakeDiscordServer
         notice = await wait_for_message(
             fake_discord, lambda m: "was cancelled" in m.content and m.id not in seen, 30
         )
+        # The progress message itself ends so, without its Cancel button (no new ping).
+        assert notice.edits > 0 and not notice.components, notice
         seen.add(notice.id)
     quota = await fake_discord.interaction("quota", permissions=MEMBER)
     assert "**3** of 3" in await reply_text(quota, within=30)
+    assert len([m for m in fake_discord.messages() if "was cancelled" in m.content]) == 2
 
 
 async def test_reroll_makes_a_new_clip_with_a_new_seed(
@@ -346,6 +350,24 @@ async def test_reroll_makes_a_new_clip_with_a_new_seed(
     assert frames_of(second, tmp_path).shape[0] == TINY_FRAMES
 
 
+async def test_a_double_click_on_re_roll_makes_and_charges_one_clip(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    await animate(fake_discord)
+    first = await clip_message(fake_discord)
+    reroll = next(c for c in first.custom_ids if c.startswith("svd:reroll:"))
+    clicks = await asyncio.gather(
+        fake_discord.click(first, reroll), fake_discord.click(first, reroll)
+    )
+    answers = " | ".join([await reply_text(click) for click in clicks])
+    assert answers.count("Got it") == 1 and answers.count("pressed that twice") == 1, answers
+    await wait_for_message(
+        fake_discord, lambda m: bool(m.attachments) and m.id != first.id, CLIP_TIMEOUT
+    )
+    quota = await fake_discord.interaction("quota", permissions=MEMBER)
+    assert "**1** of 3" in await reply_text(quota)  # the first clip and one Re-roll
+
+
 async def test_expired_token_falls_back_to_the_channel(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:
@@ -356,7 +378,9 @@ async def test_expired_token_falls_back_to_the_channel(
     fake_discord.clock.advance(16 * 60)
     message = await clip_message(fake_discord, fake_discord.user.id)
     assert message.webhook_id is None  # posted with the bot token, not the interaction's
-    assert message.reference_id is not None  # a reply to the progress message
+    # Not a reply: the progress message it would point at is deleted once the clip is up.
+    assert message.reference_id is None and f"<@{fake_discord.user.id}>" in message.content
+    assert not [m for m in fake_discord.messages() if "Animating" in m.content and not m.deleted]
     assert any(r.status == 401 for r in fake_discord.requests)
 
 
@@ -440,6 +464,9 @@ async def test_a_clip_nobody_would_take_is_handed_over_by_queue(
 
     await eventually(dm_refused, CLIP_TIMEOUT)
     assert await _clips(bot) == [("done", "reserved")]  # kept, and not charged
+    # Its progress message no longer says "Encoding", nor offers a Cancel that cannot work.
+    kept = await wait_for_message(fake_discord, lambda m: "could not post it here" in m.content, 10)
+    assert not kept.components and "/queue" in kept.content
 
     asked = await fake_discord.interaction("queue", {}, permissions=MEMBER)
     assert "finished: posting it now" in await reply_text(asked)
@@ -576,7 +603,13 @@ async def test_restart_in_the_middle_of_the_queue_loses_nothing(
             assert "Got it" in await reply_text(await animate(fake_discord, user=user, steps=10))
         snapshot = app.queue.snapshot()
         assert len(snapshot.waiting) + len(snapshot.running) == 2
-    # The bot stopped with both clips unfinished; a new process picks them up.
+    # The bot stopped (the running clip may have finished in the grace period); each clip left
+    # unfinished says so on its progress message, rather than "step 4/10".
+    paused = [m for m in fake_discord.messages() if "bot is restarting" in m.content]
+    posted = [m for m in fake_discord.messages() if m.attachments]
+    assert paused and len(paused) + len(posted) == 2, [m.content for m in fake_discord.messages()]
+    assert all(not m.deleted and m.components for m in paused)  # Cancel works once it is back
+    # A new process picks them up.
     async with running(settings) as app:
         await clip_message(fake_discord, fake_discord.user.id)
         await clip_message(fake_discord, other.id)

@@ -70,6 +70,9 @@ class Recorder:
     async def cancelled(self, job: JobRecord) -> None:
         pass
 
+    async def interrupted(self, job: JobRecord, event: JobEvent) -> None:
+        pass
+
 
 def common_env(server: RedisServer, prefix: str, model: Path) -> dict[str, str]:
     return {

@@ -10,6 +10,7 @@ import pytest
 from bot import messages
 from bot.cogs.admin import LimitError, parse_limit
 from storage.audit import AuditEntry
+from storage.jobs import JobRecord
 from storage.quota_rules import QuotaStatus
 
 
@@ -122,3 +123,12 @@ def test_the_moderators_log_reads_as_sentences_and_fits_one_message() -> None:
     reset = replace(steps, action="quota.user.reset", target="user:9", old={"used": 3}, new={})
     many = messages.audit_text([reset] * 100)
     assert len(many) <= 2000 and "reset <@9>'s usage (3 clips used → 0)" in many
+
+
+def test_a_failure_always_says_the_member_was_not_charged_once() -> None:
+    job = JobRecord(job_id="a" * 32, guild_id=1, channel_id=2, user_id=3)
+    oom = messages.failed_text(job, "The GPU ran out of memory. Please try again later.")
+    assert oom.endswith("You were not charged.")
+    said = messages.failed_text(job, "Discord refused it. You were not charged; try again.")
+    assert said.count("not charged") == 1
+    assert messages.duration(59.6) == "about 1 min"  # not "about 60 s"

@@ -50,6 +50,7 @@ class Recorder:
     delivered: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
+    interruptions: list[str] = field(default_factory=list)
     refuse_uploads: bool = False
     # One entry per delivery attempt: whether the member was to be told of a refusal.
     attempts: list[bool] = field(default_factory=list)
@@ -76,6 +77,9 @@ class Recorder:
     async def cancelled(self, job: JobRecord) -> None:
         self.cancels.append(job.job_id)
         self.changed.set()
+
+    async def interrupted(self, job: JobRecord, event: JobEvent) -> None:
+        self.interruptions.append(job.job_id)
 
     async def until(self, count: int) -> None:
         async with asyncio.timeout(10):
