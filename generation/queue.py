@@ -173,6 +173,18 @@ class FairQueue:
         self._forget(job.user_id)
         self._touch()
 
+    def give_back(self, job_id: str) -> None:
+        """A taken job that could not be started after all (its backend was unreachable) waits
+        again, in the place it had: first in line."""
+        job = self._taken.pop(job_id, None)
+        if job is None:
+            return
+        self._waiting[job.job_id] = job
+        user = self._users[job.user_id]
+        user.taken -= 1
+        user.waiting += 1
+        self._touch()
+
     def close(self) -> None:
         """Refuse new jobs and wake `get()` so the worker can stop."""
         self._closed = True

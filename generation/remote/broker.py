@@ -19,6 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import AckableMessage
 from taskiq_redis import RedisStreamBroker
 
@@ -28,6 +33,38 @@ log = logging.getLogger(__name__)
 
 # Keep the stream from growing without end; acknowledged messages are history only.
 STREAM_MAXLEN = 10_000
+# Waits between tries while Redis is unreachable (a restart, a network blip): short at first.
+OUTAGE_FIRST_WAIT = 0.5
+OUTAGE_MAX_WAIT = 10.0
+
+
+def connection_options() -> dict[str, Any]:
+    """For every Redis connection of ours: a command on a connection Redis dropped (after a
+    restart every pooled connection is stale) reconnects and runs again, rather than failing
+    the clip that sent it. redis-py retries nothing unless told to."""
+    return {
+        "retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=3),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+
+
+def connect(url: str) -> Redis:
+    return Redis.from_url(url, **connection_options())
+
+
+class Outage:
+    """Waits that grow while Redis stays unreachable, and a log line for each."""
+
+    def __init__(self) -> None:
+        self._wait = OUTAGE_FIRST_WAIT
+
+    async def pause(self, what: str, exc: BaseException) -> None:
+        log.warning("%s: Redis is unreachable (%s); trying again in %.1f s", what, exc, self._wait)
+        await asyncio.sleep(self._wait)
+        self._wait = min(self._wait * 2, OUTAGE_MAX_WAIT)
+
+    def over(self) -> None:
+        self._wait = OUTAGE_FIRST_WAIT
 
 
 def honour_cancel() -> None:
@@ -51,32 +88,57 @@ class JobStreamBroker(RedisStreamBroker):
     """
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        """Messages one at a time, for ever: while Redis is unreachable (restarting, say) it
+        waits and tries again, so a worker outlives a Redis restart instead of exiting."""
+        outage = Outage()
         async with Redis(connection_pool=self.connection_pool) as redis:
             while True:
                 honour_cancel()
-                claimed: Any = await redis.xautoclaim(
-                    name=self.queue_name,
-                    groupname=self.consumer_group_name,
-                    consumername=self.consumer_name,
-                    min_idle_time=self.idle_timeout,
-                    count=1,
-                )
-                stale = [(msg_id, msg) for msg_id, msg in claimed[1] if msg]
-                for msg_id, msg in stale:
-                    log.warning("reclaimed job message %s from a worker that went quiet", msg_id)
-                    yield self._ackable(msg_id, msg)
-                if stale:
+                try:
+                    messages = await self._next(redis)
+                except RedisError as exc:
+                    # NOGROUP: Redis came back without its data (no persistence); start afresh.
+                    if "NOGROUP" in str(exc) and await self._made_group(redis):
+                        continue
+                    await outage.pause("reading the job stream", exc)
                     continue
-                fetched: Any = await redis.xreadgroup(
-                    self.consumer_group_name,
-                    self.consumer_name,
-                    {self.queue_name: ">"},
-                    block=self.block,
-                    count=1,
-                )
-                for _stream, messages in fetched or []:
-                    for msg_id, msg in messages:
-                        yield self._ackable(msg_id, msg)
+                outage.over()
+                for msg_id, msg in messages:
+                    yield self._ackable(msg_id, msg)
+
+    async def _next(self, redis: Redis) -> list[tuple[Any, dict[bytes, bytes]]]:
+        """One stale message of a dead worker's, else at most one new message."""
+        claimed: Any = await redis.xautoclaim(
+            name=self.queue_name,
+            groupname=self.consumer_group_name,
+            consumername=self.consumer_name,
+            min_idle_time=self.idle_timeout,
+            count=1,
+        )
+        stale = [(msg_id, msg) for msg_id, msg in claimed[1] if msg]
+        for msg_id, _msg in stale:
+            log.warning("reclaimed job message %s from a worker that went quiet", msg_id)
+        if stale:
+            return stale
+        fetched: Any = await redis.xreadgroup(
+            self.consumer_group_name,
+            self.consumer_name,
+            {self.queue_name: ">"},
+            block=self.block,
+            count=1,
+        )
+        return [(msg_id, msg) for _stream, messages in fetched or [] for msg_id, msg in messages]
+
+    async def _made_group(self, redis: Redis) -> bool:
+        """Make the consumer group again; whether it now exists."""
+        try:
+            await redis.xgroup_create(
+                self.queue_name, self.consumer_group_name, id="0", mkstream=True
+            )
+        except RedisError as exc:
+            return "BUSYGROUP" in str(exc)  # another worker made it first
+        log.warning("made the consumer group %s again", self.consumer_group_name)
+        return True
 
     def _ackable(self, msg_id: Any, msg: dict[bytes, bytes]) -> AckableMessage:
         return AckableMessage(
@@ -104,6 +166,7 @@ def make_broker(
         xread_count=1,
         unacknowledged_batch_size=1,
         maxlen=STREAM_MAXLEN,
+        **connection_options(),
     )
 
 

@@ -42,6 +42,7 @@ from generation.queue import FairQueue, QueueClosed
 from generation.remote.broker import (
     JobStreamBroker,
     WorkerInfo,
+    connect,
     honour_cancel,
     live_workers,
     make_broker,
@@ -50,6 +51,9 @@ from generation.remote.wire import TASK_NAME, Keys, event_from_json
 
 if TYPE_CHECKING:
     from generation.metrics import Metrics
+
+# Worker states in which it takes clips (its heartbeat says which).
+SERVING = frozenset({"ready", "busy"})
 
 LOST_CLIP_ERROR = (
     "The finished clip was lost on its way back from the GPU; you were not charged. Try again."
@@ -119,7 +123,7 @@ class RedisJobQueue(QueueFront):
         if self._tasks:
             return
         self._output_dir.mkdir(parents=True, exist_ok=True)
-        self._redis = Redis.from_url(self._url)
+        self._redis = connect(self._url)
         self._broker = make_broker(self._url, self._keys, reclaim_seconds=self._reclaim)
         # Only the bot's role here: create the consumer group so no message goes unseen.
         await self._broker.startup()
@@ -186,7 +190,12 @@ class RedisJobQueue(QueueFront):
 
     @property
     def _parallel(self) -> int:
-        return len(self._workers)
+        return max(1, self._serving)
+
+    @property
+    def _serving(self) -> int:
+        """Workers that take clips now: not those still loading or whose model failed."""
+        return sum(worker.state in SERVING for worker in self._workers)
 
     def _queued(self, job: TrackedJob) -> None:
         if self._connected is False:
@@ -265,18 +274,27 @@ class RedisJobQueue(QueueFront):
 
     async def _dispatch(self) -> None:
         async with self._dispatching:
-            while not self._stopping and len(self._in_flight) < len(self._workers):
+            while not self._stopping and len(self._in_flight) < self._serving:
                 queued = self._queue.take_nowait()
                 if queued is None:
                     return
                 job = self._jobs[queued.job_id]
-                self._announce_positions()
                 self._in_flight.add(job.job_id)
                 self._all_back.clear()
                 try:
                     await self._send(job)
-                except Exception as exc:  # the picture is gone, or Redis refused it
+                except RedisError as exc:
+                    # Redis went away (a restart): the job waits in its place for it to be back.
+                    job.log.warning("could not hand the job over (%s); it waits its turn", exc)
+                    self._in_flight.discard(job.job_id)
+                    if not self._in_flight:
+                        self._all_back.set()
+                    job.phase = "waiting"
+                    self._queue.give_back(job.job_id)
+                    return
+                except Exception as exc:  # the picture is gone
                     await self._fail(job, exc, "dispatch")
+                self._announce_positions()
 
     async def _send(self, job: TrackedJob) -> None:
         redis, keys, request = self._client(), self._keys, job.request
@@ -351,6 +369,9 @@ class RedisJobQueue(QueueFront):
                     await self._done(job, event)
                 else:
                     await self._end(job, event)
+                    # The picture is kept for a retry until the TTL; an ended job needs none.
+                    with contextlib.suppress(RedisError):
+                        await self._client().delete(self._keys.input(job.job_id))
             finally:
                 # On an error (Redis away) the next tick tries the stored result again.
                 self._ending.discard(job.job_id)

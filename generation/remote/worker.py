@@ -24,8 +24,9 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -34,15 +35,29 @@ from taskiq.acks import AcknowledgeType
 from taskiq.exceptions import NoResultError
 from taskiq.receiver import Receiver
 
-from generation.errors import Cancelled
+from generation.errors import Cancelled, GenerationError
 from generation.front import INPUT_ERROR, JobLog
 from generation.jobs import EventKind, JobEvent, JobRequest
 from generation.options import AnimateOptions
-from generation.remote.broker import WorkerInfo, honour_cancel, make_broker
+from generation.remote.broker import Outage, WorkerInfo, connect, honour_cancel, make_broker
 from generation.remote.wire import TASK_NAME, Keys, event_to_json
 from generation.worker import LocalJobQueue
 
 log = logging.getLogger("generation.remote.worker")
+
+
+T = TypeVar("T")
+
+
+class ModelNotLoaded(GenerationError):
+    """The worker's model failed to load: it takes no clips, and exits for its supervisor to
+    start it again (a full disk or a hub outage may have passed by then)."""
+
+    def __init__(self, cause: BaseException | None) -> None:
+        super().__init__(
+            f"the model could not be loaded ({cause}); this worker takes no clips. "
+            "Fix the cause (see the log) and start it again."
+        )
 
 
 def default_worker_name() -> str:
@@ -89,7 +104,7 @@ class RemoteWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set; then hand back the job in flight and leave."""
         self._work_dir.mkdir(parents=True, exist_ok=True)
-        self._redis = Redis.from_url(self._url)
+        self._redis = connect(self._url)
         broker = make_broker(
             self._url, self._keys, reclaim_seconds=self._reclaim, consumer_name=self.name
         )
@@ -118,9 +133,10 @@ class RemoteWorker:
             run_startup=False,
             ack_type=AcknowledgeType.MANUAL,
         )
-        listener = asyncio.create_task(receiver.listen(finish), name="svd-worker-receiver")
-        log.info("worker %s listening on %s", self.name, self._keys.stream)
         stopper = asyncio.create_task(stop.wait())
+        # Listening starts once the model is loaded: a worker still loading (or one whose model
+        # failed to load) would sit on a clip that a ready GPU could make now.
+        listener = asyncio.create_task(self._listen_when_ready(receiver, finish))
         try:
             await asyncio.wait({listener, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if listener.done() and (exc := listener.exception()) is not None:
@@ -142,6 +158,17 @@ class RemoteWorker:
             await asyncio.wait({listener, stopper, heartbeat, learn}, timeout=5.0)
             await broker.shutdown()
             await self._redis.aclose()
+
+    async def _listen_when_ready(self, receiver: Receiver, finish: asyncio.Event) -> None:
+        ready = asyncio.create_task(self._runtime.ready.wait())
+        while not ready.done():
+            if self._runtime.state == "load_failed":
+                ready.cancel()
+                cause = self._runtime.load_error
+                raise ModelNotLoaded(cause.__cause__ or cause if cause else None)
+            await asyncio.wait({ready}, timeout=0.2)
+        log.info("worker %s listening on %s", self.name, self._keys.stream)
+        await receiver.listen(finish)
 
     async def _beat(self) -> None:
         while True:
@@ -195,13 +222,20 @@ class RemoteWorker:
         redis, keys = self._client(), self._keys
         jlog = JobLog(log, {"job_id": job_id})
         while True:
-            stored = await redis.get(keys.result(job_id))
+            stored = await self._retried("reading a result", lambda: redis.get(keys.result(job_id)))
             if stored is not None:
                 jlog.info("already finished; sending its result again")
-                await redis.publish(keys.events, stored)
-                await context.ack()
+                await self._retried(
+                    "publishing a result",
+                    lambda: redis.publish(keys.events, stored),  # noqa: B023 (awaited here)
+                )
+                await self._retried("acknowledging a job", context.ack)
                 return
-            if await redis.set(keys.claim(job_id), self.name, nx=True, px=self._claim_ms):
+            claimed = await self._retried(
+                "claiming a job",
+                lambda: redis.set(keys.claim(job_id), self.name, nx=True, px=self._claim_ms),
+            )
+            if claimed:
                 break
             # Running on another live worker (its claim is renewed): wait for its outcome.
             await asyncio.sleep(self._poll)
@@ -221,11 +255,12 @@ class RemoteWorker:
             if outcome is None:  # shutting down: another worker takes it
                 jlog.info("handed back for another worker")
                 with contextlib.suppress(NoResultError):
-                    await context.requeue()
+                    await self._retried("handing a job back", context.requeue)
             else:
-                await self._store(outcome)
+                # The outcome must reach Redis, however long Redis is away: it is the clip.
+                await self._retried("storing a result", lambda: self._store(outcome))
                 self.jobs_done += 1
-            await context.ack()
+            await self._retried("acknowledging a job", context.ack)
         finally:
             renew.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -240,9 +275,12 @@ class RemoteWorker:
         """Run the job in the local runtime, forwarding its progress; its terminal event, or
         None when it was interrupted by our shutdown."""
         redis, keys, job_id = self._client(), self._keys, request.job_id
-        if await redis.exists(keys.cancel(job_id)):
+        cancelled = await self._retried(
+            "reading the cancel flag", lambda: redis.exists(keys.cancel(job_id))
+        )
+        if cancelled:
             return self._terminal(request, EventKind.CANCELLED, "cancelled")
-        picture = await redis.get(keys.input(job_id))
+        picture = await self._retried("reading the picture", lambda: redis.get(keys.input(job_id)))
         if not isinstance(picture, bytes):
             return self._terminal(request, EventKind.FAILED, "input", INPUT_ERROR)
         await asyncio.to_thread(request.input_path.write_bytes, picture)
@@ -255,7 +293,11 @@ class RemoteWorker:
                 return None
             if event.terminal:
                 return event
-            await redis.publish(keys.events, event_to_json(event))
+            try:
+                await redis.publish(keys.events, event_to_json(event))
+            except RedisError as exc:
+                # Progress is news, not state: the clip goes on, the next step tells again.
+                log.warning("[job %s] progress not sent: %s", job_id, exc)
         return None  # the runtime stopped
 
     @staticmethod
@@ -273,13 +315,29 @@ class RemoteWorker:
     async def _store(self, event: JobEvent) -> None:
         """The clip first, then the result that points at it, then the news."""
         redis, keys = self._client(), self._keys
-        if event.kind is EventKind.DONE and event.clip is not None:
-            data = await asyncio.to_thread(event.clip.path.read_bytes)
+        clip = event.clip if event.kind is EventKind.DONE else None
+        if clip is not None:
+            data = await asyncio.to_thread(clip.path.read_bytes)
             await redis.set(keys.output(event.job_id), data, ex=self._ttl)
-            await asyncio.to_thread(event.clip.path.unlink, True)
         payload = event_to_json(event)
         await redis.set(keys.result(event.job_id), payload, ex=self._ttl)
         await redis.publish(keys.events, payload)
+        # Only now: a try cut short by Redis is made again from the start, file included.
+        if clip is not None:
+            await asyncio.to_thread(clip.path.unlink, True)
+
+    async def _retried(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` until Redis answers. A job in hand must survive a Redis restart: giving up
+        would leave it to the reclaim timeout (many minutes) and another GPU's second run. Once
+        the worker is stopping it gives up, and the message stays for another worker."""
+        outage = Outage()
+        while True:
+            try:
+                return await call()
+            except RedisError as exc:
+                if self._stopping:
+                    raise
+                await outage.pause(what, exc)
 
     async def _hold(self, job_id: str) -> None:
         """Renew the claim and watch the cancel flag while the job runs."""

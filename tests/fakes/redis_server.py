@@ -25,24 +25,39 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, folder: Path) -> None:
+    """`persist`: an append-only file synced at every write, as docker-compose.yml runs Redis,
+    so that `restart()` comes back with the data (what a Redis restart in production does)."""
+
+    def __init__(self, folder: Path, *, persist: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             why = "redis-server is not installed (apt-get install redis-server)"
             if os.environ.get("CI"):
                 pytest.fail(f"{why}; CI must run the scale-out tests")
             pytest.skip(why)
+        self._binary, self._folder, self._persist = binary, folder, persist
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         folder.mkdir(parents=True, exist_ok=True)
+        self._start()
+
+    def restart(self, down_seconds: float = 1.0) -> None:
+        """Stop the server, stay down a while, start it again on the same port."""
+        self.stop()
+        time.sleep(down_seconds)
+        self._start()
+
+    def _start(self) -> None:
+        appendonly = ["--appendonly", "yes", "--appendfsync", "always"] if self._persist else []
         self._process = subprocess.Popen(
             [
-                binary,
+                self._binary,
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--save", "",
                 "--appendonly", "no",
-                "--dir", str(folder),
+                *appendonly,
+                "--dir", str(self._folder),
                 "--daemonize", "no",
             ],
             stdout=subprocess.DEVNULL,

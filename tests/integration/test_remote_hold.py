@@ -6,20 +6,22 @@ A real redis-server, the bot's `RedisJobQueue` and in-process `RemoteWorker`s on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from generation.errors import GenerationFailed
 from generation.fake_engine import FakeEncoder, FakeEngine
 from generation.jobs import EventKind, JobEvent, JobRequest
 from generation.options import AnimateOptions
 from generation.remote.queue import RedisJobQueue
 from generation.remote.wire import Keys
-from generation.remote.worker import RemoteWorker
+from generation.remote.worker import ModelNotLoaded, RemoteWorker
 from generation.worker import LocalJobQueue
 from tests.fakes.redis_server import RedisServer
 
@@ -44,8 +46,10 @@ class Rig:
         options = AnimateOptions(num_inference_steps=steps, seed=3)
         return JobRequest(job_id, user_id, options, self.picture, max_bytes=10_000_000)
 
-    def start_worker(self, name: str, step_seconds: float = 0.02) -> None:
-        engine = FakeEngine(step_seconds=step_seconds, frames=4)
+    def start_worker(
+        self, name: str, step_seconds: float = 0.02, engine: FakeEngine | None = None
+    ) -> asyncio.Task[None]:
+        engine = engine or FakeEngine(step_seconds=step_seconds, frames=4)
         worker = RemoteWorker(
             LocalJobQueue(engine, output_dir=self.tmp / f"{name}-out", encoder=FakeEncoder()),
             redis_url=self.server.url,
@@ -58,12 +62,15 @@ class Rig:
             grace_seconds=0,
         )
         stop = asyncio.Event()
-        self._workers.append((stop, asyncio.create_task(worker.run(stop))))
+        task = asyncio.create_task(worker.run(stop))
+        self._workers.append((stop, task))
+        return task
 
     async def stop_workers(self) -> None:
         for stop, task in self._workers:
             stop.set()
-            await asyncio.wait_for(task, 20)
+            with contextlib.suppress(ModelNotLoaded):
+                await asyncio.wait_for(task, 20)
         self._workers.clear()
 
     def kinds(self, job_id: str) -> list[EventKind]:
@@ -80,7 +87,13 @@ class Rig:
 
 @pytest.fixture
 async def rig(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Rig]:
-    rig = Rig(redis_server, tmp_path)
+    async with running_rig(redis_server, tmp_path) as rig:
+        yield rig
+
+
+@contextlib.asynccontextmanager
+async def running_rig(server: RedisServer, tmp_path: Path) -> AsyncIterator[Rig]:
+    rig = Rig(server, tmp_path)
     stream = rig.queue.events()
 
     async def collect() -> None:
@@ -138,3 +151,62 @@ async def test_when_the_last_worker_goes_a_clip_in_flight_is_on_hold_and_finishe
     assert [e.reason for e in held] == [None, "resuming"]
     restarted = len(kinds) - 1 - kinds[::-1].index(EventKind.STARTED)
     assert kinds.index(EventKind.STALLED) < restarted < kinds.index(EventKind.DONE)
+
+
+# --- Redis itself going away ------------------------------------------------------------------
+
+
+@pytest.fixture
+def restartable(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of the test's own, kept on disk as docker-compose.yml keeps it, to restart."""
+    server = RedisServer(tmp_path / "redis", persist=True)
+    yield server
+    server.stop()
+
+
+async def test_the_bot_and_its_workers_outlive_a_redis_restart(
+    restartable: RedisServer, tmp_path: Path
+) -> None:
+    async with running_rig(restartable, tmp_path) as rig:
+        worker = rig.start_worker("w1")
+        await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+        await rig.queue.submit(rig.request("before", 1))
+        await rig.wait_for(lambda: EventKind.DONE in rig.kinds("before"))
+        await asyncio.to_thread(restartable.restart, 1.0)
+        # Every pooled connection is stale now: the next clip must not fail on one.
+        await rig.queue.submit(rig.request("after", 2))
+        await rig.wait_for(lambda: EventKind.DONE in rig.kinds("after"), within=30)
+        assert EventKind.FAILED not in rig.kinds("after")
+        assert not worker.done()  # it waited for Redis rather than exiting
+
+
+async def test_a_clip_being_made_survives_a_redis_restart(
+    restartable: RedisServer, tmp_path: Path
+) -> None:
+    async with running_rig(restartable, tmp_path) as rig:
+        worker = rig.start_worker("w1", step_seconds=0.15)
+        await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+        await rig.queue.submit(rig.request("long", 1, steps=20))
+        await rig.wait_for(lambda: EventKind.STEP in rig.kinds("long"))
+        await asyncio.to_thread(restartable.restart, 1.0)
+        # Made by the same worker, once, long before any reclaim timeout (30 s here).
+        await rig.wait_for(lambda: EventKind.DONE in rig.kinds("long"), within=20)
+        assert rig.kinds("long").count(EventKind.STARTED) == 1
+        assert not worker.done()
+
+
+class UnloadableEngine(FakeEngine):
+    def load(self) -> None:
+        raise GenerationFailed("The video model could not be loaded.", reason="load")
+
+
+async def test_a_worker_whose_model_failed_to_load_takes_no_clips(rig: Rig) -> None:
+    rig.start_worker("good")
+    broken = rig.start_worker("broken", engine=UnloadableEngine(frames=4))
+    with pytest.raises(ModelNotLoaded, match="could not be loaded"):
+        await asyncio.wait_for(broken, 15)  # it leaves, for its supervisor to start it again
+    for index in range(4):
+        await rig.queue.submit(rig.request(f"j{index}", user_id=index))
+    for index in range(4):
+        await rig.wait_for(lambda i=index: EventKind.DONE in rig.kinds(f"j{i}"))  # type: ignore[misc]
+    assert not [e for e in rig.events if e.kind is EventKind.FAILED]

@@ -78,6 +78,17 @@ def test_after_a_busy_spell_the_member_served_last_waits_behind_the_others() -> 
     assert drain(queue) == ["A2", "C1", "B4"]
 
 
+def test_a_job_that_could_not_be_started_gets_its_place_back() -> None:
+    queue = FairQueue()
+    for job_id, user in (("a1", 1), ("b1", 2), ("a2", 1)):
+        queue.push(request(job_id, user))
+    taken = queue.take_nowait()
+    assert taken is not None and taken.job_id == "a1"
+    queue.give_back("a1")  # the backend was unreachable
+    assert queue.position("a1") == 1 and queue.active_count(1) == 2
+    assert drain(queue) == ["a1", "b1", "a2"]
+
+
 def test_cancelling_a_waiting_job_gives_the_member_their_turn_back() -> None:
     queue = FairQueue(max_per_user=10)
     queue.push(request("A1", 1))
