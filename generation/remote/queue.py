@@ -47,7 +47,7 @@ from generation.remote.broker import (
     live_workers,
     make_broker,
 )
-from generation.remote.wire import TASK_NAME, Keys, event_from_json
+from generation.remote.wire import CLAIM_SECONDS, TASK_NAME, Keys, event_from_json
 
 if TYPE_CHECKING:
     from generation.metrics import Metrics
@@ -101,6 +101,8 @@ class RedisJobQueue(QueueFront):
         self._in_flight: set[str] = set()
         # In flight, with their outcome being taken in (fetching the clip) right now.
         self._ending: set[str] = set()
+        # In flight: when a worker's claim on the job was last seen (none yet: not in here).
+        self._claimed_at: dict[str, float] = {}
         # Set while nothing is in flight (what a graceful stop waits for).
         self._all_back = asyncio.Event()
         self._all_back.set()
@@ -204,6 +206,7 @@ class RedisJobQueue(QueueFront):
 
     def _finished(self, job: TrackedJob) -> None:
         self._in_flight.discard(job.job_id)
+        self._claimed_at.pop(job.job_id, None)
         if not self._in_flight:
             self._all_back.set()
         self._wake.set()
@@ -263,14 +266,39 @@ class RedisJobQueue(QueueFront):
         self._announce_positions()
 
     async def _reconcile(self) -> None:
-        """Finish jobs whose stored result we have not seen on pub/sub."""
+        """Finish jobs whose stored result we have not seen on pub/sub, and hand on again those
+        whose worker died."""
         ids = sorted(self._in_flight)
         if not ids:
             return
-        stored = await self._client().mget([self._keys.result(i) for i in ids])
+        redis = self._client()
+        stored = await redis.mget([self._keys.result(i) for i in ids])
         for raw in stored:
             if raw is not None:
                 await self._on_message(raw)
+        await self._rescue(ids, [raw is not None for raw in stored])
+
+    async def _rescue(self, ids: list[str], ended: list[bool]) -> None:
+        """A worker killed mid-clip (SIGKILL, a lost machine) stops renewing its claim. Its
+        message would wait for the reclaim timeout (minutes, longer than any clip), and the job,
+        counted in flight, would keep a free GPU idle all that time: once the claim has been gone
+        for a whole lease, the job goes on the stream again for a free worker. A second message
+        is harmless: whoever reads it after the job is done finds the stored result."""
+        now = time.monotonic()
+        claims = await self._client().mget([self._keys.claim(i) for i in ids])
+        for job_id, claim, done in zip(ids, claims, ended, strict=True):
+            if done or job_id not in self._in_flight:
+                continue
+            if claim is not None:
+                self._claimed_at[job_id] = now
+                continue
+            seen = self._claimed_at.get(job_id)
+            job = self._jobs.get(job_id)
+            if seen is None or now - seen < CLAIM_SECONDS or job is None or job.finished:
+                continue  # not taken up yet, or only just let go (a hand-back on shutdown)
+            job.log.warning("its worker stopped renewing the claim; handing it on again")
+            del self._claimed_at[job_id]
+            await self._kick(job)
 
     async def _dispatch(self) -> None:
         async with self._dispatching:
@@ -314,6 +342,12 @@ class RedisJobQueue(QueueFront):
         except OSError as exc:
             raise GenerationFailed(INPUT_ERROR, reason="input") from exc
         await redis.set(keys.input(job.job_id), picture, ex=self._ttl)
+        await self._kick(job)
+        job.log.info("handed to the workers (%d live)", len(self._workers))
+
+    async def _kick(self, job: TrackedJob) -> None:
+        """Put the job's message on the stream (its picture is in Redis already)."""
+        request = job.request
         assert self._broker is not None  # set with the client in start()
         kicker: Any = AsyncKicker(TASK_NAME, self._broker, {})
         await kicker.kiq(
@@ -323,7 +357,6 @@ class RedisJobQueue(QueueFront):
             user_id=request.user_id,
             group=request.group,
         )
-        job.log.info("handed to the workers (%d live)", len(self._workers))
 
     # -- events from the workers ---------------------------------------------------------------
 

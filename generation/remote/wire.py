@@ -19,6 +19,9 @@ from generation.results import EncodedClip
 
 # The taskiq task every worker registers and the bot sends.
 TASK_NAME = "svd.generate"
+# The lease of a job's claim, which its worker renews every third of it: a claim missing for
+# longer than this means the worker died (or stopped) without handing the job back.
+CLAIM_SECONDS = 15.0
 
 
 @dataclass(frozen=True)

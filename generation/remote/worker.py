@@ -40,7 +40,7 @@ from generation.front import INPUT_ERROR, JobLog
 from generation.jobs import EventKind, JobEvent, JobRequest
 from generation.options import AnimateOptions
 from generation.remote.broker import Outage, WorkerInfo, connect, honour_cancel, make_broker
-from generation.remote.wire import TASK_NAME, Keys, event_to_json
+from generation.remote.wire import CLAIM_SECONDS, TASK_NAME, Keys, event_to_json
 from generation.worker import LocalJobQueue
 
 log = logging.getLogger("generation.remote.worker")
@@ -77,7 +77,7 @@ class RemoteWorker:
         models: tuple[str, ...] = (),
         data_ttl_seconds: float = 24 * 3600,
         heartbeat_seconds: float = 2.0,
-        claim_seconds: float = 15.0,
+        claim_seconds: float = CLAIM_SECONDS,
         cancel_poll_seconds: float = 0.5,
         grace_seconds: float = 60.0,
     ) -> None:
