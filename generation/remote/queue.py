@@ -76,8 +76,14 @@ class RedisJobQueue(QueueFront):
         metrics: Metrics | None = None,
         data_ttl_seconds: float = 24 * 3600,
         tick_seconds: float = 1.0,
+        outage_notice_seconds: float = 10.0,
+        unclaimed_seconds: float = 120.0,
         logger: logging.Logger | None = None,
     ) -> None:
+        """`outage_notice_seconds`: how long Redis may be unreachable before members with a clip
+        are told it is on hold (a restart of a second or two goes unremarked).
+        `unclaimed_seconds`: how long a job handed over may go untaken by an idle worker before
+        its message is taken for lost (Redis restarted without its data) and sent again."""
         super().__init__(
             queue=queue,
             eta=eta,
@@ -103,6 +109,12 @@ class RedisJobQueue(QueueFront):
         self._ending: set[str] = set()
         # In flight: when a worker's claim on the job was last seen (none yet: not in here).
         self._claimed_at: dict[str, float] = {}
+        # In flight: when its message last went on the stream.
+        self._sent_at: dict[str, float] = {}
+        self._outage_notice = outage_notice_seconds
+        self._unclaimed = unclaimed_seconds
+        # Since when Redis has not answered (None: it answers).
+        self._unreachable_since: float | None = None
         # Set while nothing is in flight (what a graceful stop waits for).
         self._all_back = asyncio.Event()
         self._all_back.set()
@@ -207,6 +219,7 @@ class RedisJobQueue(QueueFront):
     def _finished(self, job: TrackedJob) -> None:
         self._in_flight.discard(job.job_id)
         self._claimed_at.pop(job.job_id, None)
+        self._sent_at.pop(job.job_id, None)
         if not self._in_flight:
             self._all_back.set()
         self._wake.set()
@@ -223,8 +236,10 @@ class RedisJobQueue(QueueFront):
             honour_cancel()
             try:
                 await self._tick()
+                self._unreachable_since = None
             except RedisError as exc:
                 self._log.warning("Redis is unreachable (%s); retrying", exc)
+                self._redis_away()
             except Exception:
                 self._log.exception("dispatch tick failed")
             # asyncio.timeout, not wait_for: on 3.11, wait_for can swallow the cancel that stop()
@@ -244,6 +259,18 @@ class RedisJobQueue(QueueFront):
             self._note_workers(bool(self._workers))
         await self._reconcile()
         await self._dispatch()
+
+    def _redis_away(self) -> None:
+        """Without Redis no worker can be reached: past a short blip, say so as when the last
+        worker goes (the members are told their clips are on hold); the first tick that reaches
+        Redis again tells them it goes on."""
+        now = time.monotonic()
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+        elif now - self._unreachable_since >= self._outage_notice and not self._stopping:
+            self._workers = []
+            self._state = "no_workers"
+            self._note_workers(False)
 
     def _note_workers(self, connected: bool) -> None:
         """When the last worker goes, tell every member with a clip in the line or in flight that
@@ -292,13 +319,22 @@ class RedisJobQueue(QueueFront):
             if claim is not None:
                 self._claimed_at[job_id] = now
                 continue
-            seen = self._claimed_at.get(job_id)
             job = self._jobs.get(job_id)
-            if seen is None or now - seen < CLAIM_SECONDS or job is None or job.finished:
-                continue  # not taken up yet, or only just let go (a hand-back on shutdown)
-            job.log.warning("its worker stopped renewing the claim; handing it on again")
-            del self._claimed_at[job_id]
-            await self._kick(job)
+            if job is None or job.finished:
+                continue
+            seen = self._claimed_at.get(job_id)
+            if seen is not None and now - seen >= CLAIM_SECONDS:
+                job.log.warning("its worker stopped renewing the claim; handing it on again")
+                del self._claimed_at[job_id]
+                await self._kick(job)
+            elif (
+                seen is None
+                and now - self._sent_at.get(job_id, now) >= self._unclaimed
+                and any(worker.state == "ready" for worker in self._workers)
+            ):
+                # An idle worker would have taken it long ago: the message is gone.
+                job.log.warning("no worker took it up; sending its message again")
+                await self._kick(job)
 
     async def _dispatch(self) -> None:
         async with self._dispatching:
@@ -347,6 +383,10 @@ class RedisJobQueue(QueueFront):
 
     async def _kick(self, job: TrackedJob) -> None:
         """Put the job's message on the stream (its picture is in Redis already)."""
+        self._sent_at[job.job_id] = time.monotonic()
+        await self._post(job)
+
+    async def _post(self, job: TrackedJob) -> None:
         request = job.request
         assert self._broker is not None  # set with the client in start()
         kicker: Any = AsyncKicker(TASK_NAME, self._broker, {})

@@ -39,15 +39,15 @@ class RedisServer:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         folder.mkdir(parents=True, exist_ok=True)
-        self._start()
+        self.start()
 
     def restart(self, down_seconds: float = 1.0) -> None:
         """Stop the server, stay down a while, start it again on the same port."""
         self.stop()
         time.sleep(down_seconds)
-        self._start()
+        self.start()
 
-    def _start(self) -> None:
+    def start(self) -> None:
         appendonly = ["--appendonly", "yes", "--appendfsync", "always"] if self._persist else []
         self._process = subprocess.Popen(
             [

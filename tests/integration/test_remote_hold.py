@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -39,6 +40,8 @@ class Rig:
             reclaim_seconds=30,
             keys=self.keys,
             tick_seconds=0.05,
+            outage_notice_seconds=1.0,
+            unclaimed_seconds=2.0,
         )
         self._workers: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
 
@@ -210,3 +213,39 @@ async def test_a_worker_whose_model_failed_to_load_takes_no_clips(rig: Rig) -> N
     for index in range(4):
         await rig.wait_for(lambda i=index: EventKind.DONE in rig.kinds(f"j{i}"))  # type: ignore[misc]
     assert not [e for e in rig.events if e.kind is EventKind.FAILED]
+
+
+async def test_members_are_told_while_redis_is_away_and_when_it_is_back(
+    restartable: RedisServer, tmp_path: Path
+) -> None:
+    async with running_rig(restartable, tmp_path) as rig:
+        rig.start_worker("w1", step_seconds=0.15)
+        await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+        await rig.queue.submit(rig.request("long", 1, steps=30))
+        await rig.wait_for(lambda: EventKind.STEP in rig.kinds("long"))
+        await asyncio.to_thread(restartable.stop)
+        # Told while Redis is away, once it is more than a blip (1 s here).
+        await rig.wait_for(lambda: EventKind.STALLED in rig.kinds("long"), within=5)
+        await asyncio.to_thread(restartable.start)
+        await rig.wait_for(lambda: EventKind.DONE in rig.kinds("long"), within=30)
+        stalls = [e.reason for e in rig.events if e.kind is EventKind.STALLED]
+        assert stalls == [None, "resuming"], stalls  # on hold, then going on; nothing lost
+
+
+async def test_a_job_message_lost_with_redis_data_is_sent_again(rig: Rig) -> None:
+    # Redis restarted without its data after the bot handed the job over: the message is gone.
+    post = rig.queue._post
+    lost: list[str] = []
+
+    async def lose_the_first(job: Any) -> None:
+        if not lost:
+            lost.append(job.job_id)
+            return
+        await post(job)
+
+    rig.queue._post = lose_the_first  # type: ignore[method-assign]
+    rig.start_worker("w1")
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("lost", 1))
+    await rig.wait_for(lambda: EventKind.DONE in rig.kinds("lost"), within=20)
+    assert lost == ["lost"]
