@@ -28,6 +28,10 @@ PUMP_DRAIN_SECONDS = 10.0
 # A second press of the same button by the same member within this many seconds is a double
 # click (Discord sends both): counted once, so a Re-roll is not made (and charged) twice.
 REPEAT_CLICK_SECONDS = 3.0
+# How long a repeated press waits for the first to be settled before it answers; well inside
+# Discord's 3 seconds. A first press refused (no clips left, not theirs to delete) made
+# nothing, so the second is handled on its own rather than told "already on it".
+REPEAT_WAIT_SECONDS = 1.5
 _REPEATED = {
     "cancel": "Already cancelling that clip.",
     "delete": "Already deleting that clip.",
@@ -35,6 +39,10 @@ _REPEATED = {
 _REPEATED_VARIATION = (
     "You pressed that twice: one new clip is on its way (the second press was not counted)."
 )
+
+
+class NotYours(Exception):
+    user_message = "Only the member who made this clip, or a moderator, can delete it."
 
 
 @dataclass(frozen=True)
@@ -69,8 +77,9 @@ class SvdBot(commands.Bot):
             edit_interval=config.edit_interval,
         )
         self._pump: asyncio.Task[None] | None = None
-        # (member, button) → when it was last pressed, for double clicks.
-        self._clicks: dict[tuple[int, str], float] = {}
+        # (member, button) → when it was last pressed and whether that press went through
+        # (unsettled while it is being handled), for double clicks.
+        self._clicks: dict[tuple[int, str], tuple[float, asyncio.Future[bool]]] = {}
         self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
 
     async def setup_hook(self) -> None:
@@ -114,11 +123,16 @@ class SvdBot(commands.Bot):
     async def handle_button(
         self, interaction: discord.Interaction, action: str, job_id: str
     ) -> None:
-        if self._repeated_click(interaction.user.id, f"{action}:{job_id}"):
+        key = (interaction.user.id, f"{action}:{job_id}")
+        earlier = self._earlier_press(key)
+        if earlier is not None and await self._went_through(earlier):
             text = _REPEATED.get(action, _REPEATED_VARIATION)
             with contextlib.suppress(discord.HTTPException):
                 await interaction.response.send_message(text, ephemeral=True)
             return
+        settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._clicks[key] = (time.monotonic(), settled)
+        went_through = False
         try:
             if action == "delete":
                 await self._delete_clip(interaction, job_id)
@@ -126,18 +140,34 @@ class SvdBot(commands.Bot):
                 await self._cancel_job(interaction, job_id)
             else:
                 await self._vary(interaction, job_id, action)  # type: ignore[arg-type]
+            went_through = True
         except Exception as exc:
             await self.reply_error(interaction, exc)
+        finally:
+            settled.set_result(went_through)
+            if not went_through and self._clicks.get(key, (0.0, None))[1] is settled:
+                del self._clicks[key]
 
-    def _repeated_click(self, user_id: int, button: str) -> bool:
+    def _earlier_press(self, key: tuple[int, str]) -> asyncio.Future[bool] | None:
+        """The same member's press of the same button within `REPEAT_CLICK_SECONDS`, if any."""
         now = time.monotonic()
         if len(self._clicks) > 1000:  # forget old clicks now and then
             self._clicks = {
-                key: at for key, at in self._clicks.items() if now - at < REPEAT_CLICK_SECONDS
+                k: v for k, v in self._clicks.items() if now - v[0] < REPEAT_CLICK_SECONDS
             }
-        last = self._clicks.get((user_id, button))
-        self._clicks[(user_id, button)] = now
-        return last is not None and now - last < REPEAT_CLICK_SECONDS
+        last = self._clicks.get(key)
+        if last is None or now - last[0] >= REPEAT_CLICK_SECONDS:
+            return None
+        return last[1]
+
+    @staticmethod
+    async def _went_through(press: asyncio.Future[bool]) -> bool:
+        """Whether the earlier press did what was asked; one still being handled after
+        `REPEAT_WAIT_SECONDS` is taken to (it got past the checks that refuse quickly)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(press), REPEAT_WAIT_SECONDS)
+        except TimeoutError:
+            return True
 
     async def _vary(
         self, interaction: discord.Interaction, job_id: str, variation: Variation
@@ -150,11 +180,7 @@ class SvdBot(commands.Bot):
     async def _delete_clip(self, interaction: discord.Interaction, job_id: str) -> None:
         member = await member_of(interaction, self.service)
         if not await self.service.can_delete(member, job_id):
-            await interaction.response.send_message(
-                "Only the member who made this clip, or a moderator, can delete it.",
-                ephemeral=True,
-            )
-            return
+            raise NotYours()
         await interaction.response.defer()
         # Already gone (deleted by hand, or another moderator was quicker): what was asked.
         with contextlib.suppress(discord.NotFound):

@@ -368,6 +368,48 @@ async def test_a_double_click_on_re_roll_makes_and_charges_one_clip(
     assert "**1** of 3" in await reply_text(quota)  # the first clip and one Re-roll
 
 
+async def test_a_refused_press_is_not_taken_for_a_double_click(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    """Pressed twice, a button the member may not use says why twice, not "already on it"."""
+    member = fake_discord.user
+    await animate(fake_discord)
+    clip = await clip_message(fake_discord)
+    mod = fake_discord.add_user("mod")
+    limit = await fake_discord.interaction(
+        "quota-admin",
+        {"user": member.id, "limit": "1"},
+        subcommand="set",
+        user=mod,
+        permissions=MANAGE_GUILD,
+    )
+    assert "✅" in await reply_text(limit)
+
+    # Out of clips: both presses of a double click say so.
+    reroll = next(c for c in clip.custom_ids if c.startswith("svd:reroll:"))
+    clicks = await asyncio.gather(
+        fake_discord.click(clip, reroll), fake_discord.click(clip, reroll)
+    )
+    for click in clicks:
+        assert "You have used your 1 clip" in await reply_text(click)
+
+    # Not theirs to delete: both presses say whose it is, and the clip stays.
+    other = fake_discord.add_user("other")
+    delete = next(c for c in clip.custom_ids if c.startswith("svd:delete:"))
+    clicks = await asyncio.gather(
+        fake_discord.click(clip, delete, user=other), fake_discord.click(clip, delete, user=other)
+    )
+    for click in clicks:
+        assert "Only the member who made this clip" in await reply_text(click)
+    assert not fake_discord.message(clip.id).deleted
+
+    # The member's own press deletes it; a second one right after is the double click.
+    await fake_discord.click(clip, delete)
+    again = await fake_discord.click(clip, delete)
+    assert "Already deleting" in await reply_text(again)
+    await eventually(lambda: fake_discord.message(clip.id).deleted)
+
+
 async def test_expired_token_falls_back_to_the_channel(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:
