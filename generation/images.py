@@ -225,7 +225,14 @@ def _to_rgb(image: Image.Image) -> tuple[Image.Image, bool]:
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         # 16-bit greyscale PNGs: Pillow's convert clips to 0-255 instead of scaling.
         wide = np.asarray(image).astype(np.uint32)
-        image = Image.fromarray(((wide + 128) // 257).astype(np.uint8))
+        grey = Image.fromarray(((wide + 128) // 257).astype(np.uint8))
+        key = image.info.get("transparency")
+        if isinstance(key, int):
+            # Its tRNS names one 16-bit grey as transparent: keep that as an alpha channel.
+            alpha = Image.fromarray(np.where(wide == key, 0, 255).astype(np.uint8))
+            image = Image.merge("LA", (grey, alpha))
+        else:
+            image = grey
     has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
         image.mode in ("P", "L", "RGB") and "transparency" in image.info
     )

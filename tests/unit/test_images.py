@@ -405,6 +405,16 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped() -> None:
     assert pixels[0, 128].tolist() == [255, 255, 255]
 
 
+def test_sixteen_bit_greyscale_with_a_transparent_grey_is_flattened() -> None:
+    levels = np.full((64, 128), 30_000, dtype=np.uint16)
+    levels[:, :64] = 1_000  # the grey its tRNS chunk names transparent
+    loaded = load_image(encode(Image.fromarray(levels), "PNG", transparency=1_000), LIMITS)
+    pixels = np.asarray(loaded.image)
+    assert pixels[0, 0].tolist() == [255, 255, 255]  # onto white, like any transparent PNG
+    assert pixels[0, 127].tolist() == [117, 117, 117]
+    assert TRANSPARENT_NOTE in loaded.notes
+
+
 def test_cmyk_jpeg_becomes_rgb() -> None:
     cmyk = Image.new("CMYK", (100, 100), (0, 255, 255, 0))  # pure red in CMYK
     loaded = load_image(encode(cmyk, "JPEG", quality=95), LIMITS)
