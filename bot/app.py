@@ -90,9 +90,11 @@ async def build_app(
     edit_interval: float = 3.0,
     guild_ready_timeout: float = 2.0,
     on_stuck: Callable[[str], None] | None = None,
+    serve: bool = True,
 ) -> AsyncIterator[App]:
     """Build every part; on exit, close them in reverse order. `on_stuck(job_id)`: the engine
-    thread never returned from a clip (see `LocalJobQueue`)."""
+    thread never returned from a clip (see `LocalJobQueue`). `serve=False`: the bot only logs in
+    (to register commands) and leaves the clips to the bot that serves them."""
     point_discord_at(settings)
     for folder in (settings.data_dir, settings.inputs_dir, settings.outputs_dir):
         folder.mkdir(parents=True, exist_ok=True)
@@ -163,6 +165,7 @@ async def build_app(
                 image_limits=image_limits(settings),
                 edit_interval=edit_interval,
                 guild_ready_timeout=guild_ready_timeout,
+                serve=serve,
             ),
             reencode=reencode_file,
         )
@@ -283,7 +286,8 @@ async def _heartbeat(app: App, path: Path) -> None:
 
 async def sync_commands(settings: Settings, token: str, guild_id: int | None) -> list[str]:
     """Register the slash commands once, globally or for one guild (instant, for testing)."""
-    async with build_app(settings) as app:
+    # Often run beside the live bot, on its database: it must not resume that bot's clips.
+    async with build_app(settings, serve=False) as app:
         bot = app.bot
         async with bot:
             await bot.login(token)

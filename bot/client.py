@@ -53,6 +53,9 @@ class BotConfig:
     edit_interval: float = 3.0
     # How long discord.py waits for GUILD_CREATEs before on_ready; tests make it small.
     guild_ready_timeout: float = 2.0
+    # False for a process that only logs in to register the commands (`sync`): it must leave
+    # the clips alone, which the bot that is running may be making right now.
+    serve: bool = True
 
 
 class SvdBot(commands.Bot):
@@ -89,6 +92,8 @@ class SvdBot(commands.Bot):
         await self.add_cog(AnimateCog(self))
         await self.add_cog(QuotaAdmin(self))
         self.add_dynamic_items(ClipButton)
+        if not self.config.serve:
+            return
         # Before the gateway connects: interactions arrive from then on, while on_ready waits
         # for every server's GUILD_CREATE, and a clip that failed or finished in that window
         # must still reach its member. (The presenter speaks HTTP only, ready after login.)
