@@ -125,7 +125,7 @@ def load_image(data: bytes, limits: ImageLimits) -> LoadedImage:
     notes: list[str] = []
     # Only formats that animate: phones' JPEGs with a gain map or depth image open as MPO with
     # several "frames", and HEIC can hold bursts, but they are still photos.
-    if file_format in ANIMATED_FORMATS and getattr(image, "is_animated", False):
+    if file_format in ANIMATED_FORMATS and _is_animated(image):
         # A freshly opened file is positioned on its first frame; loading decodes just that one.
         notes.append(ANIMATED_NOTE)
     _verify(data)
@@ -189,6 +189,15 @@ _CORRUPT = (
     "The picture seems to be damaged or incomplete (it could not be decoded). "
     f"Please upload it again, or save it anew. {SEND_INSTEAD}"
 )
+
+
+def _is_animated(image: ImageFile.ImageFile) -> bool:
+    """Whether it has more than one frame. Asking reads the second frame's header (and seeks
+    back), so a file cut short there fails here, with Pillow's decoder errors."""
+    try:
+        return bool(getattr(image, "is_animated", False))
+    except Exception:
+        raise InvalidImage(_CORRUPT) from None
 
 
 def _verify(data: bytes) -> None:

@@ -268,6 +268,15 @@ def test_truncated_jpeg_is_refused_as_damaged() -> None:
     assert "damaged or incomplete" in message
 
 
+def test_animated_gif_cut_short_in_its_second_frame_is_refused_as_damaged() -> None:
+    frames = [Image.new("RGB", (100, 100), (40 * i, 0, 0)) for i in range(3)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+    second = data.index(b",", data.index(b",") + 10)  # the second frame's image descriptor
+    for cut in (second + 1, second + 4, second + 8):
+        with pytest.raises(InvalidImage, match="damaged"):
+            load_image(data[:cut], LIMITS)
+
+
 def test_png_with_a_corrupted_pixel_stream_is_refused() -> None:
     data = bytearray(encode(photo(640, 480), "PNG"))
     start = data.index(b"IDAT") + 4
