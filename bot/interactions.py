@@ -94,9 +94,10 @@ async def queue_from_interaction(
     # From here the clip is queued and will be made, whatever Discord answers now: an error must
     # not reach the error handler, whose "not charged, try again" would make it twice. Without a
     # progress message the presenter posts one itself, and the outcome comes either way.
+    # Network errors (aiohttp's, a timeout) are not HTTPExceptions and must be caught alike.
     try:
         await _announce(interaction, service, accepted)
-    except discord.HTTPException as exc:
+    except Exception as exc:
         log.warning(
             "queued, but Discord refused the announcement: %s",
             exc,

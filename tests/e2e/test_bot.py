@@ -616,15 +616,21 @@ async def test_a_clip_that_fails_at_once_is_told_apart_from_got_it(
         assert not [m for m in left if "cancel" in str(list(m.iter_components()))]
 
 
+@pytest.mark.parametrize("failure", ["server error", "hung up"])
 async def test_a_discord_error_after_queueing_does_not_say_try_again(
-    fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path
+    fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path, failure: str
 ) -> None:
     settings = settings_for(fake_discord, tiny_model_dir, data_dir)
     async with running(settings, engine=FakeEngine(step_seconds=0.01, frames=TINY_FRAMES)) as app:
-        # Discord fails the progress message's post, retries included.
-        fake_discord.faults.add(
-            "POST", r"^/webhooks/\d+/[^/]+$", 503, {"message": "unavailable", "code": 0}, times=5
-        )
+        # Discord fails the progress message's post, retries included: with a 5xx, or a
+        # connection closed under it (an aiohttp error, not a discord.HTTPException).
+        followup = r"^/webhooks/\d+/[^/]+$"
+        if failure == "server error":
+            fake_discord.faults.add(
+                "POST", followup, 503, {"message": "unavailable", "code": 0}, times=5
+            )
+        else:
+            fake_discord.faults.disconnect("POST", followup)
         handle = await animate(fake_discord)
         posted = await clip_message(fake_discord, fake_discord.user.id)
         assert posted.attachments

@@ -10,6 +10,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+# A fault's status meaning "close the connection, answer nothing".
+DISCONNECT = 0
+
 
 @dataclass
 class Fault:
@@ -104,6 +107,11 @@ class Faults:
         after the request took effect)."""
         body = {"message": f"{status}: Internal Server Error", "code": 0}
         return self.add(method, path, status, body, times=times, after_applying=after_applying)
+
+    def disconnect(self, method: str | None, path: str, *, times: int | None = 1) -> Fault:
+        """No answer at all: the connection is closed under the request (a network blip), which
+        the client sees as an aiohttp error, not an HTTP status."""
+        return self.add(method, path, DISCONNECT, None, times=times)
 
     def take(self, method: str, path: str) -> Fault | None:
         """The first armed fault for this request, counted as fired."""

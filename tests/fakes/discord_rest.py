@@ -19,7 +19,7 @@ from aiohttp import BodyPartReader, hdrs, web
 
 from tests.fakes import discord_errors as errors
 from tests.fakes.discord_errors import DiscordHTTPError
-from tests.fakes.discord_faults import Faults
+from tests.fakes.discord_faults import DISCONNECT, Faults
 from tests.fakes.discord_models import FakeGuild, FakeMessage, UploadedFile
 from tests.fakes.discord_payloads import (
     application_payload,
@@ -226,6 +226,22 @@ class RestApi:
                     request.method, path, dict(request.query), dict(request.headers), payload, files
                 )
                 response = route.handler(api_request, **params)
+            if injected is not None and injected.status == DISCONNECT:
+                await self._recorder.add_request(
+                    RecordedRequest(
+                        index=index,
+                        method=request.method,
+                        path=path,
+                        kind=kind,
+                        query=dict(request.query),
+                        json=payload,
+                        files=files,
+                        status=DISCONNECT,
+                        response=None,
+                        fault=True,
+                    )
+                )
+                _hang_up(request)
             if injected is not None:
                 fault = True
                 response = ApiResponse(injected.status, injected.body)
@@ -444,3 +460,11 @@ class RestApi:
         if member is None:
             raise errors.unknown_member()
         return ApiResponse(200, member_payload(member))
+
+
+def _hang_up(request: web.Request) -> None:
+    """Close the connection without an answer; aiohttp then drops the handler's response."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    raise ConnectionResetError("the fake hung up, as asked")
