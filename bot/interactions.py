@@ -60,8 +60,9 @@ def _bot_can_post(interaction: discord.Interaction) -> bool:
         send = permissions.send_messages_in_threads
     else:
         send = permissions.send_messages
-    # Read Message History: the clip is a reply to the progress message.
-    return send and permissions.attach_files and permissions.read_message_history
+    # Not Read Message History: clips are not replies, and a nonce (not a look at the channel)
+    # keeps a retried upload from being posted twice.
+    return send and permissions.attach_files
 
 
 def origin_of(interaction: discord.Interaction) -> Origin:

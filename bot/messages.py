@@ -151,8 +151,7 @@ def dm_clip_text(job: JobRecord, event: JobEvent) -> str:
     return truncate(
         done_text(job, event)
         + f"\nℹ️ I sent it here because I can't post clips in <#{job.channel_id}>: I need the "
-        "Send Messages, Attach Files and Read Message History permissions there (a moderator "
-        "can grant them)."
+        "Send Messages and Attach Files permissions there (a moderator can grant them)."
     )
 
 
@@ -177,9 +176,9 @@ MODERATOR_ROLE_HINT = (
 )
 
 CANNOT_POST_HERE = (
-    "I can't post in this channel myself (I need Send Messages, Attach Files and Read Message "
-    "History here), so a clip that takes longer than 14 minutes comes to you by DM, if you "
-    "accept DMs from server members; `/queue` also fetches it."
+    "I can't post in this channel myself (I need Send Messages and Attach Files here), so a "
+    "clip that takes longer than 14 minutes comes to you by DM, if you accept DMs from server "
+    "members; `/queue` also fetches it."
 )
 
 

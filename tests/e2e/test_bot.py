@@ -481,11 +481,22 @@ async def test_a_clip_the_bot_may_not_post_in_the_channel_reaches_the_member_by_
 
     message = await eventually(dm_clip, CLIP_TIMEOUT)
     assert "your clip is ready" in message.content
-    assert "Send Messages, Attach Files" in message.content  # why, and who can fix it
+    assert "Send Messages and Attach Files" in message.content  # why, and who can fix it
     assert f"<#{fake_discord.channel.id}>" in message.content
     assert not message.components  # no server buttons in a DM
     assert not [m for m in fake_discord.messages(fake_discord.channel) if m.attachments]
     await _until_delivered(bot)
+
+
+async def test_without_read_message_history_the_clip_is_still_posted_in_the_channel(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    fake_discord.deny_bot(discord.Permissions(read_message_history=True).value)
+    handle = await _past_the_token(fake_discord)
+    assert "DM" not in await reply_text(handle)  # no false warning
+    message = await clip_message(fake_discord, fake_discord.user.id)
+    assert message.webhook_id is None  # the bot's own post, in the channel
+    assert not [m for m in fake_discord.dms(fake_discord.user) if m.attachments]
 
 
 async def test_a_clip_nobody_would_take_is_handed_over_by_queue(
