@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import logging
 import time
 import uuid
@@ -602,7 +603,7 @@ class AnimateService:
         await self._jobs.set_state(job.job_id, JobState.DELIVERED)
         if job.output_path or event.clip:
             path = Path(job.output_path) if job.output_path else event.clip.path  # type: ignore[union-attr]
-            await asyncio.to_thread(path.unlink, True)
+            await asyncio.to_thread(_remove_clip, path)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -687,9 +688,10 @@ class AnimateService:
         removed = 0
         while batch := await self._jobs.finished_with_files(before, limit=100):
             for job in batch:
-                for name in (job.input_path, job.output_path):
-                    if name:
-                        await asyncio.to_thread(Path(name).unlink, True)
+                if job.input_path:
+                    await asyncio.to_thread(Path(job.input_path).unlink, True)
+                if job.output_path:
+                    await asyncio.to_thread(_remove_clip, Path(job.output_path))
                 await self._jobs.update(job.job_id, input_path=None, output_path=None)
                 removed += 1
         return removed
@@ -775,6 +777,14 @@ def _done_event_from_record(job: JobRecord) -> JobEvent:
         model=job.model,
         seconds=job.duration_seconds,
     )
+
+
+def _remove_clip(path: Path) -> None:
+    """The clip and the smaller copies re-encoded from it after a 413 (`{stem}.{bytes}.mp4`,
+    see `reencode_file`), which would otherwise stay on the disk for good."""
+    path.unlink(missing_ok=True)
+    for copy in path.parent.glob(f"{glob.escape(path.stem)}.*{glob.escape(path.suffix)}"):
+        copy.unlink(missing_ok=True)
 
 
 async def _exists(path: str | None) -> bool:

@@ -557,6 +557,10 @@ async def test_a_server_error_after_discord_stored_the_clip_does_not_post_it_twi
 async def test_upload_refused_as_too_large_is_reencoded_smaller(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:
+    handle = await animate(fake_discord, steps=10)
+    await reply_text(handle)
+    await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)  # the progress message
+    # The clip's own upload is the next followup.
     fake_discord.faults.add(
         "POST",
         r"^/webhooks/\d+/[^/]+$",
@@ -564,11 +568,13 @@ async def test_upload_refused_as_too_large_is_reencoded_smaller(
         {"code": 40005, "message": "Request entity too large"},
         times=1,
     )
-    handle = await animate(fake_discord)
-    await reply_text(handle)
     message = await clip_message(fake_discord)
-    assert message.attachments
-    assert any(r.status == 413 for r in fake_discord.requests)
+    refused = [r for r in fake_discord.requests if r.status == 413]
+    assert len(refused) == 1 and refused[0].files  # it was the clip that was refused
+    assert message.attachments[0].size < refused[0].files[0].size  # and re-encoded smaller
+    await _until_delivered(bot)
+    # Neither the clip nor its smaller copy is left on the disk once it is posted.
+    assert list(bot.settings.outputs_dir.iterdir()) == []
 
 
 async def test_a_clip_that_fails_before_on_ready_still_reaches_its_member(
