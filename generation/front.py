@@ -84,6 +84,12 @@ class TrackedJob:
     generated_at: float = 0.0
     expected_seconds: float = 0.0
     finished: bool = False
+    # Denoising is timed from here (monotonic; 0: from `started_at`) over the steps since
+    # `steps_from`: after a model load (or compile) the clock restarts at the first step, since
+    # the load is not denoising and would stretch every estimate of what is left.
+    steps_since: float = 0.0
+    steps_from: int = 0
+    loading: bool = False
 
     @property
     def request(self) -> JobRequest:
@@ -92,6 +98,20 @@ class TrackedJob:
     @property
     def job_id(self) -> str:
         return self.queued.job_id
+
+    def begin(self, now: float) -> None:
+        """A (new) attempt starts on a GPU."""
+        self.phase = "generating"
+        self.started_at = now
+        self.step = 0
+        self.steps_since, self.steps_from, self.loading = 0.0, 0, False
+
+    def stepped(self, step: int, total: int, now: float) -> None:
+        """The engine finished denoising step `step` of `total`."""
+        if self.loading:
+            self.loading = False
+            self.steps_since, self.steps_from = now, step
+        self.step, self.total = step, total
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -347,10 +367,16 @@ class QueueFront:
 
     def _remaining(self, job: TrackedJob) -> float:
         """Seconds until the running job's frames are ready."""
-        elapsed = time.monotonic() - job.started_at
-        if job.step > 0 and job.total > 0:
-            return elapsed / job.step * (job.total - job.step)
-        return max(job.expected_seconds - elapsed, 0.0)
+        now = time.monotonic()
+        done = job.step - job.steps_from
+        if done > 0 and job.total > 0:
+            since = job.steps_since or job.started_at
+            return (now - since) / done * (job.total - job.step)
+        if job.steps_since or job.loading:
+            # Loading a model: none of the denoising is timed yet; the estimate stands.
+            left = (job.total - job.step) / job.total if job.total > 0 else 1.0
+            return job.expected_seconds * left
+        return max(job.expected_seconds - (now - job.started_at), 0.0)
 
     def _waiting_etas(self) -> dict[str, float]:
         """Seconds until a GPU starts each waiting job, in service order."""

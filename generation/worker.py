@@ -215,7 +215,6 @@ class LocalJobQueue(QueueFront):
                     queued = await self._queue.get()
                 except QueueClosed:
                     break
-                self._announce_positions()
                 job = self._jobs[queued.job_id]
                 try:
                     await self._generate(job)
@@ -248,6 +247,9 @@ class LocalJobQueue(QueueFront):
                 self._log.error("loading the model failed: %s", exc.__cause__)
             else:
                 self._log.exception("loading the model failed")
+            # Logged: the tracebacks' frames would keep a half-placed pipeline in GPU memory
+            # for as long as the error is kept, and the next try would have less room.
+            _drop_tracebacks(exc)
             return
         if self._state == "loading":
             self._state = "ready"
@@ -258,9 +260,10 @@ class LocalJobQueue(QueueFront):
 
     async def _generate(self, job: TrackedJob) -> None:
         loop = asyncio.get_running_loop()
-        job.phase = "generating"
-        job.started_at = time.monotonic()
+        job.begin(time.monotonic())
         job.expected_seconds = self.eta.estimate(job.queued.cost_units)
+        # Now, not when it was taken from the line: the waiting ones' estimates count it.
+        self._announce_positions()
         waited = job.started_at - job.queued.enqueued_at
         if self._metrics is not None:
             self._metrics.observe_wait(waited)
@@ -288,6 +291,8 @@ class LocalJobQueue(QueueFront):
             await self._fail(job, exc, "generation")
             return
         seconds = time.perf_counter() - started - result.load_seconds
+        if self._state == "load_failed":
+            self._loaded_after_all()
         if job.stop_reason is not None:
             # The stop came after the engine's last check: honour it anyway.
             await self._stopped(job)
@@ -306,6 +311,17 @@ class LocalJobQueue(QueueFront):
         job.phase = "encoding"
         # Waits only while the encoder is busy AND another clip is already waiting for it.
         await self._encode_q.put(_Generated(job, result, seconds))
+
+    def _loaded_after_all(self) -> None:
+        """The load at start failed but a clip has now loaded the model (the problem was
+        passing: a hub hiccup, a GPU busy with something else): ready, for the health check,
+        the metrics and the workers' heartbeat alike."""
+        self._log.info("the model loaded after all; ready")
+        self._state = "ready"
+        self.load_error = None
+        self.ready.set()
+        if self._metrics is not None:
+            self._metrics.set_ready(True)
 
     def _run_engine(self, job: TrackedJob, loop: asyncio.AbstractEventLoop) -> GenerationResult:
         """In the engine thread."""
@@ -362,7 +378,7 @@ class LocalJobQueue(QueueFront):
         if job.finished:
             return  # late reports from a job already reported stopped
         if progress.phase == "denoising":
-            job.step, job.total = progress.step, progress.total
+            job.stepped(progress.step, progress.total, time.monotonic())
             self._bus.publish(
                 JobEvent(
                     job.job_id,
@@ -375,6 +391,7 @@ class LocalJobQueue(QueueFront):
             )
         elif progress.phase in ("decoding", "loading"):
             kind = EventKind.DECODING if progress.phase == "decoding" else EventKind.LOADING
+            job.loading = job.loading or kind is EventKind.LOADING
             job.log.debug("%s", progress.phase)
             self._bus.publish(JobEvent(job.job_id, kind, user_id=job.request.user_id))
 
@@ -511,3 +528,13 @@ class LocalJobQueue(QueueFront):
             return None
         self._frames[model] = count
         return count
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    """Clear the tracebacks along an exception's chain, keeping the exceptions themselves."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__

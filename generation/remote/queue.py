@@ -362,8 +362,7 @@ class RedisJobQueue(QueueFront):
 
     async def _send(self, job: TrackedJob) -> None:
         redis, keys, request = self._client(), self._keys, job.request
-        job.phase = "generating"
-        job.started_at = time.monotonic()
+        job.begin(time.monotonic())
         job.expected_seconds = self.eta.estimate(job.queued.cost_units)
         stored = await redis.get(keys.result(job.job_id))
         if stored is not None:
@@ -452,18 +451,17 @@ class RedisJobQueue(QueueFront):
         event = replace(event, user_id=job.request.user_id)
         match event.kind:
             case EventKind.STARTED:
-                job.phase = "generating"
-                job.started_at = time.monotonic()
-                job.step = 0
+                job.begin(time.monotonic())
                 job.expected_seconds = event.eta_seconds or job.expected_seconds
                 await self._record(job, event)
             case EventKind.STEP:
-                job.step, job.total = event.step or 0, event.total or 0
+                job.stepped(event.step or 0, event.total or 0, time.monotonic())
                 await self._record(job, replace(event, eta_seconds=self._remaining(job)))
             case EventKind.ENCODING:
                 job.phase = "encoding"
                 await self._record(job, event)
             case EventKind.LOADING | EventKind.DECODING:
+                job.loading = job.loading or event.kind is EventKind.LOADING
                 await self._record(job, event)
             case _:
                 pass  # queued / position are the worker's own line; interrupted is requeued

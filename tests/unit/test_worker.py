@@ -21,7 +21,7 @@ from generation.jobs import EventKind, JobEvent, JobQueue, JobRequest
 from generation.metrics import Metrics
 from generation.options import AnimateOptions
 from generation.queue import FairQueue, QueueClosed
-from generation.results import GenerationResult, OnStep, ShouldCancel
+from generation.results import GenerationResult, OnStep, Progress, ShouldCancel
 from generation.worker import DEFAULT_FRAMES, GENERIC_ERROR, LocalJobQueue
 
 FRAMES = 6
@@ -205,6 +205,12 @@ async def test_a_failed_load_is_reported_and_jobs_still_get_an_answer(
         def load(self) -> None:
             raise OSError("weights missing")
 
+        def run(
+            self, image: Image.Image, options: AnimateOptions, on_step: OnStep, cancel: ShouldCancel
+        ) -> GenerationResult:
+            self.load()  # as the real engine does, for a model not loaded yet
+            return super().run(image, options, on_step, cancel)
+
     h = make(engine=BrokenLoad(step_seconds=0.001, frames=FRAMES))
     await h.runtime.start()
     await h.runtime.submit(h.request("J1"))
@@ -212,6 +218,21 @@ async def test_a_failed_load_is_reported_and_jobs_still_get_an_answer(
     assert h.runtime.state == "load_failed"
     assert isinstance(h.runtime.load_error, OSError)
     assert not h.runtime.ready.is_set()
+
+
+async def test_a_load_that_fails_at_start_and_works_later_makes_the_bot_ready(
+    make: Callable[..., Harness],
+) -> None:
+    class PassingTrouble(FakeEngine):
+        def load(self) -> None:
+            raise GenerationFailed("The video model could not be loaded.", reason="load")
+
+    h = make(engine=PassingTrouble(step_seconds=0.001, frames=FRAMES))
+    await h.runtime.submit(h.request("J1"))
+    await h.runtime.start()  # the load at start fails (always), then J1 runs
+    assert (await h.wait_terminal("J1")).kind is EventKind.DONE  # the clip loaded it
+    assert h.runtime.state == "ready" and h.runtime.ready.is_set()
+    assert h.runtime.load_error is None
 
 
 async def test_positions_and_etas_update_as_the_queue_moves(
@@ -236,6 +257,28 @@ async def test_positions_and_etas_update_as_the_queue_moves(
     assert c_positions == [3, 2, 1]
     b_positions = [e.position for e in h.events if e.job_id == "B1" and e.position is not None]
     assert b_positions == [2, 1]
+    # Next in line once A1 has started: its wait is A1's clip, not nothing.
+    b_next = next(e for e in h.events if e.job_id == "B1" and e.position == 1)
+    assert b_next.eta_seconds == pytest.approx(cost * 0.01, abs=0.1)
+
+
+async def test_a_model_load_before_the_first_step_does_not_stretch_the_estimate(
+    make: Callable[..., Harness],
+) -> None:
+    class Switching(FakeEngine):
+        def run(
+            self, image: Image.Image, options: AnimateOptions, on_step: OnStep, cancel: ShouldCancel
+        ) -> GenerationResult:
+            on_step(Progress("loading"))
+            time.sleep(0.5)  # another model, loaded for this clip
+            return super().run(image, options, on_step, cancel)
+
+    h = make(engine=Switching(step_seconds=0.02, frames=FRAMES))
+    await h.runtime.start()
+    await h.runtime.submit(h.request("J1", steps=10))
+    await h.wait_terminal("J1")
+    steps = {e.step: e.eta_seconds for e in h.events if e.kind is EventKind.STEP}
+    assert steps[5] == pytest.approx(5 * 0.02, abs=0.08)  # the load would make it 0.6 s
 
 
 async def test_a_newcomer_moves_ahead_of_a_members_second_job(
