@@ -4,8 +4,12 @@ FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     HF_HOME=/cache/huggingface DATA_DIR=/data DATABASE_PATH=/data/bot.sqlite3
+# gcc and python3-dev: Triton (torch.compile, the fast plan on a roomy GPU) builds a small C
+# module at its first kernel; the runtime image has neither, and without them every clip would
+# run uncompiled (the engine falls back to plan "full").
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv python3-pip ca-certificates \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-pip python3-dev \
+        gcc libc6-dev ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --create-home --uid 10001 bot \

@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import sys
+import sysconfig
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.settings import Settings
 from generation.model_paths import looks_like_path
+
+if TYPE_CHECKING:
+    from generation.plans import Plan
 
 MODEL_DOWNLOAD_GB = 10
 
@@ -114,6 +120,16 @@ def _torch_and_gpu(settings: Settings) -> list[Finding]:
                 fatal=True,
             )
         )
+    elif torch.version.cuda is None and shutil.which("nvidia-smi"):
+        found.append(
+            Finding(
+                False,
+                "GPU",
+                f"this PyTorch ({torch.__version__}) is a CPU-only build, but the machine has an "
+                "NVIDIA GPU: clips would be made on the CPU. Install the CUDA build: "
+                ".venv/bin/pip install --force-reinstall torch",
+            )
+        )
     else:
         found.append(
             Finding(
@@ -123,11 +139,36 @@ def _torch_and_gpu(settings: Settings) -> list[Finding]:
                 "takes many minutes each at full size. Set RESOLUTION=512 to try.",
             )
         )
-    found.append(_plan(settings, cuda))
+    plan, finding = _plan(settings, cuda)
+    found.append(finding)
+    if plan.compile and plan.on_cuda:
+        found.append(_compiler())
     return found
 
 
-def _plan(settings: Settings, cuda: bool) -> Finding:
+def _compiler() -> Finding:
+    """Triton builds a small C module at its first kernel: without a compiler and Python's
+    headers the fast plan cannot run (the engine then falls back to plan 'full')."""
+    compiler = os.environ.get("CC") or next(
+        (name for name in ("gcc", "cc", "clang") if shutil.which(name)), None
+    )
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    missing = [
+        what
+        for what, have in (("a C compiler", compiler), ("Python's headers", headers.exists()))
+        if not have
+    ]
+    if not missing:
+        return Finding(True, "Compiler", f"{compiler} and Python.h, for torch.compile")
+    return Finding(
+        False,
+        "Compiler",
+        f"no {' or '.join(missing)}: the fast plan's torch.compile cannot run, so clips use "
+        "plan 'full' (slower). Install gcc and python3-dev (Debian/Ubuntu).",
+    )
+
+
+def _plan(settings: Settings, cuda: bool) -> tuple[Plan, Finding]:
     import torch
 
     from generation.images import target_size
@@ -153,7 +194,7 @@ def _plan(settings: Settings, cuda: bool) -> Finding:
     detail = f"'{plan.name}' ({how}) for {width}x{height} clips of 25 frames"
     if plan.on_cuda:
         detail += f", about {estimate_peak_gib(plan, footprint, workload):.1f} GiB peak VRAM"
-    return Finding(True, "Memory plan", detail)
+    return plan, Finding(True, "Memory plan", detail)
 
 
 def startup_problems(settings: Settings) -> list[str]:

@@ -47,6 +47,7 @@ from generation.options import AnimateOptions, random_seed
 from generation.placement import compile_cache_counts, place
 from generation.plans import (
     GIB,
+    Footprint,
     MemoryMode,
     Plan,
     PlanSettings,
@@ -376,21 +377,50 @@ class SVDEngine:
         return Workload(frames=frames, width=width, height=height)
 
     def _load_model(self, name: str, plan: Plan | None = None) -> LoadedModel:
-        free_vram = self._free_vram_gib()
-        started = time.perf_counter()
-        pipe = self._loader(name, TORCH_DTYPES[base_dtype(self.device)])
-        pipe.set_progress_bar_config(disable=True)
-        num_frames = int(pipe.unet.config.num_frames)
-        footprint = footprint_of(pipe)
-        if plan is None:
-            plan = self._plans.get(name) or choose_plan(
-                device=self.device,
-                free_gib=free_vram,
-                footprint=footprint,
-                workload=self._workload(num_frames),
-                memory_mode=self.memory_mode,
-                settings=self.plan_settings,
-            )
+        """Load `name` under `plan` (else the one remembered or chosen for it). A plan that
+        cannot be set up here (out of memory placing it, or, for the fast plan, a compile that
+        fails: no C compiler for Triton, an inductor bug) gives way to the next one down, so the
+        bot serves clips rather than failing each one."""
+        while True:
+            free_vram = self._free_vram_gib()
+            started = time.perf_counter()
+            pipe: Pipeline | None = None
+            try:
+                pipe = self._loader(name, TORCH_DTYPES[base_dtype(self.device)])
+                pipe.set_progress_bar_config(disable=True)
+                num_frames = int(pipe.unet.config.num_frames)
+                footprint = footprint_of(pipe)
+                if plan is None:
+                    plan = self._plans.get(name) or choose_plan(
+                        device=self.device,
+                        free_gib=free_vram,
+                        footprint=footprint,
+                        workload=self._workload(num_frames),
+                        memory_mode=self.memory_mode,
+                        settings=self.plan_settings,
+                    )
+                return self._set_up(name, pipe, plan, footprint, num_frames, started)
+            except Exception as exc:
+                fallback = None if plan is None else self._fallback(name, plan, exc)
+                if fallback is None:
+                    raise
+            # Outside the except block, so the traceback's frames let go of the pipeline; a
+            # fresh one is the only reliable way off a half-placed or half-compiled one.
+            if pipe is not None:
+                pipe.remove_all_hooks()
+            del pipe
+            release_memory(self.device)
+            plan = self._plans[name] = fallback
+
+    def _set_up(
+        self,
+        name: str,
+        pipe: Pipeline,
+        plan: Plan,
+        footprint: Footprint,
+        num_frames: int,
+        started: float,
+    ) -> LoadedModel:
         place(pipe, plan)
         cache = FeatureCache(
             pipe.unet,
@@ -410,6 +440,33 @@ class SVDEngine:
         if plan.compile:
             self._warm_up(loaded)
         return loaded
+
+    def _fallback(self, name: str, plan: Plan, exc: Exception) -> Plan | None:
+        """The plan to set `name` up under after `plan` failed with `exc`; None: give up."""
+        out_of_memory = is_out_of_memory(exc)
+        if not (out_of_memory or plan.compile):
+            return None
+        fallback = next_plan(plan, self.plan_settings)
+        if fallback is None:
+            return None
+        if out_of_memory:
+            log.warning(
+                "out of memory setting up %s under plan %s; trying plan %s",
+                name,
+                plan.name,
+                fallback.name,
+            )
+        else:
+            log.error(
+                "compiling %s for plan %s failed; it runs uncompiled under plan %s instead "
+                "(slower). torch.compile needs a C compiler and the Python headers on the host "
+                "(gcc and python3-dev on Debian/Ubuntu); MEMORY_MODE=full skips compiling.",
+                name,
+                plan.name,
+                fallback.name,
+                exc_info=exc,
+            )
+        return fallback
 
     def _warm_up(self, loaded: LoadedModel) -> None:
         """Compile for both orientations now, so no user waits for it (and nothing recompiles)."""
@@ -439,26 +496,25 @@ class SVDEngine:
         )
 
     def _step_down(self, name: str, failed: Plan) -> LoadedModel:
-        """Reload `name` under the next plan smaller than `failed` (and the next, if even the
-        reload runs out of memory). A clean pipeline is the only reliable way off a compiled or
-        offloaded one, and an out-of-memory error is rare."""
+        """Reload `name` under the next plan smaller than `failed` (and further down, should
+        even that not fit: `_load_model`). A clean pipeline is the only reliable way off a
+        compiled or offloaded one, and an out-of-memory error is rare."""
         self._pool.evict(name)
         release_memory(self.device)
-        while (plan := next_plan(failed, self.plan_settings)) is not None:
-            log.warning("stepping %s down from plan %s to %s", name, failed.name, plan.name)
-            try:
-                fresh = self._load_model(name, plan)
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    log.exception("could not reload model %s", name)
-                    raise GenerationFailed(_LOAD_MESSAGE, reason="load") from exc
-                failed = plan
-            else:
-                self._plans[name] = plan
-                self._pool.replace(fresh)
-                return fresh
-            release_memory(self.device)
-        raise GenerationFailed(_OOM_MESSAGE, reason="oom")
+        plan = next_plan(failed, self.plan_settings)
+        if plan is None:
+            raise GenerationFailed(_OOM_MESSAGE, reason="oom")
+        log.warning("stepping %s down from plan %s to %s", name, failed.name, plan.name)
+        try:
+            fresh = self._load_model(name, plan)
+        except Exception as exc:
+            if is_out_of_memory(exc):  # even the last plan did not fit
+                raise GenerationFailed(_OOM_MESSAGE, reason="oom") from exc
+            log.exception("could not reload model %s", name)
+            raise GenerationFailed(_LOAD_MESSAGE, reason="load") from exc
+        self._plans[name] = fresh.plan
+        self._pool.replace(fresh)
+        return fresh
 
     def _release(self, loaded: LoadedModel) -> None:
         loaded.pipe.remove_all_hooks()

@@ -356,6 +356,66 @@ def test_the_fast_plan_compiles_at_load_and_never_again(
     assert difference.max() <= 2
 
 
+class FailCompiled:
+    """A `pipeline_call` that raises `error` whenever the UNet is a compiled one: the fast
+    plan's warm-up fails, any other plan works."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.failed = 0
+
+    def __call__(self, pipe: StableVideoDiffusionPipeline, kwargs: dict[str, Any]) -> Any:
+        if getattr(pipe.unet, "_compiled_call_impl", None) is not None:
+            self.failed += 1
+            raise self.error
+        return pipe(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        # What Triton says at its first kernel on a host without a compiler (a CUDA runtime
+        # image without gcc and python3-dev).
+        RuntimeError("Failed to find C compiler. Please specify via CC environment variable."),
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    ],
+    ids=["no compiler", "out of memory"],
+)
+def test_a_fast_plan_that_cannot_be_set_up_gives_way_to_the_uncompiled_one(
+    tiny_svd_dir: Path, small: Image.Image, error: BaseException
+) -> None:
+    failing = FailCompiled(error)
+    # 80 GiB of room: the planner picks the fast plan, as on any big GPU.
+    engine = SVDEngine(
+        [str(tiny_svd_dir)],
+        device="cpu",
+        resolution=256,
+        vram_budget_gib=80.0,
+        plan_settings=PlanSettings(compile_backend="eager"),
+        pipeline_call=failing,
+    )
+    engine.load()  # no error: the bot serves clips
+    assert engine.plan_for(None) == "full" and failing.failed == 1
+    result = run(engine, small, seed=3)
+    assert result.plan == "full" and result.frames.shape == (FRAMES, 64, 128, 3)
+    assert failing.failed == 1  # the compile is not tried again for each clip
+
+
+def test_a_model_whose_files_are_broken_is_not_retried_under_other_plans(
+    tiny_svd_dir: Path,
+) -> None:
+    loads: list[str] = []
+
+    def loader(model: str, dtype: torch.dtype) -> Any:
+        loads.append(model)
+        raise OSError("unet/diffusion_pytorch_model.safetensors: truncated")
+
+    engine = SVDEngine([str(tiny_svd_dir)], device="cpu", memory_mode="fast", loader=loader)
+    with pytest.raises(GenerationFailed) as caught:
+        engine.load()
+    assert caught.value.reason == "load" and len(loads) == 1
+
+
 def test_fp16_loading_falls_back_when_a_model_has_no_fp16_variant(tiny_svd_dir: Path) -> None:
     # The tiny folder, like some repositories, has only full-precision files.
     pipe = PretrainedLoader()(str(tiny_svd_dir), torch.float16)

@@ -1,0 +1,48 @@
+"""`svd-bot check`: the findings a host reads before the first start."""
+
+from __future__ import annotations
+
+import shutil
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+from bot import doctor
+from bot.settings import Settings
+
+
+def settings(tmp_path: Path, **values: object) -> Settings:
+    return Settings(_env_file=None, data_dir=tmp_path, database_path=tmp_path / "b.db", **values)  # type: ignore[arg-type]
+
+
+def test_a_host_without_a_compiler_is_told_the_fast_plan_cannot_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    found = doctor._compiler()
+    assert not found.ok and not found.fatal  # slower, not broken
+    assert "C compiler" in found.detail and "gcc and python3-dev" in found.detail
+
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"include": str(tmp_path)})
+    found = doctor._compiler()  # a compiler, but no Python.h
+    assert not found.ok and "Python's headers" in found.detail and "C compiler" not in found.detail
+    (tmp_path / "Python.h").write_text("")
+    assert doctor._compiler().ok
+
+
+def test_a_cpu_build_of_torch_on_a_gpu_host_is_pointed_out(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/nvidia-smi" if name else None)
+    gpu = next(f for f in doctor._torch_and_gpu(settings(tmp_path)) if f.label == "GPU")
+    assert not gpu.ok and "CPU-only build" in gpu.detail and "--force-reinstall torch" in gpu.detail
+
+    monkeypatch.setattr(shutil, "which", lambda _name: None)  # a machine with no GPU at all
+    gpu = next(f for f in doctor._torch_and_gpu(settings(tmp_path)) if f.label == "GPU")
+    assert "no CUDA GPU" in gpu.detail
