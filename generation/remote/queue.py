@@ -437,7 +437,18 @@ class RedisJobQueue(QueueFront):
                 return
             self._ending.add(job.job_id)
             try:
-                if event.kind is EventKind.DONE:
+                if event.kind is EventKind.DONE and job.stop_reason == "cancelled":
+                    # The member was told "cancelled, not charged" (the worker finished before
+                    # it saw the flag): honour that, as the local queue does.
+                    job.log.info("finished on a worker after it was cancelled; dropping it")
+                    await self._finish(
+                        job, EventKind.CANCELLED, reason="cancelled", error=Cancelled().user_message
+                    )
+                    with contextlib.suppress(RedisError):
+                        await self._client().delete(
+                            self._keys.input(job.job_id), self._keys.output(job.job_id)
+                        )
+                elif event.kind is EventKind.DONE:
                     await self._done(job, event)
                 else:
                     await self._end(job, event)

@@ -249,3 +249,31 @@ async def test_a_job_message_lost_with_redis_data_is_sent_again(rig: Rig) -> Non
     await rig.queue.submit(rig.request("lost", 1))
     await rig.wait_for(lambda: EventKind.DONE in rig.kinds("lost"), within=20)
     assert lost == ["lost"]
+
+
+async def test_a_clip_cancelled_while_its_worker_stores_it_is_not_delivered(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker finished the clip before it saw the member's Cancel: the member was told
+    "cancelled, not charged", so the finished clip must not be delivered (and charged)."""
+    stored = asyncio.Event()
+    release = asyncio.Event()
+    take_in = rig.queue._on_message
+
+    async def slow_to_hear_done(raw: bytes | str) -> None:
+        if b'"done"' in (raw if isinstance(raw, bytes) else raw.encode()):
+            stored.set()
+            await release.wait()  # the bot has not taken the outcome in yet
+        await take_in(raw)
+
+    monkeypatch.setattr(rig.queue, "_on_message", slow_to_hear_done)
+    rig.start_worker("w1")
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("late", 1))
+    await asyncio.wait_for(stored.wait(), 15)
+    assert await rig.queue.cancel("late")  # the member is told it is cancelled
+    release.set()
+    await rig.wait_for(lambda: any(e.terminal for e in rig.events if e.job_id == "late"))
+    await asyncio.sleep(0.3)  # the tick's look at the stored result, too
+    assert [k for k in rig.kinds("late") if k.terminal] == [EventKind.CANCELLED]
+    assert not list((rig.tmp / "out").glob("late.*"))
