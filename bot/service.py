@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from generation.errors import GenerationError, InvalidOptions, TooManyJobs
+from generation.errors import Cancelled, GenerationError, InvalidOptions, TooManyJobs
 from generation.eta import job_cost
 from generation.images import ImageLimits, fit_image, load_image
 from generation.jobs import EventKind, JobEvent, JobQueue, JobRequest, QueueSnapshot
@@ -376,9 +376,27 @@ class AnimateService:
         for job in targets:
             # Encoding too: the worker stops it there as well, and nothing is charged.
             active = (JobState.QUEUED, JobState.RUNNING, JobState.ENCODING)
-            if job.state in active and await self._queue.cancel(job.job_id):
+            if job.state not in active:
+                continue
+            if await self._queue.cancel(job.job_id) or await self._cancel_kept(job):
                 cancelled.append(job)
         return cancelled
+
+    async def _cancel_kept(self, job: JobRecord) -> bool:
+        """During a shutdown the queue has let go of its waiting clips: they are kept in the
+        database for after the restart, where a cancel must reach them, or the clip is made
+        (and charged) after the member was told it could not be cancelled."""
+        if self._queue.snapshot().state not in ("stopping", "stopped"):
+            return False
+        current = await self._jobs.get(job.job_id)
+        if current is None or current.state is not JobState.QUEUED:
+            return False
+        await self._jobs.set_state(job.job_id, JobState.CANCELLED, error=Cancelled().user_message)
+        await self._quotas.refund(job.job_id)
+        if self._presenter is not None:
+            with contextlib.suppress(Exception):  # the answer to the member matters more
+                await self._presenter.cancelled(current)
+        return True
 
     async def my_jobs(self, member: Member) -> tuple[list[JobRecord], QueueSnapshot]:
         return await self._jobs.active_for_user(member.guild_id, member.user_id), (

@@ -283,6 +283,28 @@ async def test_a_clip_cancelled_while_encoding_is_not_posted_or_charged(tmp_path
         assert (await r.service.quota(ALICE)).remaining == 3
 
 
+async def test_a_waiting_clip_cancelled_during_a_shutdown_stays_cancelled(tmp_path: Path) -> None:
+    async with rig(tmp_path, FakeEngine(frames=4, step_seconds=0.1)) as r:
+        await r.service.submit(ALICE, png(), AnimateOptions(num_inference_steps=10), ORIGIN)
+        waiting = await r.service.submit(
+            ALICE, png(), AnimateOptions(num_inference_steps=2), ORIGIN
+        )
+        await _wait_for_state(r.jobs, waiting.job.job_id, JobState.QUEUED)
+        # SIGTERM: the grace period lets the running clip finish; the waiting one is kept.
+        stopping = asyncio.create_task(r.queue.stop(5))
+        for _ in range(200):
+            if r.queue.snapshot().state == "stopping":
+                break
+            await asyncio.sleep(0.01)
+        cancelled = await r.service.cancel(ALICE, waiting.job.job_id)
+        await stopping
+        assert [job.job_id for job in cancelled] == [waiting.job.job_id]
+        record = await r.jobs.get(waiting.job.job_id)
+        assert record is not None and record.state is JobState.CANCELLED  # not made after it
+        assert waiting.job.job_id in r.presenter.cancels
+        assert (await r.service.quota(ALICE)).remaining == 2  # only the clip that was made
+
+
 async def test_re_rolling_a_clip_of_a_model_no_longer_offered_costs_nothing(
     tmp_path: Path,
 ) -> None:
