@@ -119,6 +119,7 @@ class RedisJobQueue(QueueFront):
         self._all_back = asyncio.Event()
         self._all_back.set()
         self._dispatching = asyncio.Lock()
+        self._group_made = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # Asks the background loops to end (stop()); cancelling Redis calls is not reliable.
@@ -139,8 +140,6 @@ class RedisJobQueue(QueueFront):
         self._output_dir.mkdir(parents=True, exist_ok=True)
         self._redis = connect(self._url)
         self._broker = make_broker(self._url, self._keys, reclaim_seconds=self._reclaim)
-        # Only the bot's role here: create the consumer group so no message goes unseen.
-        await self._broker.startup()
         self._tasks = [
             asyncio.create_task(self._listen(), name="svd-remote-events"),
             asyncio.create_task(self._tick_loop(), name="svd-remote-dispatch"),
@@ -251,6 +250,13 @@ class RedisJobQueue(QueueFront):
 
     async def _tick(self) -> None:
         redis = self._client()
+        if not self._group_made:
+            # Only the bot's role here: create the consumer group so no message goes unseen.
+            # On a tick, not in start(): a Redis not answering yet (starting with the bot,
+            # loading its data) is waited for like one that goes away later.
+            assert self._broker is not None
+            await self._broker.startup()
+            self._group_made = True
         self._workers = await live_workers(redis, self._keys)
         for worker in self._workers:
             self._frames.update(worker.frames or {})

@@ -39,7 +39,14 @@ from generation.errors import Cancelled, GenerationError
 from generation.front import INPUT_ERROR, JobLog
 from generation.jobs import EventKind, JobEvent, JobRequest
 from generation.options import AnimateOptions
-from generation.remote.broker import Outage, WorkerInfo, connect, honour_cancel, make_broker
+from generation.remote.broker import (
+    JobStreamBroker,
+    Outage,
+    WorkerInfo,
+    connect,
+    honour_cancel,
+    make_broker,
+)
 from generation.remote.wire import CLAIM_SECONDS, TASK_NAME, Keys, event_to_json
 from generation.worker import LocalJobQueue
 
@@ -121,7 +128,7 @@ class RemoteWorker:
 
         broker.register_task(generate, task_name=TASK_NAME)
         broker.is_worker_process = True
-        await broker.startup()
+        # The model loads meanwhile; the listener first waits for Redis (see _listen_when_ready).
         await self._runtime.start()
         heartbeat = asyncio.create_task(self._beat(), name="svd-worker-heartbeat")
         learn = asyncio.create_task(self._learn_frames(), name="svd-worker-frames")
@@ -136,7 +143,7 @@ class RemoteWorker:
         stopper = asyncio.create_task(stop.wait())
         # Listening starts once the model is loaded: a worker still loading (or one whose model
         # failed to load) would sit on a clip that a ready GPU could make now.
-        listener = asyncio.create_task(self._listen_when_ready(receiver, finish))
+        listener = asyncio.create_task(self._listen_when_ready(broker, receiver, finish))
         try:
             await asyncio.wait({listener, stopper}, return_when=asyncio.FIRST_COMPLETED)
             if listener.done() and (exc := listener.exception()) is not None:
@@ -159,7 +166,19 @@ class RemoteWorker:
             await broker.shutdown()
             await self._redis.aclose()
 
-    async def _listen_when_ready(self, receiver: Receiver, finish: asyncio.Event) -> None:
+    async def _listen_when_ready(
+        self, broker: JobStreamBroker, receiver: Receiver, finish: asyncio.Event
+    ) -> None:
+        # A worker started before Redis answers (the host boots, compose starts both at once,
+        # Redis still loading its data) waits for it rather than exiting.
+        outage = Outage()
+        while True:
+            honour_cancel()
+            try:
+                await broker.startup()  # makes the consumer group
+                break
+            except RedisError as exc:
+                await outage.pause(f"worker {self.name} starting", exc)
         ready = asyncio.create_task(self._runtime.ready.wait())
         while not ready.done():
             if self._runtime.state == "load_failed":

@@ -198,6 +198,20 @@ async def test_a_clip_being_made_survives_a_redis_restart(
         assert not worker.done()
 
 
+async def test_the_bot_and_a_worker_started_before_redis_wait_for_it(
+    restartable: RedisServer, tmp_path: Path
+) -> None:
+    restartable.stop()  # the host boots: Redis is not answering yet
+    async with running_rig(restartable, tmp_path) as rig:
+        worker = rig.start_worker("w1")
+        await rig.queue.submit(rig.request("early", 1))
+        await asyncio.sleep(1.5)
+        assert not worker.done()  # waiting, not exited
+        await asyncio.to_thread(restartable.start)
+        await rig.wait_for(lambda: EventKind.DONE in rig.kinds("early"), within=30)
+        assert not worker.done()
+
+
 class UnloadableEngine(FakeEngine):
     def load(self) -> None:
         raise GenerationFailed("The video model could not be loaded.", reason="load")
