@@ -70,6 +70,8 @@ class FairQueue:
     max_per_user: int = 2
     max_waiting: int = 50
     clock: Callable[[], float] = time.monotonic
+    # Seconds with nothing waiting or running after which the turns members had are forgotten.
+    forget_after_idle: float = 600.0
     _waiting: dict[str, QueuedJob] = field(default_factory=dict, init=False)
     _taken: dict[str, QueuedJob] = field(default_factory=dict, init=False)
     _users: dict[int, _UserState] = field(default_factory=dict, init=False)
@@ -77,6 +79,7 @@ class FairQueue:
     _round: int = field(default=0, init=False)
     _seq: int = field(default=0, init=False)
     _closed: bool = field(default=False, init=False)
+    _idle_since: float = field(default=0.0, init=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +97,15 @@ class FairQueue:
             raise ValueError(f"job {request.job_id} is already queued")
         if not force:
             self.check(request.user_id)
+        if (
+            not self._waiting
+            and not self._taken
+            and self.clock() - self._idle_since >= self.forget_after_idle
+        ):
+            # After a quiet spell whoever comes is an equal: a turn had in a round that never
+            # ended (one clip at a time keeps it from moving on) must not put its member behind
+            # every newcomer hours later. A turn just had still counts.
+            self._users.clear()
         user = self._users.setdefault(request.user_id, _UserState())
         job_round = max(self._round, user.last_round + 1)
         job = QueuedJob(request, self._seq, job_round, self.clock(), cost_units)
@@ -240,3 +252,5 @@ class FairQueue:
         user = self._users[user_id]
         if user.waiting == 0 and user.taken == 0 and user.last_round < self._round:
             del self._users[user_id]
+        if not self._waiting and not self._taken:
+            self._idle_since = self.clock()

@@ -78,6 +78,20 @@ def test_after_a_busy_spell_the_member_served_last_waits_behind_the_others() -> 
     assert drain(queue) == ["A2", "C1", "B4"]
 
 
+def test_a_turn_had_long_before_a_quiet_spell_is_forgotten() -> None:
+    now = [0.0]
+    queue = FairQueue(max_per_user=10, clock=lambda: now[0])
+    queue.push(request("A1", 1))
+    assert drain(queue) == ["A1"]  # one clip on an idle bot
+    now[0] += 3600  # an hour later, a busy spell begins
+    queue.push(request("B1", 2))
+    queue.take_nowait()
+    queue.push(request("A2", 1))
+    queue.push(request("C1", 3))
+    queue.push(request("D1", 4))
+    assert [job.job_id for job in queue.waiting()] == ["A2", "C1", "D1"]  # in arrival order
+
+
 def test_a_job_that_could_not_be_started_gets_its_place_back() -> None:
     queue = FairQueue()
     for job_id, user in (("a1", 1), ("b1", 2), ("a2", 1)):
