@@ -90,6 +90,10 @@ class TrackedJob:
     steps_since: float = 0.0
     steps_from: int = 0
     loading: bool = False
+    # Seconds spent loading (or compiling) a model for this job, and when the current load
+    # began: not the clip's own time, for its estimate or its time limit.
+    load_spent: float = 0.0
+    load_started: float = 0.0
 
     @property
     def request(self) -> JobRequest:
@@ -105,11 +109,22 @@ class TrackedJob:
         self.started_at = now
         self.step = 0
         self.steps_since, self.steps_from, self.loading = 0.0, 0, False
+        self.load_spent = 0.0
+
+    def loading_model(self, now: float) -> None:
+        """The engine is loading (or compiling) a model before it can go on."""
+        if not self.loading:
+            self.loading, self.load_started = True, now
+
+    def loading_seconds(self, now: float) -> float:
+        """Seconds of this attempt spent loading models so far, the load under way included."""
+        return self.load_spent + (now - self.load_started if self.loading else 0.0)
 
     def stepped(self, step: int, total: int, now: float) -> None:
         """The engine finished denoising step `step` of `total`."""
         if self.loading:
             self.loading = False
+            self.load_spent += now - self.load_started
             self.steps_since, self.steps_from = now, step
         self.step, self.total = step, total
 

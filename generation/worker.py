@@ -71,6 +71,8 @@ __all__ = [
 InputLoader = Callable[[Path], Image.Image]
 # The name of the engine's thread, by which `python -m bot` finds one a shutdown gave up on.
 ENGINE_THREAD_PREFIX = "svd-engine"
+# How long loading (and compiling) a model for one clip may take outside its time limit.
+LOAD_ALLOWANCE_SECONDS = 1800.0
 
 
 class Encoder(Protocol):
@@ -279,8 +281,7 @@ class LocalJobQueue(QueueFront):
         started = time.perf_counter()
         future = loop.run_in_executor(self._engine_pool, self._run_engine, job, loop)
         try:
-            # shield: on timeout the thread goes on; we must still know when it returns.
-            result = await asyncio.wait_for(asyncio.shield(future), self._job_timeout)
+            result = await self._within_time(job, future)
         except TimeoutError:
             await self._time_out(job, future)
             return
@@ -311,6 +312,28 @@ class LocalJobQueue(QueueFront):
         job.phase = "encoding"
         # Waits only while the encoder is busy AND another clip is already waiting for it.
         await self._encode_q.put(_Generated(job, result, seconds))
+
+    async def _within_time(
+        self, job: TrackedJob, future: asyncio.Future[GenerationResult]
+    ) -> GenerationResult:
+        """The engine's result, or TimeoutError once the clip has taken longer than the time
+        limit. Loading or compiling a model for it (another model than the one loaded at start,
+        a step down after running out of memory) does not count, up to `LOAD_ALLOWANCE_SECONDS`:
+        a compile can take minutes, and the member would be told to ask for fewer steps."""
+        if self._job_timeout is None:
+            return await future
+        while True:
+            now = time.monotonic()
+            excused = min(job.loading_seconds(now), LOAD_ALLOWANCE_SECONDS)
+            left = job.started_at + excused + self._job_timeout - now
+            if left <= 0:
+                raise TimeoutError()
+            # While a load goes on, the limit moves with it: look again soon.
+            wait = min(left, 1.0) if job.loading else left
+            # wait, not wait_for: the thread goes on after a timeout; we must know when it ends.
+            done, _ = await asyncio.wait({future}, timeout=wait)
+            if done:
+                return future.result()
 
     def _loaded_after_all(self) -> None:
         """The load at start failed but a clip has now loaded the model (the problem was
@@ -391,7 +414,8 @@ class LocalJobQueue(QueueFront):
             )
         elif progress.phase in ("decoding", "loading"):
             kind = EventKind.DECODING if progress.phase == "decoding" else EventKind.LOADING
-            job.loading = job.loading or kind is EventKind.LOADING
+            if kind is EventKind.LOADING:
+                job.loading_model(time.monotonic())
             job.log.debug("%s", progress.phase)
             self._bus.publish(JobEvent(job.job_id, kind, user_id=job.request.user_id))
 

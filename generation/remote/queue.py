@@ -478,7 +478,8 @@ class RedisJobQueue(QueueFront):
                 job.phase = "encoding"
                 await self._record(job, event)
             case EventKind.LOADING | EventKind.DECODING:
-                job.loading = job.loading or event.kind is EventKind.LOADING
+                if event.kind is EventKind.LOADING:
+                    job.loading_model(time.monotonic())
                 await self._record(job, event)
             case _:
                 pass  # queued / position are the worker's own line; interrupted is requeued

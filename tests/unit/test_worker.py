@@ -418,6 +418,23 @@ async def test_a_missing_input_file_fails_the_job_with_a_clear_reason(
     assert (await h.wait_terminal("next")).kind is EventKind.DONE
 
 
+async def test_loading_a_model_for_a_clip_does_not_count_against_its_time_limit(
+    make: Callable[..., Harness],
+) -> None:
+    class Switching(FakeEngine):
+        def run(
+            self, image: Image.Image, options: AnimateOptions, on_step: OnStep, cancel: ShouldCancel
+        ) -> GenerationResult:
+            on_step(Progress("loading"))
+            time.sleep(0.6)  # another model, loaded (and compiled) for this clip
+            return super().run(image, options, on_step, cancel)
+
+    h = make(engine=Switching(step_seconds=0.01, frames=FRAMES), job_timeout=0.4)
+    await h.runtime.start()
+    await h.runtime.submit(h.request("other-model", steps=5))
+    assert (await h.wait_terminal("other-model")).kind is EventKind.DONE
+
+
 async def test_a_job_over_its_time_limit_fails_and_the_next_one_runs(
     make: Callable[..., Harness],
 ) -> None:
