@@ -146,13 +146,21 @@ def not_handed_over_text(jobs: Sequence[JobRecord]) -> str:
     )
 
 
-def dm_clip_text(job: JobRecord, event: JobEvent) -> str:
-    """The clip sent privately because the bot may not post in the channel it was asked in."""
-    return truncate(
-        done_text(job, event)
-        + f"\nℹ️ I sent it here because I can't post clips in <#{job.channel_id}>: I need the "
-        "Send Messages and Attach Files permissions there (a moderator can grant them)."
-    )
+def dm_clip_text(job: JobRecord, event: JobEvent, why: str = "permissions") -> str:
+    """The clip sent privately because it cannot go to the channel it was asked in: the bot
+    may not post there ("permissions"), the channel is gone ("gone"), or it is a thread that
+    was archived or locked ("archived")."""
+    channel = f"<#{job.channel_id}>"
+    if why == "gone":
+        reason = f"the channel it was asked for in ({channel}) no longer exists."
+    elif why == "archived":
+        reason = f"the thread it was asked for in ({channel}) was archived or locked."
+    else:
+        reason = (
+            f"I can't post clips in {channel}: I need the Send Messages and Attach Files "
+            "permissions there (a moderator can grant them)."
+        )
+    return truncate(done_text(job, event) + f"\nℹ️ I sent it here because {reason}")
 
 
 def quota_text(status: QuotaStatus, *, subject: str = "You") -> str:

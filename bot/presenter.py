@@ -43,6 +43,13 @@ COMMAND_FLOW_WAIT = timedelta(seconds=10)
 
 # Re-encode a clip at `path` to fit `max_bytes`; returns the new file. Blocking.
 Reencoder = Callable[[Path, int], Path]
+# Below this a 413 is not worth another encode: the clip would be a smear.
+MIN_REENCODE_BYTES = 64 * 1024
+# What a DM (and a server without boosts) takes per file.
+DM_UPLOAD_LIMIT = 10 * 1024 * 1024
+# Discord's codes for a channel the clip cannot go to: deleted, or a thread archived or locked.
+UNKNOWN_CHANNEL = 10003
+THREAD_ARCHIVED = 50083
 
 
 def _nonce(job: JobRecord) -> str:
@@ -52,6 +59,22 @@ def _nonce(job: JobRecord) -> str:
 
 def _clip_name(job: JobRecord, path: Path) -> str:
     return f"clip-{job.job_id[:8]}{path.suffix}"
+
+
+def _not_postable_there(exc: discord.HTTPException) -> str | None:
+    """Why the clip cannot go to its channel at all ("permissions", "gone", "archived"), as
+    opposed to a refusal a later try may get past (a 5xx, a rate limit); None then."""
+    if isinstance(exc, discord.Forbidden):
+        return "permissions"
+    if exc.code == UNKNOWN_CHANNEL:
+        return "gone"
+    if exc.code == THREAD_ARCHIVED:
+        return "archived"
+    return None
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size
 
 
 def _only_the_member(job: JobRecord) -> discord.AllowedMentions:
@@ -198,45 +221,36 @@ class DiscordPresenter:
             await self._finish_progress(job)
             return True
         text = messages.done_text(job, event)
-        while True:
-            file = (path, _clip_name(job, path))
-            try:
-                await self._send(
-                    job,
-                    text,
-                    view=clip_view(job.job_id, motion=job.options.get("motion_bucket_id")),
-                    file=file,
-                    nonce=_nonce(job),
-                )
-                break
-            except discord.Forbidden as exc:
-                # The bot may not post (or attach files) in that channel, and the interaction's
-                # token is gone: the member still gets the clip, privately.
+        view = clip_view(job.job_id, motion=job.options.get("motion_bucket_id"))
+
+        async def post(clip: Path) -> Any:
+            return await self._send(
+                job, text, view=view, file=(clip, _clip_name(job, clip)), nonce=_nonce(job)
+            )
+
+        try:
+            await self._fitting(job, path, budget, post)
+        except discord.HTTPException as exc:
+            failure = exc
+            why = _not_postable_there(exc)
+            if why is not None:
+                # The bot may not post there (permissions), or the channel is gone or archived,
+                # and the interaction's token is gone: the member still gets the clip, privately.
                 log.warning(
-                    "no permission to post in channel %d (%s); sending the clip by DM",
+                    "cannot post in channel %d (%s: %s); sending the clip by DM",
                     job.channel_id,
+                    why,
                     exc.text or exc.code,
                     extra={"job_id": job.job_id},
                 )
-                if await self._send_by_dm(job, event, file):
-                    break
-                failure: discord.HTTPException = exc
-            except discord.HTTPException as exc:
-                if exc.status == 413 and budget > 64 * 1024:
-                    # Discord's limit is lower than we were told: shrink to fit, never drop.
-                    budget = budget // 2
-                    log.info(
-                        "upload refused (413); re-encoding to %d bytes",
-                        budget,
-                        extra={"job_id": job.job_id},
-                    )
-                    path = await asyncio.to_thread(self._reencode, path, budget)
-                    continue
-                # discord.py has retried a 5xx for half a minute already. Discord may have
-                # stored the clip before failing (a blind retry would post it twice): look.
-                if exc.status >= 500 and await self._already_posted(job):
-                    break
-                failure = exc
+                if await self._send_by_dm(job, event, path, why):
+                    await self._finish_progress(job)
+                    return True
+            # discord.py has retried a 5xx for half a minute already. Discord may have stored
+            # the clip before failing (a blind retry would post it twice): look.
+            elif exc.status >= 500 and await self._already_posted(job):
+                await self._finish_progress(job)
+                return True
             log.error("clip upload failed: %s", failure, extra={"job_id": job.job_id})
             if tell:
                 await self._tell(job, messages.undelivered_text(job))
@@ -245,6 +259,32 @@ class DiscordPresenter:
             return False
         await self._finish_progress(job)
         return True
+
+    async def _fitting(
+        self,
+        job: JobRecord,
+        path: Path,
+        budget: int,
+        send: Callable[[Path], Awaitable[Any]],
+    ) -> Any:
+        """`send(clip)`, with the clip re-encoded smaller first when it is over `budget`, and
+        again each time Discord answers 413 (its limit is lower than we were told): shrunk to
+        fit, never dropped."""
+        if await asyncio.to_thread(_size, path) > budget:
+            path = await asyncio.to_thread(self._reencode, path, budget)
+        while True:
+            try:
+                return await send(path)
+            except discord.HTTPException as exc:
+                if exc.status != 413 or budget <= MIN_REENCODE_BYTES:
+                    raise
+                budget //= 2
+                log.info(
+                    "upload refused (413); re-encoding to %d bytes",
+                    budget,
+                    extra={"job_id": job.job_id},
+                )
+                path = await asyncio.to_thread(self._reencode, path, budget)
 
     async def _already_posted(self, job: JobRecord) -> bool:
         """Whether the job's clip is among the channel's latest messages, posted by the bot
@@ -269,27 +309,38 @@ class DiscordPresenter:
         member just used: its token is fresh and it needs none of the bot's channel permissions.
         """
         assert event.clip is not None
-        try:
-            await followup.send(
+        view = clip_view(job.job_id, motion=job.options.get("motion_bucket_id"))
+
+        async def post(clip: Path) -> Any:
+            return await followup.send(
                 messages.done_text(job, event),
-                file=discord.File(event.clip.path, filename=_clip_name(job, event.clip.path)),
-                view=clip_view(job.job_id, motion=job.options.get("motion_bucket_id")),
+                file=discord.File(clip, filename=_clip_name(job, clip)),
+                view=view,
                 allowed_mentions=_only_the_member(job),
                 wait=True,
             )
+
+        try:
+            await self._fitting(job, event.clip.path, job.max_bytes or DM_UPLOAD_LIMIT, post)
         except discord.HTTPException as exc:
             log.warning("handing the clip over failed: %s", exc, extra={"job_id": job.job_id})
             return False
         await self._finish_progress(job)
         return True
 
-    async def _send_by_dm(self, job: JobRecord, event: JobEvent, file: tuple[Path, str]) -> bool:
+    async def _send_by_dm(self, job: JobRecord, event: JobEvent, path: Path, why: str) -> bool:
+        async def post(clip: Path) -> Any:
+            # No buttons: Re-roll and Delete act on a server, and a DM has none.
+            return await channel.send(
+                messages.dm_clip_text(job, event, why),
+                file=discord.File(clip, filename=_clip_name(job, clip)),
+            )
+
         try:
             channel = await self._client.create_dm(discord.Object(job.user_id))
-            # No buttons: Re-roll and Delete act on a server, and a DM has none.
-            await channel.send(
-                messages.dm_clip_text(job, event),
-                file=discord.File(file[0], filename=file[1]),
+            # A DM takes 10 MiB, whatever the server's boost level allowed.
+            await self._fitting(
+                job, path, min(job.max_bytes or DM_UPLOAD_LIMIT, DM_UPLOAD_LIMIT), post
             )
         except discord.HTTPException as exc:
             # The member does not take DMs from the bot (50007), or Discord refused the upload.

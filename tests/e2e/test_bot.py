@@ -488,6 +488,45 @@ async def test_a_clip_the_bot_may_not_post_in_the_channel_reaches_the_member_by_
     await _until_delivered(bot)
 
 
+async def test_a_clip_whose_channel_was_deleted_reaches_the_member_by_dm(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    channel = fake_discord.channel
+    await _past_the_token(fake_discord)
+    fake_discord.delete_channel()
+    member = fake_discord.user
+
+    def dm_clip() -> FakeMessage | None:
+        return next((m for m in fake_discord.dms(member) if m.attachments), None)
+
+    message = await eventually(dm_clip, CLIP_TIMEOUT)
+    assert "your clip is ready" in message.content
+    assert f"(<#{channel.id}>) no longer exists" in message.content  # not "permissions"
+    await _until_delivered(bot)
+
+
+async def test_a_clip_too_large_for_a_dm_is_re_encoded_to_fit(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    fake_discord.deny_bot(NO_POSTING)
+    member = fake_discord.user
+    dm = fake_discord.world.dm_channel(member.id)
+    # A DM takes less than the server did: Discord refuses the first upload.
+    fake_discord.faults.add(
+        "POST", rf"^/channels/{dm.id}/messages$", 413, {"code": 40005, "message": "too large"}
+    )
+    await _past_the_token(fake_discord)
+
+    def dm_clip() -> FakeMessage | None:
+        return next((m for m in fake_discord.dms(member) if m.attachments), None)
+
+    message = await eventually(dm_clip, CLIP_TIMEOUT)
+    refused = [r for r in fake_discord.requests if r.status == 413]
+    assert len(refused) == 1 and refused[0].files
+    assert message.attachments[0].size < refused[0].files[0].size
+    await _until_delivered(bot)
+
+
 async def test_without_read_message_history_the_clip_is_still_posted_in_the_channel(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:

@@ -220,6 +220,17 @@ class FakeDiscordServer:
         target = channel or self.channel
         self.world.bot_denied_in[target.id] = permission_value(permissions)
 
+    def delete_channel(self, channel: FakeChannel | None = None) -> None:
+        """Delete a channel (default: the main one): from now on it answers 10003 Unknown
+        Channel, to the bot's token and to interaction webhooks alike."""
+        target = channel or self.channel
+        for guild in self.world.guilds.values():
+            if guild.channels.pop(target.id, None) is not None:
+                self.gateway.dispatch(
+                    "CHANNEL_DELETE",
+                    {"id": str(target.id), "guild_id": str(guild.id), "type": target.type},
+                )
+
     def close_dms(self, user: FakeUser) -> None:
         """`user` takes no direct messages from the bot: sending one answers 50007."""
         self.world.closed_dms.add(user.id)
