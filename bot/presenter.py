@@ -82,9 +82,20 @@ def _only_the_member(job: JobRecord) -> discord.AllowedMentions:
 
 
 def _age(job: JobRecord) -> timedelta:
+    """Since the command: what the interaction token's life is counted from."""
     if job.interaction_id is None:
         return TOKEN_LIFETIME
     return datetime.now(UTC) - discord.utils.snowflake_time(job.interaction_id)
+
+
+def _since_queued(job: JobRecord) -> timedelta:
+    """Since the job was recorded: the command's flow posts the progress message right after
+    (the command itself may be much older: a large picture takes a while to fetch and check)."""
+    if job.interaction_id is None:
+        return TOKEN_LIFETIME  # no command flow: a resumed job, or one from a button long ago
+    if job.created_at is None:
+        return _age(job)
+    return datetime.now(UTC) - job.created_at
 
 
 @dataclass
@@ -152,7 +163,7 @@ class DiscordPresenter:
         """Show `text` on the job's progress message; False when it has none yet."""
         current = await self._current(job)
         if current.progress_message_id is None:
-            if _age(current) < PROGRESS_POST_GRACE:
+            if _since_queued(current) < PROGRESS_POST_GRACE:
                 # The command's own flow is posting the progress message right now: wait for it
                 # rather than post a second one.
                 return False
@@ -367,7 +378,9 @@ class DiscordPresenter:
         shows that followup in place of the "thinking..." answer, the flow's "Got it" then
         overwrites it, and the progress message the flow posts next stays for good."""
         current = await self._current(job)
-        while current.progress_message_id is None and _age(current) < COMMAND_FLOW_WAIT:
+        while (
+            current.progress_message_id is None and _since_queued(current) < COMMAND_FLOW_WAIT
+        ):
             await asyncio.sleep(0.05)
             current = await self._current(current)
         return current

@@ -646,11 +646,13 @@ def failing_engine() -> FakeEngine:
     )
 
 
+@pytest.mark.parametrize("download_seconds", [0.0, 11.0], ids=["small picture", "slow download"])
 async def test_a_clip_that_fails_at_once_is_told_apart_from_got_it(
     fake_discord: FakeDiscordServer,
     tiny_model_dir: Path,
     data_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
+    download_seconds: float,
 ) -> None:
     # Discord's round trip for the "Got it" edit is longer than the clip takes to fail.
     edit = discord.Interaction.edit_original_response
@@ -660,10 +662,18 @@ async def test_a_clip_that_fails_at_once_is_told_apart_from_got_it(
         return await edit(self, **fields)
 
     monkeypatch.setattr(discord.Interaction, "edit_original_response", slow_edit)
+    # A big picture on a slow link: the job is made long after the command.
+    read = discord.Attachment.read
+
+    async def slow_read(self: discord.Attachment, **kwargs: Any) -> bytes:
+        await asyncio.sleep(download_seconds)
+        return await read(self, **kwargs)
+
+    monkeypatch.setattr(discord.Attachment, "read", slow_read)
     settings = settings_for(fake_discord, tiny_model_dir, data_dir)
     async with running(settings, engine=failing_engine()):
         handle = await animate(fake_discord)
-        told = await handle.wait_followup(lambda m: "bad moment" in m.content, timeout=10)
+        told = await handle.wait_followup(lambda m: "bad moment" in m.content, timeout=25)
         assert "Got it" in await reply_text(handle)  # the answer, and the failure beside it
         assert not told.deleted
         await asyncio.sleep(0.5)
