@@ -4,7 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 python=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$python" -m venv .venv
+recent() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
+if ! recent .venv/bin/python; then
+  if ! recent "$python"; then
+    echo "run.sh: the bot needs Python 3.11 or newer, and $python is" \
+      "$("$python" -V 2>&1 || echo "not there"). Install it (e.g. python3.11) and run" \
+      "PYTHON=python3.11 ./run.sh" >&2
+    exit 1
+  fi
+  rm -rf .venv  # made by an older Python on an earlier try
+  "$python" -m venv .venv
+fi
 # Install only when pyproject.toml changed since the last install, so a restart needs no network.
 stamp=.venv/.svd-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)

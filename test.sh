@@ -7,7 +7,17 @@ python=${PYTHON:-python3}
 # Its own environment, not run.sh's .venv: the CPU torch installed here would otherwise be what
 # the bot then runs with on a GPU host (run.sh keeps any torch that satisfies the requirement).
 venv=${TEST_VENV:-.venv-test}
-[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+recent() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
+if ! recent "$venv/bin/python"; then
+  if ! recent "$python"; then
+    echo "test.sh: needs Python 3.11 or newer, and $python is" \
+      "$("$python" -V 2>&1 || echo "not there"). Install it (e.g. python3.11) and run" \
+      "PYTHON=python3.11 ./test.sh" >&2
+    exit 1
+  fi
+  rm -rf "$venv"  # made by an older Python on an earlier try
+  "$python" -m venv "$venv"
+fi
 # The CPU build first: with torch 2.13.0 already present, nothing pulls the CUDA wheels.
 "$venv/bin/python" -m pip install -q torch==2.13.0
 "$venv/bin/python" -m pip install -q -e '.[test]'
