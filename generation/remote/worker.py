@@ -256,8 +256,16 @@ class RemoteWorker:
             )
             if claimed:
                 break
-            # Running on another live worker (its claim is renewed): wait for its outcome.
-            await asyncio.sleep(self._poll)
+            # Running on another live worker (its claim is renewed): a message reclaimed from
+            # it (a model load can outlast the reclaim timeout) or sent again. Waiting here would
+            # keep this GPU from other clips, while saying it is free: leave the job to that
+            # worker. Should it die, its claim lapses and the bot sends the job again.
+            holder = await self._retried("reading a claim", lambda: redis.get(keys.claim(job_id)))
+            if holder is not None:
+                who = holder.decode() if isinstance(holder, bytes) else str(holder)
+                jlog.info("already being made by worker %s; leaving it to them", who)
+                await self._retried("acknowledging a job", context.ack)
+                return
         self._job_id = job_id
         await self._say_alive()
         renew = asyncio.create_task(self._hold(job_id))

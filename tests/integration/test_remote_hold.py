@@ -28,8 +28,9 @@ from tests.fakes.redis_server import RedisServer
 
 
 class Rig:
-    def __init__(self, server: RedisServer, tmp: Path) -> None:
+    def __init__(self, server: RedisServer, tmp: Path, reclaim_seconds: float = 30) -> None:
         self.server, self.tmp = server, tmp
+        self.reclaim = reclaim_seconds
         self.keys = Keys(prefix=f"h{uuid.uuid4().hex[:8]}")
         self.picture = tmp / "picture.png"
         Image.new("RGB", (64, 32), (10, 120, 200)).save(self.picture)
@@ -37,7 +38,7 @@ class Rig:
         self.queue = RedisJobQueue(
             redis_url=server.url,
             output_dir=tmp / "out",
-            reclaim_seconds=30,
+            reclaim_seconds=reclaim_seconds,
             keys=self.keys,
             tick_seconds=0.05,
             outage_notice_seconds=1.0,
@@ -57,7 +58,7 @@ class Rig:
             LocalJobQueue(engine, output_dir=self.tmp / f"{name}-out", encoder=FakeEncoder()),
             redis_url=self.server.url,
             work_dir=self.tmp / name,
-            reclaim_seconds=30,
+            reclaim_seconds=self.reclaim,
             keys=self.keys,
             name=name,
             heartbeat_seconds=0.2,
@@ -95,8 +96,10 @@ async def rig(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Rig]:
 
 
 @contextlib.asynccontextmanager
-async def running_rig(server: RedisServer, tmp_path: Path) -> AsyncIterator[Rig]:
-    rig = Rig(server, tmp_path)
+async def running_rig(
+    server: RedisServer, tmp_path: Path, reclaim_seconds: float = 30
+) -> AsyncIterator[Rig]:
+    rig = Rig(server, tmp_path, reclaim_seconds)
     stream = rig.queue.events()
 
     async def collect() -> None:
@@ -291,3 +294,22 @@ async def test_a_clip_cancelled_while_its_worker_stores_it_is_not_delivered(
     await asyncio.sleep(0.3)  # the tick's look at the stored result, too
     assert [k for k in rig.kinds("late") if k.terminal] == [EventKind.CANCELLED]
     assert not list((rig.tmp / "out").glob("late.*"))
+
+
+async def test_a_worker_handed_a_clip_another_is_making_leaves_it_and_serves_others(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A model load can outlast the reclaim timeout: an idle worker then reclaims the message of
+    a clip a live worker is still making. It must not sit on it (saying it is free) while the
+    next clip waits for a GPU."""
+    async with running_rig(redis_server, tmp_path, reclaim_seconds=1.0) as rig:
+        rig.start_worker("w1", step_seconds=0.25)
+        rig.start_worker("w2", step_seconds=0.25)
+        await rig.wait_for(lambda: len(rig.queue.workers) == 2)
+        await rig.queue.submit(rig.request("long", 1, steps=16))  # 4 s on one worker
+        await asyncio.sleep(2.0)  # the other reclaims its message, idle for over 1 s
+        await rig.queue.submit(rig.request("short", 2, steps=2))
+        await rig.wait_for(lambda: EventKind.DONE in rig.kinds("short"), within=30)
+        assert EventKind.DONE not in rig.kinds("long")  # served beside it, not after it
+        await rig.wait_for(lambda: EventKind.DONE in rig.kinds("long"), within=30)
+        assert rig.kinds("long").count(EventKind.STARTED) == 1  # made once
