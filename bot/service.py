@@ -389,7 +389,9 @@ class AnimateService:
         if self._queue.snapshot().state not in ("stopping", "stopped"):
             return False
         current = await self._jobs.get(job.job_id)
-        if current is None or current.state is not JobState.QUEUED:
+        # Running too: its "interrupted" may still be on its way to the journal.
+        active = (JobState.QUEUED, JobState.RUNNING, JobState.ENCODING)
+        if current is None or current.state not in active:
             return False
         await self._jobs.set_state(job.job_id, JobState.CANCELLED, error=Cancelled().user_message)
         await self._quotas.refund(job.job_id)
@@ -453,6 +455,9 @@ class AnimateService:
                 await self._jobs.set_state(job_id, JobState.CANCELLED, error=event.error)
                 await self._quotas.refund(job_id)
             case EventKind.INTERRUPTED:
+                current = await self._jobs.get(job_id)
+                if current is not None and current.state.finished:
+                    return  # cancelled meanwhile (during the shutdown): it stays so
                 # Shutdown, not a crash: the retry after the restart should not use up an attempt.
                 await self._jobs.requeue(job_id, refund_attempt=True)
             case _:

@@ -129,7 +129,9 @@ class TrackedJob:
         self.step, self.total = step, total
 
     def request_stop(self, reason: str) -> None:
-        if self.stop_reason is None:
+        # A member's cancel wins over a shutdown's stop: told "cancelled, not charged", they
+        # must not get (and pay for) the clip after the restart.
+        if self.stop_reason is None or (reason == "cancelled" and self.stop_reason == "shutdown"):
             self.stop_reason = reason
         self.cancel.set()
 
@@ -312,14 +314,17 @@ class QueueFront:
         self._stopping = True
         self._state = "stopping"
         self._queue.close()
-        for queued in self._queue.waiting():
+        # Out of the line at once, then reported one by one (each awaits the journal): a cancel
+        # meanwhile finds them out of the line and marks them, and `_end` honours that.
+        waiting = self._queue.waiting()
+        for queued in waiting:
             self._queue.remove(queued.job_id)
-            await self._finish(
-                self._jobs[queued.job_id],
-                EventKind.INTERRUPTED,
-                reason="shutdown",
-                error=SHUTDOWN_MESSAGE,
-            )
+        for queued in waiting:
+            job = self._jobs.get(queued.job_id)
+            if job is not None:
+                await self._finish(
+                    job, EventKind.INTERRUPTED, reason="shutdown", error=SHUTDOWN_MESSAGE
+                )
         return True
 
     async def _interrupt_all(self) -> None:
@@ -350,6 +355,15 @@ class QueueFront:
         """`_finish` with the terminal event already built (e.g. one a remote worker sent)."""
         if job.finished:
             return
+        if event.kind is EventKind.INTERRUPTED and job.stop_reason == "cancelled":
+            # Stopped for the shutdown, but the member cancelled it meanwhile: it is cancelled.
+            event = JobEvent(
+                job.job_id,
+                EventKind.CANCELLED,
+                user_id=job.request.user_id,
+                reason="cancelled",
+                error=Cancelled().user_message,
+            )
         job.finished = True
         self._queue.finish(job.job_id)
         self._positions.pop(job.job_id, None)

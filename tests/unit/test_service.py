@@ -305,6 +305,33 @@ async def test_a_waiting_clip_cancelled_during_a_shutdown_stays_cancelled(tmp_pa
         assert (await r.service.quota(ALICE)).remaining == 2  # only the clip that was made
 
 
+async def test_cancels_during_a_shutdown_are_honoured_for_every_clip(tmp_path: Path) -> None:
+    members = [Member(guild_id=1, user_id=20 + i) for i in range(6)]
+    async with rig(tmp_path, FakeEngine(frames=4, step_seconds=1.0)) as r:
+        running = await r.service.submit(
+            members[0], png(), AnimateOptions(num_inference_steps=5), ORIGIN
+        )
+        waiting = [
+            await r.service.submit(member, png(), AnimateOptions(num_inference_steps=2), ORIGIN)
+            for member in members[1:]
+        ]
+        await _wait_for_state(r.jobs, running.job.job_id, JobState.RUNNING)
+        # SIGTERM with a short grace: the clip on the GPU is stopped at its next step.
+        stopping = asyncio.create_task(r.queue.stop(0.1))
+        last = waiting[-1]
+        assert await r.service.cancel(members[-1], last.job.job_id)  # while the line closes
+        await asyncio.sleep(0.4)  # the grace is over; the engine has not reached a step yet
+        assert await r.service.cancel(members[0], running.job.job_id)
+        await stopping
+        for accepted in (running, last):
+            record = await r.jobs.get(accepted.job.job_id)
+            assert record is not None and record.state is JobState.CANCELLED, record.state
+        for accepted in waiting[:-1]:  # kept for after the restart
+            record = await r.jobs.get(accepted.job.job_id)
+            assert record is not None and record.state is JobState.QUEUED
+        assert (await r.service.quota(members[0])).remaining == 3
+
+
 async def test_re_rolling_a_clip_of_a_model_no_longer_offered_costs_nothing(
     tmp_path: Path,
 ) -> None:
