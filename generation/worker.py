@@ -292,7 +292,7 @@ class LocalJobQueue(QueueFront):
             await self._fail(job, exc, "generation")
             return
         seconds = time.perf_counter() - started - result.load_seconds
-        if self._state == "load_failed":
+        if self._state == "load_failed" and self._made_with_default(job, result):
             self._loaded_after_all()
         if job.stop_reason is not None:
             # The stop came after the engine's last check: honour it anyway.
@@ -334,6 +334,14 @@ class LocalJobQueue(QueueFront):
             done, _ = await asyncio.wait({future}, timeout=wait)
             if done:
                 return future.result()
+
+    def _made_with_default(self, job: TrackedJob, result: GenerationResult) -> bool:
+        """Whether the clip used the default model, the one the load at start failed on (a clip
+        on another model says nothing of it)."""
+        models = getattr(self._engine, "models", None)
+        if models:
+            return result.model == models[0]
+        return job.request.options.model is None
 
     def _loaded_after_all(self) -> None:
         """The load at start failed but a clip has now loaded the model (the problem was

@@ -228,8 +228,11 @@ async def test_a_load_that_fails_at_start_and_works_later_makes_the_bot_ready(
             raise GenerationFailed("The video model could not be loaded.", reason="load")
 
     h = make(engine=PassingTrouble(step_seconds=0.001, frames=FRAMES))
+    await h.runtime.submit(h.request("other", model="another-model"))
+    await h.runtime.start()  # the load at start fails (always), then the clip runs
+    assert (await h.wait_terminal("other")).kind is EventKind.DONE
+    assert h.runtime.state == "load_failed"  # a clip on another model says nothing of it
     await h.runtime.submit(h.request("J1"))
-    await h.runtime.start()  # the load at start fails (always), then J1 runs
     assert (await h.wait_terminal("J1")).kind is EventKind.DONE  # the clip loaded it
     assert h.runtime.state == "ready" and h.runtime.ready.is_set()
     assert h.runtime.load_error is None
