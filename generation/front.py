@@ -397,12 +397,16 @@ class QueueFront:
     def _remaining(self, job: TrackedJob) -> float:
         """Seconds until the running job's frames are ready."""
         now = time.monotonic()
+        if job.loading:
+            # Loading a model, before the first step or after running out of memory (the clip
+            # then starts over): nothing of this run is timed yet; the estimate stands.
+            return job.expected_seconds
         done = job.step - job.steps_from
         if done > 0 and job.total > 0:
             since = job.steps_since or job.started_at
             return (now - since) / done * (job.total - job.step)
-        if job.steps_since or job.loading:
-            # Loading a model: none of the denoising is timed yet; the estimate stands.
+        if job.steps_since:
+            # The first step after a load: its pace is not known yet.
             left = (job.total - job.step) / job.total if job.total > 0 else 1.0
             return job.expected_seconds * left
         return max(job.expected_seconds - (now - job.started_at), 0.0)

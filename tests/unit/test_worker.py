@@ -421,6 +421,35 @@ async def test_a_missing_input_file_fails_the_job_with_a_clear_reason(
     assert (await h.wait_terminal("next")).kind is EventKind.DONE
 
 
+async def test_a_reload_in_the_middle_of_a_clip_does_not_stretch_the_waits_behind_it(
+    make: Callable[..., Harness],
+) -> None:
+    class SteppingDown(FakeEngine):
+        def run(
+            self, image: Image.Image, options: AnimateOptions, on_step: OnStep, cancel: ShouldCancel
+        ) -> GenerationResult:
+            for step in range(1, 6):
+                time.sleep(0.02)
+                on_step(Progress("denoising", step, 10))
+            on_step(Progress("loading"))  # out of memory: reloaded under a smaller plan
+            time.sleep(2.0)
+            return super().run(image, options, on_step, cancel)
+
+    h = make(
+        engine=SteppingDown(step_seconds=0.001, frames=FRAMES),
+        eta=EtaEstimator(default_seconds_per_unit=0.01),
+    )
+    await h.runtime.start()
+    await h.runtime.submit(h.request("A", 1, steps=10))
+    await h.runtime.submit(h.request("B", 2, steps=10))
+    await h.wait_for(lambda e: e.job_id == "A" and e.kind is EventKind.LOADING)
+    await asyncio.sleep(1.2)
+    waiting = h.runtime.snapshot().waiting
+    # A's own estimate (60 units at 0.01 s), not its time so far over the steps before the reload.
+    assert waiting[0].eta_seconds == pytest.approx(FRAMES * 10 * 0.01, abs=0.2)
+    await h.wait_terminal("B")
+
+
 async def test_loading_a_model_for_a_clip_does_not_count_against_its_time_limit(
     make: Callable[..., Harness],
 ) -> None:
