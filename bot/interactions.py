@@ -62,7 +62,8 @@ def _bot_can_post(interaction: discord.Interaction) -> bool:
         send = permissions.send_messages
     # Not Read Message History: clips are not replies, and a nonce (not a look at the channel)
     # keeps a retried upload from being posted twice.
-    return send and permissions.attach_files
+    # View Channel: without it Discord denies the rest, whatever their bits say.
+    return permissions.view_channel and send and permissions.attach_files
 
 
 def origin_of(interaction: discord.Interaction) -> Origin:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # does not race the expiry.
 TOKEN_LIFETIME = timedelta(minutes=14)
 INVALID_WEBHOOK_TOKEN = 50027
+UNKNOWN_WEBHOOK = 10015
 UNKNOWN_MESSAGE = 10008
 # Rate limits are not published: one progress edit every few seconds per message is safe.
 DEFAULT_EDIT_INTERVAL = 3.0
@@ -50,6 +51,7 @@ DM_UPLOAD_LIMIT = 10 * 1024 * 1024
 # Discord's codes for a channel the clip cannot go to: deleted, or a thread archived or locked.
 UNKNOWN_CHANNEL = 10003
 THREAD_ARCHIVED = 50083
+THREAD_LOCKED = 160005
 
 
 def _nonce(job: JobRecord) -> str:
@@ -68,7 +70,7 @@ def _not_postable_there(exc: discord.HTTPException) -> str | None:
         return "permissions"
     if exc.code == UNKNOWN_CHANNEL:
         return "gone"
-    if exc.code == THREAD_ARCHIVED:
+    if exc.code in (THREAD_ARCHIVED, THREAD_LOCKED):
         return "archived"
     return None
 
@@ -405,7 +407,9 @@ class DiscordPresenter:
         return discord.Webhook.partial(job.application_id, token, client=self._client)
 
     def _token_died(self, job: JobRecord, exc: discord.HTTPException) -> bool:
-        if exc.status == 401 or exc.code == INVALID_WEBHOOK_TOKEN:
+        # 401 / 50027 once the 15 minutes are over; Discord has also been seen answering 404
+        # Unknown Webhook to a token well within them: the channel works either way.
+        if exc.status == 401 or exc.code in (INVALID_WEBHOOK_TOKEN, UNKNOWN_WEBHOOK):
             if job.interaction_token:
                 self._dead_tokens.add(job.interaction_token)
             log.info("interaction token expired; using the channel", extra={"job_id": job.job_id})

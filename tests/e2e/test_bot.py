@@ -527,6 +527,29 @@ async def test_a_clip_too_large_for_a_dm_is_re_encoded_to_fit(
     await _until_delivered(bot)
 
 
+async def test_a_token_answering_unknown_webhook_early_falls_back_to_the_channel(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    handle = await animate(fake_discord, steps=10)
+    await reply_text(handle)
+    await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)  # the progress message
+    # Well within its 15 minutes, Discord answers 404 Unknown Webhook to the token.
+    fake_discord.faults.add(
+        "POST", r"^/webhooks/\d+/[^/]+$", 404, {"code": 10015, "message": "Unknown Webhook"}
+    )
+    message = await clip_message(fake_discord, fake_discord.user.id)
+    assert message.webhook_id is None  # posted with the bot token instead
+    await _until_delivered(bot)
+
+
+async def test_a_channel_the_bot_cannot_see_gets_the_dm_warning(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    fake_discord.deny_bot(discord.Permissions(view_channel=True))
+    handle = await animate(fake_discord)
+    assert "comes to you by DM" in await reply_text(handle)
+
+
 async def test_without_read_message_history_the_clip_is_still_posted_in_the_channel(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:

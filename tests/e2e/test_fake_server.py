@@ -290,6 +290,30 @@ async def test_subcommand_with_member_role_and_integer_options(
         )
 
 
+async def test_without_read_message_history_the_history_is_empty_and_a_fetch_refused(
+    bot: EchoBot, fake_discord: FakeDiscordServer
+) -> None:
+    channel = bot.get_channel(fake_discord.channel.id)
+    assert isinstance(channel, discord.TextChannel)
+    sent = await channel.send("hello")
+    fake_discord.deny_bot(discord.Permissions(read_message_history=True))
+    assert [m async for m in channel.history(limit=10)] == []  # as Discord: empty, no error
+    with pytest.raises(discord.Forbidden):
+        await channel.fetch_message(sent.id)
+
+
+async def test_a_deleted_channel_is_unknown_to_interaction_webhooks_too(
+    bot: EchoBot, fake_discord: FakeDiscordServer
+) -> None:
+    await fake_discord.interaction("hold")
+    interaction = await bot.next_held()
+    await interaction.response.defer()
+    fake_discord.delete_channel()
+    with pytest.raises(discord.NotFound) as gone:
+        await interaction.followup.send("still there?")
+    assert gone.value.code == 10003
+
+
 async def test_channel_message_send_reply_edit_fetch_delete(
     bot: EchoBot, fake_discord: FakeDiscordServer
 ) -> None:

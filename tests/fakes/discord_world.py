@@ -222,6 +222,7 @@ class DiscordWorld:
         if record.response_type is None:
             # Followups and edits need the first answer first.
             raise errors.unknown_webhook()
+        self.channel(record.channel_id)  # a deleted channel answers 10003 here too
         return record
 
     def respond(
@@ -426,10 +427,17 @@ class DiscordWorld:
 
     def channel_history(self, channel_id: int) -> list[FakeMessage]:
         channel = self.channel(channel_id)
-        self._require(channel, READ_MESSAGE_HISTORY)
+        self._require(channel, 0)  # View Channel
+        # As Discord does: without Read Message History the list is empty, not an error.
+        if (
+            channel.guild_id is not None
+            and self.bot_permissions_in(channel) & READ_MESSAGE_HISTORY != READ_MESSAGE_HISTORY
+        ):
+            return []
         return [m for m in self.messages.in_channel(channel_id) if not m.ephemeral]
 
     def channel_message(self, channel_id: int, message_id: int) -> FakeMessage:
+        self._require(self.channel(channel_id), READ_MESSAGE_HISTORY)
         return self._visible_message(channel_id, message_id)
 
     def channel_edit(
