@@ -550,6 +550,31 @@ async def test_a_channel_the_bot_cannot_see_gets_the_dm_warning(
     assert "comes to you by DM" in await reply_text(handle)
 
 
+async def test_a_clip_asked_for_in_a_thread_is_posted_in_that_thread(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    thread = fake_discord.add_thread("cats")
+    # Threads go by Send Messages in Threads: the parent's Send Messages does not matter.
+    fake_discord.deny_bot(discord.Permissions(send_messages=True))
+    handle = await fake_discord.interaction(
+        "animate",
+        {"steps": 10},
+        attachment=("cat.png", picture(), "image/png"),
+        permissions=MEMBER,
+        channel=thread,
+    )
+    assert "DM" not in await reply_text(handle)
+    await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)  # the progress message
+    fake_discord.clock.advance(16 * 60)  # the clip comes after the token, with the bot's own
+
+    def in_thread() -> FakeMessage | None:
+        return next((m for m in fake_discord.messages(thread) if m.attachments), None)
+
+    message = await eventually(in_thread, CLIP_TIMEOUT)
+    assert message.webhook_id is None and f"<@{fake_discord.user.id}>" in message.content
+    await _until_delivered(bot)
+
+
 async def test_without_read_message_history_the_clip_is_still_posted_in_the_channel(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:

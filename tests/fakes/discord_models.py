@@ -22,6 +22,7 @@ ADMINISTRATOR = discord.Permissions(administrator=True).value
 ALL_PERMISSIONS = discord.Permissions.all().value
 VIEW_CHANNEL = discord.Permissions(view_channel=True).value
 SEND_MESSAGES = discord.Permissions(send_messages=True).value
+SEND_MESSAGES_IN_THREADS = discord.Permissions(send_messages_in_threads=True).value
 ATTACH_FILES = discord.Permissions(attach_files=True).value
 READ_MESSAGE_HISTORY = discord.Permissions(read_message_history=True).value
 
@@ -86,6 +87,7 @@ class FakeChannel:
     position: int = 0
     parent_id: int | None = None
     recipient_id: int | None = None  # DMs only
+    owner_id: int | None = None  # threads only: who started it
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,14 @@ class FakeGuild:
         self.roles[role.id] = role
         return role
 
-    def add_channel(self, name: str, *, type: int = 0, parent_id: int | None = None) -> FakeChannel:
+    def add_channel(
+        self,
+        name: str,
+        *,
+        type: int = 0,
+        parent_id: int | None = None,
+        owner_id: int | None = None,
+    ) -> FakeChannel:
         channel = FakeChannel(
             id=self._new_id(),
             name=name,
@@ -243,6 +252,7 @@ class FakeGuild:
             guild_id=self.id,
             position=len(self.channels),
             parent_id=parent_id,
+            owner_id=owner_id,
         )
         self.channels[channel.id] = channel
         return channel

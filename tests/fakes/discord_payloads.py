@@ -49,6 +49,10 @@ def role_payload(role: FakeRole) -> dict[str, Any]:
     }
 
 
+# Announcement, public and private threads.
+THREAD_TYPES = frozenset({10, 11, 12})
+
+
 def channel_payload(channel: FakeChannel, recipient: FakeUser | None = None) -> dict[str, Any]:
     payload: dict[str, Any] = {"id": str(channel.id), "type": channel.type, "name": channel.name}
     if channel.guild_id is not None:
@@ -64,6 +68,19 @@ def channel_payload(channel: FakeChannel, recipient: FakeUser | None = None) -> 
         )
         if channel.type == 2:  # voice
             payload.update(bitrate=64000, user_limit=0, rtc_region=None)
+        if channel.type in THREAD_TYPES:
+            payload.update(
+                owner_id=str(channel.owner_id or 0),
+                message_count=0,
+                member_count=1,
+                thread_metadata={
+                    "archived": False,
+                    "auto_archive_duration": 1440,
+                    "archive_timestamp": "2024-01-01T00:00:00+00:00",
+                    "locked": False,
+                },
+            )
+            del payload["permission_overwrites"], payload["position"], payload["topic"]
     if recipient is not None:
         payload["recipients"] = [user_payload(recipient)]
     return payload
@@ -115,8 +132,13 @@ def guild_create_payload(guild: FakeGuild, joined_at: str) -> dict[str, Any]:
         "roles": [role_payload(r) for r in guild.roles.values()],
         "emojis": [],
         "stickers": [],
-        "channels": [channel_payload(c) for c in guild.channels.values() if c.type != 11],
-        "threads": [],
+        "channels": [
+            channel_payload(c) for c in guild.channels.values() if c.type not in THREAD_TYPES
+        ],
+        # Active threads, as Discord lists them in GUILD_CREATE.
+        "threads": [
+            channel_payload(c) for c in guild.channels.values() if c.type in THREAD_TYPES
+        ],
         "members": [member_payload(m) for m in guild.members.values()],
         # member_count == len(members) marks the guild as chunked: no member requests needed.
         "member_count": len(guild.members),

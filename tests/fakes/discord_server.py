@@ -49,7 +49,7 @@ from tests.fakes.discord_models import (
     FakeUser,
     permission_value,
 )
-from tests.fakes.discord_payloads import member_payload, role_payload
+from tests.fakes.discord_payloads import channel_payload, member_payload, role_payload
 from tests.fakes.discord_recorder import GatewayFrame, Predicate, RecordedRequest, Recorder
 from tests.fakes.discord_rest import RestApi
 from tests.fakes.discord_time import FakeClock, Snowflakes
@@ -219,6 +219,14 @@ class FakeDiscordServer:
         """A channel overwrite (default: the main channel) that denies the bot `permissions`."""
         target = channel or self.channel
         self.world.bot_denied_in[target.id] = permission_value(permissions)
+
+    def add_thread(self, name: str, parent: FakeChannel | None = None) -> FakeChannel:
+        """A public thread under `parent` (default: the main channel), started by the member."""
+        target = parent or self.channel
+        guild = self.world.guilds[target.guild_id or 0]
+        thread = guild.add_channel(name, type=11, parent_id=target.id, owner_id=self.user.id)
+        self.gateway.dispatch("THREAD_CREATE", channel_payload(thread) | {"newly_created": True})
+        return thread
 
     def delete_channel(self, channel: FakeChannel | None = None) -> None:
         """Delete a channel (default: the main one): from now on it answers 10003 Unknown

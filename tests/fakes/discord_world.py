@@ -20,6 +20,7 @@ from tests.fakes.discord_models import (
     DEFAULT_BOT_PERMISSIONS,
     READ_MESSAGE_HISTORY,
     SEND_MESSAGES,
+    SEND_MESSAGES_IN_THREADS,
     VIEW_CHANNEL,
     FakeChannel,
     FakeGuild,
@@ -28,7 +29,7 @@ from tests.fakes.discord_models import (
     MiB,
     UploadedFile,
 )
-from tests.fakes.discord_payloads import message_payload, user_payload
+from tests.fakes.discord_payloads import THREAD_TYPES, message_payload, user_payload
 from tests.fakes.discord_time import FakeClock, Snowflakes
 from tests.fakes.discord_validation import validate_commands
 
@@ -144,8 +145,12 @@ class DiscordWorld:
         return self.guilds[guild_id].permissions_of(self.bot_user.id)
 
     def bot_permissions_in(self, channel: FakeChannel) -> int:
-        """The bot's permissions in `channel`: its guild's, less what an overwrite denies."""
-        return self.bot_permissions(channel.guild_id) & ~self.bot_denied_in.get(channel.id, 0)
+        """The bot's permissions in `channel`: its guild's, less what an overwrite denies (a
+        thread has its parent channel's overwrites)."""
+        denied = self.bot_denied_in.get(channel.id, 0)
+        if channel.type in THREAD_TYPES and channel.parent_id is not None:
+            denied |= self.bot_denied_in.get(channel.parent_id, 0)
+        return self.bot_permissions(channel.guild_id) & ~denied
 
     def upload_limit(self, guild_id: int | None) -> int:
         return self.guilds[guild_id].upload_limit if guild_id in self.guilds else 10 * MiB
@@ -395,7 +400,9 @@ class DiscordWorld:
         channel = self.channel(channel_id)
         if not isinstance(body, dict):
             raise errors.bad_json()
-        needed = SEND_MESSAGES | (ATTACH_FILES if files else 0)
+        # In a thread it is Send Messages in Threads that counts; Send Messages has no effect.
+        send = SEND_MESSAGES_IN_THREADS if channel.type in THREAD_TYPES else SEND_MESSAGES
+        needed = send | (ATTACH_FILES if files else 0)
         if body.get("message_reference"):
             needed |= READ_MESSAGE_HISTORY  # replying needs it
         self._require(channel, needed)
