@@ -242,7 +242,7 @@ class DiscordPresenter:
             )
 
         try:
-            await self._fitting(job, path, budget, post)
+            posted = await self._fitting(job, path, budget, post)
         except discord.HTTPException as exc:
             failure = exc
             why = _not_postable_there(exc)
@@ -270,8 +270,36 @@ class DiscordPresenter:
                 # No longer "Encoding…", and its Cancel button could only say "finished".
                 await self._finish_progress(job, final=messages.kept_for_later_text(job))
             return False
+        if isinstance(posted, discord.Message) and posted.webhook_id is not None:
+            await self._drop_repeats(job, posted)
         await self._finish_progress(job)
         return True
+
+    async def _drop_repeats(self, job: JobRecord, kept: discord.Message) -> None:
+        """Delete copies of the clip besides `kept`. discord.py sends a webhook post again after
+        a 5xx, and webhooks take no nonce: when Discord had stored the first before failing,
+        the channel has the clip twice. One look at the channel's latest messages (an empty
+        list without Read Message History: then nothing is deleted)."""
+        prefix = _clip_name(job, Path())
+        channel = self._client.get_partial_messageable(job.channel_id)
+        try:
+            async for message in channel.history(limit=RECENT_MESSAGES):
+                if (
+                    message.id != kept.id
+                    and message.webhook_id is not None
+                    and message.webhook_id == kept.webhook_id
+                    and any(a.filename.startswith(prefix) for a in message.attachments)
+                ):
+                    log.warning("deleting a repeat of the clip", extra={"job_id": job.job_id})
+                    webhook = self._webhook(job)
+                    with contextlib.suppress(discord.HTTPException):
+                        # Through the interaction that posted it, whose token is still fresh.
+                        if webhook is not None:
+                            await webhook.delete_message(message.id)
+                        else:
+                            await message.delete()
+        except discord.HTTPException as exc:
+            log.info("could not look for repeats: %s", exc, extra={"job_id": job.job_id})
 
     async def _fitting(
         self,

@@ -641,6 +641,27 @@ async def test_a_server_error_after_discord_stored_the_clip_does_not_post_it_twi
     assert not [text for text in said if "would not accept" in text], said
 
 
+async def test_a_followup_discord_stored_before_a_server_error_is_not_left_twice(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    handle = await animate(fake_discord, steps=10)
+    await reply_text(handle)
+    await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)  # the progress message
+    # The clip's followup is stored, then answered 502: discord.py posts it again (a webhook
+    # takes no nonce), and the second succeeds.
+    fake_discord.faults.server_error(
+        "POST", r"^/webhooks/\d+/[^/]+$", status=502, after_applying=True
+    )
+    await _until_delivered(bot, CLIP_TIMEOUT)
+    await asyncio.sleep(0.5)
+    everything = fake_discord.world.messages.in_channel(
+        fake_discord.channel.id, include_deleted=True
+    )
+    clips = [m for m in everything if m.attachments]
+    assert len(clips) == 2  # it was posted twice ...
+    assert len([m for m in clips if not m.deleted]) == 1  # ... and one copy was deleted
+
+
 async def test_upload_refused_as_too_large_is_reencoded_smaller(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:
