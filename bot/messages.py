@@ -10,6 +10,7 @@ from datetime import datetime
 from generation.jobs import EventKind, JobEvent, QueueSnapshot
 from generation.options import AnimateOptions
 from storage.audit import AuditEntry
+from storage.errors import discord_timestamp
 from storage.jobs import JobRecord, JobState
 from storage.quota_rules import clips, counts_for
 from storage.quotas import QuotaStatus
@@ -24,7 +25,7 @@ def mention(user_id: int) -> str:
 
 
 def relative_time(when: datetime) -> str:
-    return f"<t:{int(when.timestamp())}:R>"
+    return discord_timestamp(when, "R")
 
 
 def duration(seconds: float | None) -> str:

@@ -27,7 +27,7 @@ from generation.images import ImageLimits, fit_image, load_image
 from generation.jobs import EventKind, JobEvent, JobQueue, JobRequest, QueueSnapshot
 from generation.options import MOTION_RANGE, QUALITY_CACHE_INTERVALS, AnimateOptions
 from generation.results import EncodedClip
-from storage.errors import QuotaExceeded
+from storage.errors import JobNotFound, QuotaExceeded
 from storage.jobs import JobRecord, JobState, JobStore
 from storage.quotas import QuotaStatus, QuotaStore
 from storage.settings import GuildSettings, GuildSettingsStore
@@ -319,10 +319,17 @@ class AnimateService:
             await self._jobs.create(record)
             queued = await self._queue.submit(self._request(record))
         except BaseException as exc:
-            await self._quotas.refund(job_id)
             message = getattr(exc, "user_message", "The request could not be queued.")
-            with contextlib.suppress(Exception):
+            # Failed first, then refunded: the other way round, a crash (or a failed write)
+            # between the two left a queued job with a refunded reservation, which the restart
+            # would make, and deliver, for free.
+            try:
                 await self._jobs.set_state(job_id, JobState.FAILED, error=message)
+            except JobNotFound:
+                pass  # never written: nothing to resume
+            except Exception:
+                log.exception("could not mark the job failed", extra={"job_id": job_id})
+            await self._quotas.refund(job_id)
             raise
         stored = await self._jobs.get(job_id)
         state = self._queue.snapshot().state

@@ -4,6 +4,7 @@ in the reader's own time zone); for the database errors it is written for the ho
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 
@@ -11,8 +12,9 @@ from storage.quota_rules import counts_for
 
 
 def discord_timestamp(when: datetime, style: str = "R") -> str:
-    """Discord's timestamp markup: `R` renders as "in 3 hours" in the reader's own locale."""
-    return f"<t:{int(when.timestamp())}:{style}>"
+    """Discord's timestamp markup: `R` renders as "in 3 hours" in the reader's own locale.
+    Rounded up: a member told a clip is back at 13:00:00 must not be refused at that second."""
+    return f"<t:{math.ceil(when.timestamp())}:{style}>"
 
 
 class StorageError(Exception):

@@ -259,13 +259,15 @@ class QuotaStore:
             # The period does not depend on roles (a role limit counts in the guild's period).
             member = await self._member(conn, guild_id, user_id, (), "", now)
             before = measure(member.rule, member.source, member.counted, now).used
+            # Only the current period's (and those being made): clips from before it were
+            # not counting, and would be given back should the period later grow.
             await conn.execute(
                 """
                 UPDATE quota_usage SET forgiven = 1
                 WHERE guild_id = ? AND user_id = ? AND forgiven = 0
-                  AND state IN ('reserved', 'charged')
+                  AND (state = 'reserved' OR (state = 'charged' AND reserved_at_us > ?))
                 """,
-                (guild_id, user_id),
+                (guild_id, user_id, now - period_micros(member.rule.period)),
             )
             await write_entry(
                 conn,

@@ -243,3 +243,30 @@ async def test_real_discord_snowflakes_work_as_ids(quotas: QuotaStore) -> None:
     status = await quotas.reserve(guild, user, (role, role - 1), "job")
     assert (status.limit, status.used, status.source) == (7, 1, "role")
     assert (await quotas.status(guild, user, (role - 1,))).limit == 3
+
+
+async def test_reset_gives_back_only_the_current_periods_clips(
+    quotas: QuotaStore, clock: FakeClock
+) -> None:
+    await quotas.set_default(GUILD, 3, "hour", actor_id=MOD)
+    for job in ("a", "b"):
+        await quotas.reserve(GUILD, USER, (), job)
+        await quotas.charge(job)
+    clock.advance(hours=2)
+    assert await quotas.reset_user(GUILD, USER, actor_id=MOD) == (0, 0)  # none in this hour
+    # Lengthened later: the two clips of two hours ago count in the day, as they always did.
+    await quotas.set_default(GUILD, 3, "day", actor_id=MOD)
+    assert (await quotas.status(GUILD, USER)).used == 2
+
+
+async def test_the_time_shown_for_the_next_clip_is_never_before_it_is_back(
+    quotas: QuotaStore, clock: FakeClock
+) -> None:
+    await quotas.set_default(GUILD, 1, "hour", actor_id=MOD)
+    clock.now = clock.now.replace(microsecond=500_000)
+    await quotas.reserve(GUILD, USER, (), "a")
+    with pytest.raises(QuotaExceeded) as caught:
+        await quotas.reserve(GUILD, USER, (), "b")
+    shown = int(caught.value.user_message.split("<t:")[1].split(":")[0])
+    clock.now = datetime.fromtimestamp(shown, UTC)  # the second Discord shows
+    await quotas.reserve(GUILD, USER, (), "b")  # the clip is there

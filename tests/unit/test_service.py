@@ -26,6 +26,7 @@ from generation.errors import (
 from generation.fake_engine import FakeEncoder, FakeEngine
 from generation.jobs import JobEvent
 from generation.options import AnimateOptions
+from generation.queue import QueueClosed
 from generation.worker import LocalJobQueue
 from storage.database import Database
 from storage.errors import QuotaExceeded
@@ -330,6 +331,26 @@ async def test_cancels_during_a_shutdown_are_honoured_for_every_clip(tmp_path: P
             record = await r.jobs.get(accepted.job.job_id)
             assert record is not None and record.state is JobState.QUEUED
         assert (await r.service.quota(members[0])).remaining == 3
+
+
+async def test_a_clip_that_could_not_be_queued_is_failed_before_it_is_refunded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with rig(tmp_path) as r:
+
+        async def refused(*_args: object, **_kwargs: object) -> None:
+            raise QueueClosed()
+
+        async def crash(_job_id: str) -> None:
+            raise RuntimeError("the process died here")
+
+        monkeypatch.setattr(r.queue, "submit", refused)
+        monkeypatch.setattr(r.quotas, "refund", crash)
+        with pytest.raises(RuntimeError):
+            await r.service.submit(ALICE, png(), AnimateOptions(num_inference_steps=2), ORIGIN)
+        # Whatever happens at the refund, the job is already failed: a restart will not make
+        # it (for free, its reservation refunded) after the member was told it failed.
+        assert await r.jobs.unfinished() == []
 
 
 async def test_re_rolling_a_clip_of_a_model_no_longer_offered_costs_nothing(
