@@ -231,8 +231,10 @@ class JobStore:
     async def finished_with_files(self, before: datetime, limit: int = 100) -> list[JobRecord]:
         """Finished jobs (before `before`) that still name an input or output file: what a clean-up
         task may delete, then forget with `update(job_id, input_path=None, output_path=None)`."""
+        # INDEXED BY: left to itself the planner takes jobs_by_state, which matches nearly every
+        # job ever made (finished is what jobs end as), and scans them all each hour.
         rows = await self._db.fetch(
-            f"{_SELECT} WHERE state IN (?, ?, ?) AND finished_at_us < ? "
+            f"{_SELECT} INDEXED BY jobs_with_files WHERE state IN (?, ?, ?) AND finished_at_us < ? "
             "AND (input_path IS NOT NULL OR output_path IS NOT NULL) "
             "ORDER BY finished_at_us LIMIT ?",
             [*(s.value for s in sorted(FINISHED)), to_micros(before), max(0, limit)],

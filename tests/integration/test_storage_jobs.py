@@ -235,3 +235,20 @@ async def test_finished_jobs_with_files_for_clean_up(jobs: JobStore, clock: Fake
     await jobs.update(old.job_id, input_path=None)
     assert await jobs.finished_with_files(cutoff) == []
     assert (await jobs.get(waiting.job_id)).input_path == "/in/wait.png"  # type: ignore[union-attr]
+
+
+async def test_the_clean_up_reads_only_the_jobs_that_still_have_files(db: Database) -> None:
+    # The hourly clean-up holds the database while it reads: with every job ever made in the
+    # table, a full scan there kept /quota and the other commands waiting.
+    seen: list[str] = []
+    original = db.fetch
+
+    async def explained(sql: str, params: Any = ()) -> Any:
+        plan = await original(f"EXPLAIN QUERY PLAN {sql}", params)
+        seen.append(" ".join(str(row[-1]) for row in plan))
+        return await original(sql, params)
+
+    db.fetch = explained  # type: ignore[method-assign]
+    await JobStore(db).finished_with_files(datetime.now(UTC))
+    assert seen and "USING INDEX jobs_with_files" in seen[0], seen
+    assert "SCAN" not in seen[0]
