@@ -193,8 +193,14 @@ class QuotaAdmin(
             "guild": "the server default",
         }
         text = messages.quota_text(status, subject=user.mention)
-        text += f"\nThe limit comes from {source.get(status.source, status.source)}; "
-        text += f"{clips(status.used)} used."
+        where = source.get(status.source, status.source)
+        if status.source == "role":
+            # Which one: the moderator may want to change that role's limit, not the member's.
+            limits = await self.bot.service.quotas.role_limits(mod.guild_id)
+            deciding = [r.role_id for r in limits if r.role_id in roles and r.limit == status.limit]
+            if deciding:
+                where = "their role " + ", ".join(f"<@&{role_id}>" for role_id in deciding)
+        text += f"\nThe limit comes from {where}; {clips(status.used)} used."
         await interaction.response.send_message(
             text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
         )
@@ -241,10 +247,13 @@ class QuotaAdmin(
             old, new = await self.bot.service.guilds.update(mod.guild_id, mod.user_id, **changes)
         else:
             old = new = await self.bot.service.guild_settings(mod.guild_id)
-        role = f"<@&{new.moderator_role_id}>" if new.moderator_role_id else "none"
+        def named(role_id: int | None) -> str:
+            return f"<@&{role_id}>" if role_id else "none"
+
         text = (
             f"⚙️ Max steps **{new.max_steps}** (was {old.max_steps}) · default format "
-            f"**{new.default_format}** (was {old.default_format}) · moderator role {role}."
+            f"**{new.default_format}** (was {old.default_format}) · moderator role "
+            f"{named(new.moderator_role_id)} (was {named(old.moderator_role_id)})."
         )
         if "moderator_role_id" in changes and new.moderator_role_id:
             # Discord hides /quota-admin from members without Manage Server until an admin

@@ -267,7 +267,7 @@ async def test_moderators_clear_a_limit_but_only_managers_pick_moderators(
         return await reply_text(handle)
 
     text = await quota_admin(admin, "config", MANAGE_GUILD, moderator_role=mods.id)
-    assert f"moderator role <@&{mods.id}>" in text and "Integrations" in text
+    assert f"moderator role <@&{mods.id}> (was none)" in text and "Integrations" in text
     # A member of the moderator role moderates, but cannot hand the role to others.
     assert "✅" in await quota_admin(mod, "set", MEMBER, user=member.id, limit="1")
     refused = await quota_admin(mod, "config", MEMBER, moderator_role=fake_discord.guild.id)
@@ -281,11 +281,14 @@ async def test_moderators_clear_a_limit_but_only_managers_pick_moderators(
     quota = await fake_discord.interaction("quota", permissions=MEMBER)
     assert "**3** of 3" in await reply_text(quota)
     text = await quota_admin(admin, "config", MANAGE_GUILD, clear_moderator_role=True)
-    assert "moderator role none" in text
+    assert f"moderator role none (was <@&{mods.id}>)" in text
     assert "Only moderators" in await quota_admin(mod, "set", MEMBER, user=member.id, limit="1")
     # A role limit counts over the server's period, and the reply says which.
     text = await quota_admin(admin, "role", MANAGE_GUILD, role=mods.id, limit="2")
     assert "not set → **2 clips per day** (the server's period)" in text, text
+    # Show names the role a member's limit comes from.
+    text = await quota_admin(admin, "show", MANAGE_GUILD, user=mod.id)
+    assert f"comes from their role <@&{mods.id}>" in text, text
     # Every change is in the log, newest first, with who made it.
     log = (await quota_admin(admin, "log", MANAGE_GUILD)).splitlines()
     assert f"<@{admin.id}> set the limit for <@&{mods.id}>: not set → **2 clips**" in log[1]
