@@ -227,19 +227,9 @@ class RestApi:
                 )
                 response = route.handler(api_request, **params)
             if injected is not None and injected.status == DISCONNECT:
+                response, fault = ApiResponse(DISCONNECT, None), True
                 await self._recorder.add_request(
-                    RecordedRequest(
-                        index=index,
-                        method=request.method,
-                        path=path,
-                        kind=kind,
-                        query=dict(request.query),
-                        json=payload,
-                        files=files,
-                        status=DISCONNECT,
-                        response=None,
-                        fault=True,
-                    )
+                    _record(index, request, path, kind, payload, files, response, fault, params)
                 )
                 _hang_up(request)
             if injected is not None:
@@ -249,21 +239,9 @@ class RestApi:
         except DiscordHTTPError as error:
             response = ApiResponse(error.status, error.body())
             headers = error.headers
-        record = RecordedRequest(
-            index=index,
-            method=request.method,
-            path=path,
-            kind=kind,
-            query=dict(request.query),
-            json=payload,
-            files=files,
-            status=response.status,
-            response=response.body,
-            fault=fault,
-            interaction_id=int(params["interaction"]) if "interaction" in params else None,
-            token=params.get("token"),
+        await self._recorder.add_request(
+            _record(index, request, path, kind, payload, files, response, fault, params)
         )
-        await self._recorder.add_request(record)
         return json_response(response.status, response.body, headers)
 
     def _match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
@@ -468,3 +446,30 @@ def _hang_up(request: web.Request) -> None:
     if transport is not None:
         transport.close()
     raise ConnectionResetError("the fake hung up, as asked")
+
+
+def _record(
+    index: int,
+    request: web.Request,
+    path: str,
+    kind: str,
+    payload: Any,
+    files: tuple[UploadedFile, ...],
+    response: ApiResponse,
+    fault: bool,
+    params: dict[str, str],
+) -> RecordedRequest:
+    return RecordedRequest(
+        index=index,
+        method=request.method,
+        path=path,
+        kind=kind,
+        query=dict(request.query),
+        json=payload,
+        files=files,
+        status=response.status,
+        response=response.body,
+        fault=fault,
+        interaction_id=int(params["interaction"]) if "interaction" in params else None,
+        token=params.get("token"),
+    )

@@ -28,6 +28,21 @@ FRAMES = 6
 
 
 @dataclass
+class LoadsAModel(FakeEngine):
+    """Loads (and compiles) another model for each clip, for `load_for_clip` seconds, before
+    its first step."""
+
+    load_for_clip: float = 0.5
+
+    def run(
+        self, image: Image.Image, options: AnimateOptions, on_step: OnStep, cancel: ShouldCancel
+    ) -> GenerationResult:
+        on_step(Progress("loading"))
+        time.sleep(self.load_for_clip)
+        return super().run(image, options, on_step, cancel)
+
+
+@dataclass
 class Harness:
     runtime: LocalJobQueue
     engine: FakeEngine
@@ -268,15 +283,7 @@ async def test_positions_and_etas_update_as_the_queue_moves(
 async def test_a_model_load_before_the_first_step_does_not_stretch_the_estimate(
     make: Callable[..., Harness],
 ) -> None:
-    class Switching(FakeEngine):
-        def run(
-            self, image: Image.Image, options: AnimateOptions, on_step: OnStep, cancel: ShouldCancel
-        ) -> GenerationResult:
-            on_step(Progress("loading"))
-            time.sleep(0.5)  # another model, loaded for this clip
-            return super().run(image, options, on_step, cancel)
-
-    h = make(engine=Switching(step_seconds=0.02, frames=FRAMES))
+    h = make(engine=LoadsAModel(load_for_clip=0.5, step_seconds=0.02, frames=FRAMES))
     await h.runtime.start()
     await h.runtime.submit(h.request("J1", steps=10))
     await h.wait_terminal("J1")
@@ -453,15 +460,9 @@ async def test_a_reload_in_the_middle_of_a_clip_does_not_stretch_the_waits_behin
 async def test_loading_a_model_for_a_clip_does_not_count_against_its_time_limit(
     make: Callable[..., Harness],
 ) -> None:
-    class Switching(FakeEngine):
-        def run(
-            self, image: Image.Image, options: AnimateOptions, on_step: OnStep, cancel: ShouldCancel
-        ) -> GenerationResult:
-            on_step(Progress("loading"))
-            time.sleep(0.6)  # another model, loaded (and compiled) for this clip
-            return super().run(image, options, on_step, cancel)
-
-    h = make(engine=Switching(step_seconds=0.01, frames=FRAMES), job_timeout=0.4)
+    h = make(
+        engine=LoadsAModel(load_for_clip=0.6, step_seconds=0.01, frames=FRAMES), job_timeout=0.4
+    )
     await h.runtime.start()
     await h.runtime.submit(h.request("other-model", steps=5))
     assert (await h.wait_terminal("other-model")).kind is EventKind.DONE
