@@ -416,9 +416,7 @@ async def test_a_refused_press_is_not_taken_for_a_double_click(
 async def test_expired_token_falls_back_to_the_channel(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:
-    handle = await animate(fake_discord, steps=10)
-    await reply_text(handle)
-    await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)  # the progress message
+    await _progress_posted(fake_discord)
     # The queue took longer than Discord lets a token live.
     fake_discord.clock.advance(16 * 60)
     message = await clip_message(fake_discord, fake_discord.user.id)
@@ -433,11 +431,17 @@ async def test_expired_token_falls_back_to_the_channel(
 NO_POSTING = discord.Permissions(send_messages=True, attach_files=True).value
 
 
-async def _past_the_token(server: FakeDiscordServer, **options: Any) -> Any:
-    """A clip whose queue outlasts its interaction token (the bot must use its own)."""
+async def _progress_posted(server: FakeDiscordServer, **options: Any) -> Any:
+    """A clip long enough to follow, once its progress message is up."""
     handle = await animate(server, steps=10, **options)
     await reply_text(handle)
-    await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)  # the progress message
+    await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)
+    return handle
+
+
+async def _past_the_token(server: FakeDiscordServer, **options: Any) -> Any:
+    """A clip whose queue outlasts its interaction token (the bot must use its own)."""
+    handle = await _progress_posted(server, **options)
     server.clock.advance(16 * 60)
     return handle
 
@@ -533,9 +537,7 @@ async def test_a_clip_too_large_for_a_dm_is_re_encoded_to_fit(
 async def test_a_token_answering_unknown_webhook_early_falls_back_to_the_channel(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:
-    handle = await animate(fake_discord, steps=10)
-    await reply_text(handle)
-    await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)  # the progress message
+    await _progress_posted(fake_discord)
     # Well within its 15 minutes, Discord answers 404 Unknown Webhook to the token.
     fake_discord.faults.add(
         "POST", r"^/webhooks/\d+/[^/]+$", 404, {"code": 10015, "message": "Unknown Webhook"}
@@ -647,9 +649,7 @@ async def test_a_server_error_after_discord_stored_the_clip_does_not_post_it_twi
 async def test_a_followup_discord_stored_before_a_server_error_is_not_left_twice(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:
-    handle = await animate(fake_discord, steps=10)
-    await reply_text(handle)
-    await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)  # the progress message
+    await _progress_posted(fake_discord)
     # The clip's followup is stored, then answered 502: discord.py posts it again (a webhook
     # takes no nonce), and the second succeeds.
     fake_discord.faults.server_error(
@@ -668,9 +668,7 @@ async def test_a_followup_discord_stored_before_a_server_error_is_not_left_twice
 async def test_upload_refused_as_too_large_is_reencoded_smaller(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:
-    handle = await animate(fake_discord, steps=10)
-    await reply_text(handle)
-    await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)  # the progress message
+    await _progress_posted(fake_discord)
     # The clip's own upload is the next followup.
     fake_discord.faults.add(
         "POST",
