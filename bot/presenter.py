@@ -37,6 +37,8 @@ UNKNOWN_MESSAGE = 10008
 DEFAULT_EDIT_INTERVAL = 3.0
 # How far back a retry looks for a clip Discord stored although it answered with an error.
 RECENT_MESSAGES = 50
+# The shortest wait of discord.py's webhook adapter before it sends a request again after a 5xx.
+WEBHOOK_RETRY_WAIT = 1.0
 # How long after the command its flow may still be posting the progress message.
 PROGRESS_POST_GRACE = timedelta(seconds=30)
 # How long an outcome waits for that flow (which normally takes well under a second).
@@ -241,6 +243,7 @@ class DiscordPresenter:
                 job, text, view=view, file=(clip, _clip_name(job, clip)), nonce=_nonce(job)
             )
 
+        started = time.monotonic()
         try:
             posted = await self._fitting(job, path, budget, post)
         except discord.HTTPException as exc:
@@ -270,7 +273,10 @@ class DiscordPresenter:
                 # No longer "Encoding…", and its Cancel button could only say "finished".
                 await self._finish_progress(job, final=messages.kept_for_later_text(job))
             return False
-        if isinstance(posted, discord.Message) and posted.webhook_id is not None:
+        # discord.py waits at least a second before it sends a webhook post again: a quicker
+        # post was sent once, and needs no look at the channel.
+        retried = time.monotonic() - started >= WEBHOOK_RETRY_WAIT
+        if retried and isinstance(posted, discord.Message) and posted.webhook_id is not None:
             await self._drop_repeats(job, posted)
         await self._finish_progress(job)
         return True
@@ -278,28 +284,37 @@ class DiscordPresenter:
     async def _drop_repeats(self, job: JobRecord, kept: discord.Message) -> None:
         """Delete copies of the clip besides `kept`. discord.py sends a webhook post again after
         a 5xx, and webhooks take no nonce: when Discord had stored the first before failing,
-        the channel has the clip twice. One look at the channel's latest messages (an empty
-        list without Read Message History: then nothing is deleted)."""
+        the channel has the clip twice."""
+        webhook = self._webhook(job)
+        for message in await self._posted_clips(job):
+            if message.id == kept.id or message.webhook_id != kept.webhook_id:
+                continue
+            log.warning("deleting a repeat of the clip", extra={"job_id": job.job_id})
+            with contextlib.suppress(discord.HTTPException):
+                # Through the interaction that posted it, whose token is still fresh.
+                if webhook is not None:
+                    await webhook.delete_message(message.id)
+                else:
+                    await message.delete()
+
+    async def _posted_clips(self, job: JobRecord) -> list[discord.Message]:
+        """The job's clip among the channel's latest messages, as posted by the bot (with its
+        token or the interaction's). Empty when unknown (no Read Message History: Discord
+        answers an empty list; or the channel cannot be read)."""
+        me = self._client.user
         prefix = _clip_name(job, Path())
         channel = self._client.get_partial_messageable(job.channel_id)
+        found = []
         try:
             async for message in channel.history(limit=RECENT_MESSAGES):
-                if (
-                    message.id != kept.id
-                    and message.webhook_id is not None
-                    and message.webhook_id == kept.webhook_id
-                    and any(a.filename.startswith(prefix) for a in message.attachments)
-                ):
-                    log.warning("deleting a repeat of the clip", extra={"job_id": job.job_id})
-                    webhook = self._webhook(job)
-                    with contextlib.suppress(discord.HTTPException):
-                        # Through the interaction that posted it, whose token is still fresh.
-                        if webhook is not None:
-                            await webhook.delete_message(message.id)
-                        else:
-                            await message.delete()
+                mine = (me is not None and message.author.id == me.id) or (
+                    message.webhook_id is not None and message.webhook_id == job.application_id
+                )
+                if mine and any(a.filename.startswith(prefix) for a in message.attachments):
+                    found.append(message)
         except discord.HTTPException as exc:
-            log.info("could not look for repeats: %s", exc, extra={"job_id": job.job_id})
+            log.info("could not read the channel: %s", exc, extra={"job_id": job.job_id})
+        return found
 
     async def _fitting(
         self,
@@ -328,21 +343,10 @@ class DiscordPresenter:
                 path = await asyncio.to_thread(self._reencode, path, budget)
 
     async def _already_posted(self, job: JobRecord) -> bool:
-        """Whether the job's clip is among the channel's latest messages, posted by the bot
-        (with its token or the interaction's). Unknown (no Read Message History) is no."""
-        me = self._client.user
-        prefix = _clip_name(job, Path())
-        channel = self._client.get_partial_messageable(job.channel_id)
-        try:
-            async for message in channel.history(limit=RECENT_MESSAGES):
-                mine = (me is not None and message.author.id == me.id) or (
-                    message.webhook_id is not None and message.webhook_id == job.application_id
-                )
-                if mine and any(a.filename.startswith(prefix) for a in message.attachments):
-                    log.info("the clip was posted after all", extra={"job_id": job.job_id})
-                    return True
-        except discord.HTTPException as exc:
-            log.info("could not read the channel: %s", exc, extra={"job_id": job.job_id})
+        """Whether the job's clip is in the channel already (unknown is no)."""
+        if await self._posted_clips(job):
+            log.info("the clip was posted after all", extra={"job_id": job.job_id})
+            return True
         return False
 
     async def hand_over(self, followup: discord.Webhook, job: JobRecord, event: JobEvent) -> bool:
