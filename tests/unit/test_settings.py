@@ -193,3 +193,42 @@ def test_token_is_redacted_from_tracebacks_too() -> None:
     ContextFilter(("abc.TOKEN",)).filter(record)
     text = RedactingFormatter(FORMAT, ("abc.TOKEN",)).format(record)
     assert "abc.TOKEN" not in text and "Bot [token] refused" in text and "Traceback" in text
+
+
+def test_interaction_tokens_in_urls_are_redacted() -> None:
+    # aiohttp names the URL in its connection errors; an interaction's token lets anyone post as
+    # the bot in that channel for 15 minutes.
+    error = (
+        "Connection timeout to host https://discord.com/api/v10/webhooks/1234/aW50ZXJhY3Rpb24.x-y_z"
+        "?wait=1 after /interactions/99/aW50ZXJhY3Rpb24.x-y_z/callback"
+    )
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "refused: %s", (error,), None)
+    ContextFilter().filter(record)
+    message = record.getMessage()
+    assert "aW50ZXJhY3Rpb24" not in message
+    assert "/webhooks/1234/[token]?wait=1" in message
+    assert "/interactions/99/[token]/callback" in message
+
+
+def test_logging_hides_a_token_read_with_a_trailing_newline_and_sql_parameters(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from bot.logs import configure_logging
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISCORD_TOKEN", "abc.TOKEN\n")  # a secret mounted from a file
+    monkeypatch.setenv("LOG_LEVEL", "DEBUG")
+    root = logging.getLogger()
+    kept = root.handlers[:], root.level, logging.getLogger("aiosqlite").level
+    try:
+        configure_logging(load_settings())
+        (handler,) = root.handlers
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "sent Bot abc.TOKEN", (), None)
+        assert all(f.filter(record) for f in handler.filters)
+        assert "abc.TOKEN" not in handler.format(record)
+        # aiosqlite logs each statement with its parameters (a job's interaction token) at DEBUG.
+        assert not logging.getLogger("aiosqlite").isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:], level, sqlite_level = kept
+        root.setLevel(level)
+        logging.getLogger("aiosqlite").setLevel(sqlite_level)
