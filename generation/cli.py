@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="svd-animate",
         description="Turn a still picture into a short clip with Stable Video Diffusion.",
     )
-    parser.add_argument("image", type=Path, help="PNG, JPEG, WebP or GIF picture")
+    parser.add_argument("image", type=Path, help="PNG, JPEG, WebP, GIF, HEIC or AVIF picture")
     parser.add_argument(
         "-o",
         "--output",

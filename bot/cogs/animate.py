@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import inspect
 import logging
 from typing import TYPE_CHECKING, Any, Literal
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -19,10 +22,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A slow CDN must not hold a member's /animate for the five minutes aiohttp would wait.
+DOWNLOAD_TIMEOUT_SECONDS = 60.0
+
 
 def _model_label(model: str) -> str:
     """A short, readable choice name for a hub id or a folder (Discord allows 100 chars)."""
     return model.rstrip("/").split("/")[-1][:100] or model[:100]
+
+
+def _model_value(model: str) -> str:
+    """The choice's value: the model itself, or, past Discord's 100 characters (a snapshot
+    folder's path), a digest of it, so that `sync` is not refused. Not an index: commands
+    registered before SVD_MODEL changed would then pick another model without a word."""
+    if len(model) <= 100:
+        return model
+    return "model-" + hashlib.sha256(model.encode()).hexdigest()[:16]
 
 
 class AnimateCog(commands.Cog):
@@ -75,9 +90,11 @@ class AnimateCog(commands.Cog):
         )
         try:
             # Attachment URLs are signed and expire: download now, not when the job runs.
-            data = await image.read()
-        except (discord.HTTPException, discord.NotFound) as exc:
-            log.info("attachment download failed: %s", exc)
+            async with asyncio.timeout(DOWNLOAD_TIMEOUT_SECONDS):
+                data = await image.read()
+        except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as exc:
+            # The type only: a connection error's text holds the signed URL.
+            log.info("attachment download failed: %s", type(exc).__name__)
             await interaction.edit_original_response(
                 content="I couldn't download your picture (the link may have expired). "
                 "Please upload it again."
@@ -159,7 +176,7 @@ _DESCRIPTIONS = {
     "seed": "Reuse a seed to reproduce a clip; random when empty",
     "noise": "0.0-1.0: more noise, more freedom to drift from the picture (0.02)",
     "fps": "Frame rate the model imagines, 1-30 (7); higher means slower motion",
-    "steps": "Denoising steps, 1-50 (25): fewer is faster, rougher",
+    "steps": "Denoising steps (25), up to the server's cap: fewer is faster, rougher",
     "quality": "best (default), or draft: faster, with a little less detail",
     "model": "Which model to use",
 }
@@ -173,6 +190,9 @@ def build_animate_command(
     cog: AnimateCog, models: list[str]
 ) -> app_commands.Command[Any, ..., None]:
     """/animate, with the `model` option only when the host configured more than one model."""
+    # An unknown value (commands registered before SVD_MODEL changed) goes on as it came, to be
+    # refused as "not available".
+    model_of = {_model_value(m): m for m in models}
 
     @app_commands.choices(quality=_QUALITY_CHOICES)
     async def animate(
@@ -199,13 +219,15 @@ def build_animate_command(
             fps=fps,
             steps=steps,
             quality=quality,
-            model=model,
+            model=model_of.get(model, model) if model is not None else None,
         )
 
     callback: Any = animate
     descriptions = dict(_DESCRIPTIONS)
     if len(models) > 1:
-        choices = [app_commands.Choice(name=_model_label(m), value=m) for m in models[:25]]
+        choices = [
+            app_commands.Choice(name=_model_label(m), value=_model_value(m)) for m in models[:25]
+        ]
         callback = app_commands.choices(model=choices)(animate)
     else:
         # discord.py builds the options from the callback's signature: without `model` there,
@@ -220,5 +242,7 @@ def build_animate_command(
         description="Turn a picture into a short video clip",
         callback=app_commands.describe(**descriptions)(callback),
     )
-    command.guild_only = True
+    # The decorator, not the attribute: it also sets `contexts`, which Discord now reads instead of
+    # the deprecated dm_permission.
+    app_commands.guild_only(command)
     return command

@@ -205,6 +205,24 @@ async def test_not_an_image_costs_nothing(bot: App, fake_discord: FakeDiscordSer
     assert "**3** of 3" in await reply_text(quota)
 
 
+@pytest.mark.parametrize("failure", ["expired", "hung up"])
+async def test_a_picture_that_cannot_be_downloaded_costs_nothing(
+    bot: App, fake_discord: FakeDiscordServer, failure: str
+) -> None:
+    if failure == "expired":
+        fake_discord.faults.add("GET", "/cdn/attachments/", 404, {"message": "gone", "code": 0})
+    else:  # a network blip: aiohttp's error, whose text names the signed URL
+        # (aiohttp tries a GET again once on a dropped connection; Discord stays unreachable)
+        fake_discord.faults.disconnect("GET", "/cdn/attachments/", times=None)
+    handle = await animate(fake_discord)
+    text = await reply_text(handle)
+    assert "couldn't download your picture" in text and "upload it again" in text
+    quota = await fake_discord.interaction("quota", permissions=MEMBER)
+    assert "**3** of 3" in await reply_text(quota)
+    queue = await fake_discord.interaction("queue", permissions=MEMBER)
+    assert "You have no clips waiting" in await reply_text(queue)
+
+
 async def test_quota_runs_out_and_a_moderator_resets_it(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:

@@ -264,7 +264,9 @@ class RestApi:
         found = self._world.messages.cdn_get(
             int(attachment), unquote(name), request.query.get("ex", "")
         )
-        if injected is not None:
+        if injected is not None and injected.status == DISCONNECT:
+            status, body, headers, content_type = DISCONNECT, b"", {}, ""
+        elif injected is not None:
             status, body, headers = (
                 injected.status,
                 json.dumps(injected.body).encode(),
@@ -289,6 +291,8 @@ class RestApi:
             fault=injected is not None,
         )
         await self._recorder.add_request(record)
+        if status == DISCONNECT:
+            _hang_up(request)
         return web.Response(
             status=status, body=body, headers={**headers, "Content-Type": content_type}
         )
