@@ -5,14 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")"
 python=${PYTHON:-python3}
 recent() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
-if ! recent .venv/bin/python; then
+# A venv with pip: one left without it (python3-venv was missing on Debian/Ubuntu) is made again.
+ready() { recent "$1" && "$1" -m pip --version >/dev/null 2>&1; }
+if ! ready .venv/bin/python; then
   if ! recent "$python"; then
     echo "run.sh: the bot needs Python 3.11 or newer, and $python is" \
       "$("$python" -V 2>&1 || echo "not there"). Install it (e.g. python3.11) and run" \
       "PYTHON=python3.11 ./run.sh" >&2
     exit 1
   fi
-  rm -rf .venv  # made by an older Python on an earlier try
+  rm -rf .venv  # made by an older Python, or without pip, on an earlier try
   "$python" -m venv .venv
 fi
 # Install only when pyproject.toml changed since the last install, so a restart needs no network.

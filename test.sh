@@ -8,17 +8,25 @@ python=${PYTHON:-python3}
 # the bot then runs with on a GPU host (run.sh keeps any torch that satisfies the requirement).
 venv=${TEST_VENV:-.venv-test}
 recent() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
-if ! recent "$venv/bin/python"; then
+# A venv with pip: one left without it (python3-venv was missing on Debian/Ubuntu) is made again.
+ready() { recent "$1" && "$1" -m pip --version >/dev/null 2>&1; }
+if ! ready "$venv/bin/python"; then
   if ! recent "$python"; then
     echo "test.sh: needs Python 3.11 or newer, and $python is" \
       "$("$python" -V 2>&1 || echo "not there"). Install it (e.g. python3.11) and run" \
       "PYTHON=python3.11 ./test.sh" >&2
     exit 1
   fi
-  rm -rf "$venv"  # made by an older Python on an earlier try
+  rm -rf "$venv"  # made by an older Python, or without pip, on an earlier try
   "$python" -m venv "$venv"
 fi
-# The CPU build first: with torch 2.13.0 already present, nothing pulls the CUDA wheels.
+# The CPU build of torch first (PyPI's Linux torch is the CUDA build, several GB): the wheel pip
+# finds on this machine (CI's machines keep one), else PyTorch's CPU index; then its dependencies
+# from the usual index. With torch 2.13.0 in place, nothing later pulls the CUDA wheels.
+if ! "$venv/bin/python" -m pip install -q --no-index --no-deps torch==2.13.0 2>/dev/null; then
+  "$venv/bin/python" -m pip install -q --no-deps torch==2.13.0 \
+    --index-url https://download.pytorch.org/whl/cpu
+fi
 "$venv/bin/python" -m pip install -q torch==2.13.0
 "$venv/bin/python" -m pip install -q -e '.[test]'
 # The scale-out tests start a real redis-server (Debian's package); install it where we may.
