@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from bot.settings import Settings
 from generation.model_paths import looks_like_path
@@ -88,8 +89,13 @@ def _queue_backend(settings: Settings) -> Finding:
 
 
 def _without_password(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    return scheme + sep + rest.rpartition("@")[2] if sep else url
+    """Where Redis is, without what could be a secret: redis-py takes the password from the
+    user part (`redis://:pw@host`) or from the query (`?password=pw`)."""
+    parts = urlsplit(url)
+    if not parts.scheme:
+        return "(not a URL)"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _torch_and_gpu(settings: Settings) -> list[Finding]:
@@ -128,6 +134,19 @@ def _torch_and_gpu(settings: Settings) -> list[Finding]:
                 f"this PyTorch ({torch.__version__}) is a CPU-only build, but the machine has an "
                 "NVIDIA GPU: clips would be made on the CPU. Install the CUDA build: "
                 ".venv/bin/pip install --force-reinstall torch",
+            )
+        )
+    elif shutil.which("nvidia-smi"):
+        # PyPI's newest torch is built for the newest CUDA, which an older driver cannot run.
+        found.append(
+            Finding(
+                False,
+                "GPU",
+                f"this PyTorch is built for CUDA {torch.version.cuda} but cannot use the NVIDIA "
+                "GPU: clips would be made on the CPU. The driver may be too old for that CUDA "
+                "(`nvidia-smi` shows the newest it runs): update it, or install a torch built for "
+                "an older CUDA, e.g. .venv/bin/pip install --force-reinstall torch --index-url "
+                "https://download.pytorch.org/whl/cu126",
             )
         )
     else:

@@ -46,3 +46,24 @@ def test_a_cpu_build_of_torch_on_a_gpu_host_is_pointed_out(
     monkeypatch.setattr(shutil, "which", lambda _name: None)  # a machine with no GPU at all
     gpu = next(f for f in doctor._torch_and_gpu(settings(tmp_path)) if f.label == "GPU")
     assert "no CUDA GPU" in gpu.detail
+
+
+def test_a_cuda_torch_the_driver_cannot_run_is_pointed_out(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # PyPI's newest torch wants the newest CUDA; an older driver leaves it without a GPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/nvidia-smi" if name else None)
+    gpu = next(f for f in doctor._torch_and_gpu(settings(tmp_path)) if f.label == "GPU")
+    assert not gpu.ok and "built for CUDA 13.0" in gpu.detail and "driver" in gpu.detail
+    assert "--index-url" in gpu.detail
+
+
+def test_check_never_shows_the_redis_password(tmp_path: Path) -> None:
+    lines: list[str] = []
+    for url in ("redis://:s3cret@127.0.0.1:1/0", "redis://127.0.0.1:1/0?password=s3cret"):
+        config = settings(tmp_path, queue_backend="redis", redis_url=url)
+        lines.append(doctor._queue_backend(config).detail)  # nothing listens on port 1
+    assert all("127.0.0.1:1/0" in line for line in lines), lines
+    assert not [line for line in lines if "s3cret" in line], lines
