@@ -183,18 +183,21 @@ class SvdBot(commands.Bot):
         await queue_from_interaction(interaction, self.service, submit)
 
     async def _delete_clip(self, interaction: discord.Interaction, job_id: str) -> None:
+        # The checks read the database, which may be slow: answer Discord first. A refusal then
+        # comes as an ephemeral followup, the clip message untouched.
+        await interaction.response.defer()
         member = await member_of(interaction, self.service)
         if not await self.service.can_delete(member, job_id):
             raise NotYours()
-        await interaction.response.defer()
         # Already gone (deleted by hand, or another moderator was quicker): what was asked.
         with contextlib.suppress(discord.NotFound):
             await interaction.delete_original_response()
 
     async def _cancel_job(self, interaction: discord.Interaction, job_id: str) -> None:
-        member = await member_of(interaction, self.service)
-        # Cancelling may wait on Redis (scale-out): answer Discord first.
+        # Cancelling may wait on Redis (scale-out), the member's look-up on the database: answer
+        # Discord first.
         await interaction.response.defer(ephemeral=True, thinking=True)
+        member = await member_of(interaction, self.service)
         cancelled = await self.service.cancel(member, job_id)
         if not cancelled:
             text = "That clip is already finished or cancelled."

@@ -3,9 +3,12 @@ clip buttons share: answer at once, queue, then post the public progress message
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from types import TracebackType
+from typing import Any
 
 import discord
 
@@ -18,6 +21,65 @@ log = logging.getLogger(__name__)
 
 # Discord's default per-file limit, used when an interaction does not say.
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+# Discord forgets an interaction not answered within 3 s. A command's database work is quick, but
+# SQLite may wait up to its busy timeout (5 s) behind another process's write, and every query
+# waits behind that one: past this, the answer is deferred ("thinking…") and then put in its place.
+DEFER_AFTER_SECONDS = 2.0
+
+
+class TimelyReply:
+    """A command's one ephemeral answer, sent at once when the work behind it is quick and in
+    place of a deferral when it is not, so Discord's 3-second deadline is met either way.
+
+        async with TimelyReply(interaction) as reply:
+            ...  # database work
+            await reply.send(text)
+
+    An error raised inside reaches the error handler after any deferral has landed, so its
+    message replaces "thinking…" rather than racing it.
+    """
+
+    def __init__(
+        self, interaction: discord.Interaction, *, within: float = DEFER_AFTER_SECONDS
+    ) -> None:
+        self._interaction = interaction
+        self._within = within
+        self._timer: asyncio.TimerHandle | None = None
+        self._deferring: asyncio.Task[Any] | None = None
+
+    async def __aenter__(self) -> TimelyReply:
+        self._timer = asyncio.get_running_loop().call_later(self._within, self._defer)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._settle()
+
+    def _defer(self) -> None:
+        if not self._interaction.response.is_done():
+            self._deferring = asyncio.ensure_future(
+                self._interaction.response.defer(ephemeral=True, thinking=True)
+            )
+
+    async def _settle(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._deferring is not None:
+            try:
+                await self._deferring
+            except Exception as exc:  # the answer below tries again, or the error handler does
+                log.info("could not defer a slow answer: %s", type(exc).__name__)
+
+    async def send(self, content: str, **fields: Any) -> None:
+        await self._settle()
+        if self._interaction.response.is_done():
+            await self._interaction.edit_original_response(content=content, **fields)
+        else:
+            await self._interaction.response.send_message(content, ephemeral=True, **fields)
 
 
 class NotInGuild(Exception):

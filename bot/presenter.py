@@ -412,9 +412,7 @@ class DiscordPresenter:
         shows that followup in place of the "thinking..." answer, the flow's "Got it" then
         overwrites it, and the progress message the flow posts next stays for good."""
         current = await self._current(job)
-        while (
-            current.progress_message_id is None and _since_queued(current) < COMMAND_FLOW_WAIT
-        ):
+        while current.progress_message_id is None and _since_queued(current) < COMMAND_FLOW_WAIT:
             await asyncio.sleep(0.05)
             current = await self._current(current)
         return current

@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import messages
-from bot.interactions import member_of, role_ids
+from bot.interactions import TimelyReply, member_of, role_ids
 from bot.service import Member
 from storage.quota_rules import Period, QuotaRule, clips
 from storage.quotas import RoleLimit
@@ -110,59 +110,62 @@ class QuotaAdmin(
         limit: str,
         period: PeriodChoice | None = None,
     ) -> None:
-        mod = await self._moderator(interaction)
-        quotas = self.bot.service.quotas
-        if _clears(limit):
-            old, new = await quotas.clear_user_limit(mod.guild_id, user.id, actor_id=mod.user_id)
-            after = f"**{describe(new)}** (their roles or the server default apply)"
-        else:
-            value = parse_limit(limit)
-            if period is None:
-                period = (await self.bot.service.guild_settings(mod.guild_id)).default_period
-            old, new = await quotas.set_user_limit(
-                mod.guild_id, user.id, value, period, actor_id=mod.user_id
+        async with TimelyReply(interaction) as reply:
+            mod = await self._moderator(interaction)
+            quotas = self.bot.service.quotas
+            if _clears(limit):
+                old, new = await quotas.clear_user_limit(
+                    mod.guild_id, user.id, actor_id=mod.user_id
+                )
+                after = f"**{describe(new)}** (their roles or the server default apply)"
+            else:
+                value = parse_limit(limit)
+                if period is None:
+                    period = (await self.bot.service.guild_settings(mod.guild_id)).default_period
+                old, new = await quotas.set_user_limit(
+                    mod.guild_id, user.id, value, period, actor_id=mod.user_id
+                )
+                after = f"**{describe(new)}**"
+            await reply.send(
+                f"✅ {user.mention}'s limit: {describe(old)} → {after}.",
+                allowed_mentions=discord.AllowedMentions.none(),
             )
-            after = f"**{describe(new)}**"
-        await interaction.response.send_message(
-            f"✅ {user.mention}'s limit: {describe(old)} → {after}.",
-            ephemeral=True,
-            allowed_mentions=discord.AllowedMentions.none(),
-        )
 
     @app_commands.command(name="reset", description="Give a member back the clips they used")
     @app_commands.describe(user="The member")
     async def reset(self, interaction: discord.Interaction, user: discord.Member) -> None:
-        mod = await self._moderator(interaction)
-        old, new = await self.bot.service.quotas.reset_user(
-            mod.guild_id, user.id, actor_id=mod.user_id
-        )
-        await interaction.response.send_message(
-            f"✅ Reset {user.mention}'s usage: {old} → **{new}** clips used.",
-            ephemeral=True,
-            allowed_mentions=discord.AllowedMentions.none(),
-        )
+        async with TimelyReply(interaction) as reply:
+            mod = await self._moderator(interaction)
+            old, new = await self.bot.service.quotas.reset_user(
+                mod.guild_id, user.id, actor_id=mod.user_id
+            )
+            await reply.send(
+                f"✅ Reset {user.mention}'s usage: {old} → **{new}** clips used.",
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
 
     @app_commands.command(name="role", description="Set the limit for everyone with a role")
     @app_commands.describe(role="The role", limit="A number (0 blocks), `unlimited` or `clear`")
     async def role(self, interaction: discord.Interaction, role: discord.Role, limit: str) -> None:
-        mod = await self._moderator(interaction)
-        if role.is_default():
-            raise EveryoneRole()
-        if _clears(limit):
-            old, new = await self.bot.service.quotas.clear_role_limit(
-                mod.guild_id, role.id, actor_id=mod.user_id
+        async with TimelyReply(interaction) as reply:
+            mod = await self._moderator(interaction)
+            if role.is_default():
+                raise EveryoneRole()
+            if _clears(limit):
+                old, new = await self.bot.service.quotas.clear_role_limit(
+                    mod.guild_id, role.id, actor_id=mod.user_id
+                )
+            else:
+                old, new = await self.bot.service.quotas.set_role_limit(
+                    mod.guild_id, role.id, parse_limit(limit), actor_id=mod.user_id
+                )
+            period = (await self.bot.service.guild_settings(mod.guild_id)).default_period
+            await reply.send(
+                f"✅ Limit for {role.mention}: {describe(old, period)} → "
+                f"**{describe(new, period)}** (the server's period). Members get the most "
+                "generous limit among their roles.",
+                allowed_mentions=discord.AllowedMentions.none(),
             )
-        else:
-            old, new = await self.bot.service.quotas.set_role_limit(
-                mod.guild_id, role.id, parse_limit(limit), actor_id=mod.user_id
-            )
-        period = (await self.bot.service.guild_settings(mod.guild_id)).default_period
-        await interaction.response.send_message(
-            f"✅ Limit for {role.mention}: {describe(old, period)} → **{describe(new, period)}** "
-            "(the server's period). Members get the most generous limit among their roles.",
-            ephemeral=True,
-            allowed_mentions=discord.AllowedMentions.none(),
-        )
 
     @app_commands.command(name="default", description="Set the server's default limit")
     @app_commands.describe(
@@ -171,49 +174,49 @@ class QuotaAdmin(
     async def default(
         self, interaction: discord.Interaction, limit: str, period: PeriodChoice | None = None
     ) -> None:
-        mod = await self._moderator(interaction)
-        if period is None:
-            period = (await self.bot.service.guild_settings(mod.guild_id)).default_period
-        old, new = await self.bot.service.quotas.set_default(
-            mod.guild_id, parse_limit(limit), period, actor_id=mod.user_id
-        )
-        await interaction.response.send_message(
-            f"✅ Server default: {describe(old)} → **{describe(new)}**.", ephemeral=True
-        )
+        async with TimelyReply(interaction) as reply:
+            mod = await self._moderator(interaction)
+            if period is None:
+                period = (await self.bot.service.guild_settings(mod.guild_id)).default_period
+            old, new = await self.bot.service.quotas.set_default(
+                mod.guild_id, parse_limit(limit), period, actor_id=mod.user_id
+            )
+            await reply.send(f"✅ Server default: {describe(old)} → **{describe(new)}**.")
 
     @app_commands.command(name="show", description="Show a member's limit and usage")
     @app_commands.describe(user="The member")
     async def show(self, interaction: discord.Interaction, user: discord.Member) -> None:
-        mod = await self._moderator(interaction)
-        roles = role_ids(user)
-        status = await self.bot.service.quotas.status(mod.guild_id, user.id, roles)
-        source = {
-            "user": "their own limit",
-            "role": "one of their roles",
-            "guild": "the server default",
-        }
-        text = messages.quota_text(status, subject=user.mention)
-        where = source.get(status.source, status.source)
-        if status.source == "role":
-            # Which one: the moderator may want to change that role's limit, not the member's.
-            limits = await self.bot.service.quotas.role_limits(mod.guild_id)
-            deciding = [r.role_id for r in limits if r.role_id in roles and r.limit == status.limit]
-            if deciding:
-                where = "their role " + ", ".join(f"<@&{role_id}>" for role_id in deciding)
-        text += f"\nThe limit comes from {where}; {clips(status.used)} used."
-        await interaction.response.send_message(
-            text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
-        )
+        async with TimelyReply(interaction) as reply:
+            mod = await self._moderator(interaction)
+            roles = role_ids(user)
+            status = await self.bot.service.quotas.status(mod.guild_id, user.id, roles)
+            source = {
+                "user": "their own limit",
+                "role": "one of their roles",
+                "guild": "the server default",
+            }
+            text = messages.quota_text(status, subject=user.mention)
+            where = source.get(status.source, status.source)
+            if status.source == "role":
+                # Which one: the moderator may want to change that role's limit, not the member's.
+                limits = await self.bot.service.quotas.role_limits(mod.guild_id)
+                deciding = [
+                    r.role_id for r in limits if r.role_id in roles and r.limit == status.limit
+                ]
+                if deciding:
+                    where = "their role " + ", ".join(f"<@&{role_id}>" for role_id in deciding)
+            text += f"\nThe limit comes from {where}; {clips(status.used)} used."
+            await reply.send(text, allowed_mentions=discord.AllowedMentions.none())
 
     @app_commands.command(name="log", description="The latest changes moderators made here")
     async def log(self, interaction: discord.Interaction) -> None:
-        mod = await self._moderator(interaction)
-        entries = await self.bot.service.quotas.audit_log(mod.guild_id, limit=AUDIT_SHOWN)
-        await interaction.response.send_message(
-            messages.audit_text(entries),
-            ephemeral=True,
-            allowed_mentions=discord.AllowedMentions.none(),
-        )
+        async with TimelyReply(interaction) as reply:
+            mod = await self._moderator(interaction)
+            entries = await self.bot.service.quotas.audit_log(mod.guild_id, limit=AUDIT_SHOWN)
+            await reply.send(
+                messages.audit_text(entries),
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
 
     @app_commands.command(name="config", description="Server settings: steps, format, moderators")
     @app_commands.describe(
@@ -230,37 +233,42 @@ class QuotaAdmin(
         moderator_role: discord.Role | None = None,
         clear_moderator_role: bool = False,
     ) -> None:
-        mod = await self._moderator(interaction)
-        changes: dict[str, object] = {}
-        if max_steps is not None:
-            changes["max_steps"] = max_steps
-        if format is not None:
-            changes["default_format"] = format
-        if moderator_role is not None or clear_moderator_role:
-            if not interaction.permissions.manage_guild:
-                raise ManageServerOnly()
-            if moderator_role is not None and moderator_role.is_default():
-                raise EveryoneRole()
-            role_id = None if clear_moderator_role or moderator_role is None else moderator_role.id
-            changes["moderator_role_id"] = role_id
-        if changes:
-            old, new = await self.bot.service.guilds.update(mod.guild_id, mod.user_id, **changes)
-        else:
-            old = new = await self.bot.service.guild_settings(mod.guild_id)
-        def named(role_id: int | None) -> str:
-            return f"<@&{role_id}>" if role_id else "none"
+        async with TimelyReply(interaction) as reply:
+            mod = await self._moderator(interaction)
+            changes: dict[str, object] = {}
+            if max_steps is not None:
+                changes["max_steps"] = max_steps
+            if format is not None:
+                changes["default_format"] = format
+            if moderator_role is not None or clear_moderator_role:
+                if not interaction.permissions.manage_guild:
+                    raise ManageServerOnly()
+                if moderator_role is not None and moderator_role.is_default():
+                    raise EveryoneRole()
+                role_id = (
+                    None if clear_moderator_role or moderator_role is None else moderator_role.id
+                )
+                changes["moderator_role_id"] = role_id
+            if changes:
+                old, new = await self.bot.service.guilds.update(
+                    mod.guild_id, mod.user_id, **changes
+                )
+            else:
+                old = new = await self.bot.service.guild_settings(mod.guild_id)
 
-        text = (
-            f"⚙️ Max steps **{new.max_steps}** (was {old.max_steps}) · default format "
-            f"**{new.default_format}** (was {old.default_format}) · moderator role "
-            f"{named(new.moderator_role_id)} (was {named(old.moderator_role_id)})."
-        )
-        if "moderator_role_id" in changes and new.moderator_role_id:
-            # Discord hides /quota-admin from members without Manage Server until an admin
-            # allows the role in the command's permissions; the bot cannot do that itself.
-            text += messages.MODERATOR_ROLE_HINT
-        await interaction.response.send_message(
-            text,
-            ephemeral=True,
-            allowed_mentions=discord.AllowedMentions.none(),
-        )
+            def named(role_id: int | None) -> str:
+                return f"<@&{role_id}>" if role_id else "none"
+
+            text = (
+                f"⚙️ Max steps **{new.max_steps}** (was {old.max_steps}) · default format "
+                f"**{new.default_format}** (was {old.default_format}) · moderator role "
+                f"{named(new.moderator_role_id)} (was {named(old.moderator_role_id)})."
+            )
+            if "moderator_role_id" in changes and new.moderator_role_id:
+                # Discord hides /quota-admin from members without Manage Server until an admin
+                # allows the role in the command's permissions; the bot cannot do that itself.
+                text += messages.MODERATOR_ROLE_HINT
+            await reply.send(
+                text,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )

@@ -14,7 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import messages
-from bot.interactions import member_of, queue_from_interaction
+from bot.interactions import TimelyReply, member_of, queue_from_interaction
 from bot.service import Accepted, Member, Origin
 
 if TYPE_CHECKING:
@@ -125,9 +125,10 @@ class AnimateCog(commands.Cog):
     @app_commands.guild_only()
     async def queue(self, interaction: discord.Interaction) -> None:
         service = self.bot.service
-        member = await member_of(interaction, service)
-        jobs, snapshot = await service.my_jobs(member)
-        await interaction.response.send_message(messages.queue_text(jobs, snapshot), ephemeral=True)
+        async with TimelyReply(interaction) as reply:
+            member = await member_of(interaction, service)
+            jobs, snapshot = await service.my_jobs(member)
+            await reply.send(messages.queue_text(jobs, snapshot))
         # A finished clip Discord refused earlier (the bot may not post in its channel, the
         # member takes no DMs, an outage): this command's fresh token can post it now.
         presenter, followup = self.bot.presenter, interaction.followup
@@ -140,9 +141,10 @@ class AnimateCog(commands.Cog):
     @app_commands.command(name="cancel", description="Cancel your waiting or running clips")
     @app_commands.guild_only()
     async def cancel(self, interaction: discord.Interaction) -> None:
-        member = await member_of(interaction, self.bot.service)
-        # Cancelling may wait on Redis (scale-out): answer Discord first.
+        # Cancelling may wait on Redis (scale-out), even the member's look-up on the database:
+        # answer Discord first.
         await interaction.response.defer(ephemeral=True, thinking=True)
+        member = await member_of(interaction, self.bot.service)
         cancelled = await self.bot.service.cancel(member)
         if not cancelled:
             text = "You have no clips waiting or in progress."
@@ -154,9 +156,10 @@ class AnimateCog(commands.Cog):
     @app_commands.command(name="quota", description="How many clips you have left")
     @app_commands.guild_only()
     async def quota(self, interaction: discord.Interaction) -> None:
-        member = await member_of(interaction, self.bot.service)
-        status = await self.bot.service.quota(member)
-        await interaction.response.send_message(messages.quota_text(status), ephemeral=True)
+        async with TimelyReply(interaction) as reply:
+            member = await member_of(interaction, self.bot.service)
+            status = await self.bot.service.quota(member)
+            await reply.send(messages.quota_text(status))
 
 
 Preset = Literal["subtle", "normal", "dramatic"]

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import inspect
 import io
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,30 @@ async def test_quota_runs_out_and_a_moderator_resets_it(
     assert "Reset" in await reply_text(reset)
     again = await animate(fake_discord)
     assert "Got it" in await reply_text(again)
+
+
+async def test_commands_are_answered_in_time_while_another_process_holds_the_database(
+    bot: App, fake_discord: FakeDiscordServer, data_dir: Path
+) -> None:
+    # A backup, or `svd-bot sync` beside the bot, holds SQLite's write lock for 4 s: the
+    # moderator's write waits it out, and the member's read waits behind that write. Discord
+    # forgets an interaction not answered within 3 s.
+    holder = sqlite3.connect(data_dir / "bot.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    asyncio.get_running_loop().call_later(4.0, holder.close)
+    mod = fake_discord.add_user("mod")
+    change = await fake_discord.interaction(
+        "quota-admin",
+        {"limit": "7", "period": "day"},
+        subcommand="default",
+        user=mod,
+        permissions=MANAGE_GUILD,
+    )
+    await asyncio.sleep(0.3)  # the write is waiting for the lock
+    quota = await fake_discord.interaction("quota", permissions=MEMBER)
+    assert "3 clips per day → **7 clips per day**" in await reply_text(change)
+    assert "**7** of 7" in await reply_text(quota)
+    assert change.deferred and quota.deferred and change.ephemeral and quota.ephemeral
 
 
 async def test_quota_admin_checks_permissions_at_run_time(
