@@ -446,7 +446,10 @@ async def test_a_refused_press_is_not_taken_for_a_double_click(
         fake_discord.click(clip, delete, user=other), fake_discord.click(clip, delete, user=other)
     )
     for click in clicks:
-        assert "Only the member who made this clip" in await reply_text(click)
+        # Deferred first (the checks read the database), the refusal comes as a followup only
+        # they see; the clip message is left as it was.
+        told = await click.wait_followup(lambda m: "Only the member who made" in m.content)
+        assert told.ephemeral
     assert not fake_discord.message(clip.id).deleted
 
     # The member's own press deletes it; a second one right after is the double click.
