@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 # Discord's default per-file limit, used when an interaction does not say.
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 # Discord forgets an interaction not answered within 3 s. A command's database work is quick, but
-# SQLite may wait up to its busy timeout (5 s) behind another process's write, and every query
-# waits behind that one: past this, the answer is deferred ("thinking…") and then put in its place.
+# SQLite may wait out its busy timeout behind another process's write, and every query waits
+# behind that one: past this, the answer is deferred ("thinking…") and then put in its place.
 DEFER_AFTER_SECONDS = 2.0
 
 

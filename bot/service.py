@@ -164,6 +164,8 @@ class AnimateService:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Clips being posted now (by the pump, a retry or a hand-over): never two at once.
         self._delivering: set[str] = set()
+        # Clips posted whose record could not be written (see `_delivered`): never again.
+        self._posted: set[str] = set()
         self._decoding = asyncio.Semaphore(DECODES_AT_ONCE)
         self._undelivered: dict[str, _Undelivered] = {}
 
@@ -444,6 +446,7 @@ class AnimateService:
                 await self._jobs.increment_attempts(job_id)
                 await self._jobs.set_state(job_id, JobState.RUNNING)
             case EventKind.ENCODING:
+                await self._started_if_still_queued(job_id)
                 await self._jobs.set_state(job_id, JobState.ENCODING)
             case EventKind.DONE:
                 done: dict[str, Any] = {"duration_seconds": event.seconds}
@@ -451,6 +454,7 @@ class AnimateService:
                     done["output_path"] = str(event.clip.path)
                 if event.seed is not None:  # never erase the seed recorded at submit
                     done["seed"] = event.seed
+                await self._started_if_still_queued(job_id)
                 await self._jobs.set_state(job_id, JobState.DONE, **done)
             case EventKind.FAILED:
                 await self._jobs.set_state(job_id, JobState.FAILED, error=event.error)
@@ -469,6 +473,14 @@ class AnimateService:
                 await self._jobs.requeue(job_id, refund_attempt=True)
             case _:
                 pass
+
+    async def _started_if_still_queued(self, job_id: str) -> None:
+        """Record the start that a failed write lost (the database locked past its timeout, a
+        full disk for a moment): without it, "done" could not follow "queued", and a finished
+        clip would never be posted nor cancellable until the next restart made it again."""
+        current = await self._jobs.get(job_id)
+        if current is not None and current.state is JobState.QUEUED:
+            await self._jobs.set_state(job_id, JobState.RUNNING)
 
     # --------------------------------------------------------- events → members
 
@@ -525,7 +537,7 @@ class AnimateService:
         refused = []
         for listed in await self._jobs.active_for_user(member.guild_id, member.user_id):
             job_id = listed.job_id
-            if listed.state is not JobState.DONE or job_id in self._delivering:
+            if listed.state is not JobState.DONE or job_id in self._delivering | self._posted:
                 continue
             # Claimed before any await, so the pump or a retry cannot start on it meanwhile.
             self._delivering.add(job_id)
@@ -565,7 +577,7 @@ class AnimateService:
     async def _deliver(
         self, presenter: Presenter, job: JobRecord, event: JobEvent, *, again: bool = False
     ) -> None:
-        if job.job_id in self._delivering:
+        if job.job_id in self._delivering | self._posted:
             return
         self._delivering.add(job.job_id)
         try:
@@ -629,8 +641,15 @@ class AnimateService:
         )
 
     async def _delivered(self, job: JobRecord, event: JobEvent) -> None:
-        await self._quotas.charge(job.job_id)
-        await self._jobs.set_state(job.job_id, JobState.DELIVERED)
+        try:
+            await self._quotas.charge(job.job_id)
+            await self._jobs.set_state(job.job_id, JobState.DELIVERED)
+        except Exception:
+            # Posted, but not recorded (the database locked past its timeout, a full disk): the
+            # row still says "done", and the member's next /queue would post it again. After a
+            # restart, the look at the channel finds it posted and records it then.
+            self._posted.add(job.job_id)
+            raise
         if job.output_path or event.clip:
             path = Path(job.output_path) if job.output_path else event.clip.path  # type: ignore[union-attr]
             await asyncio.to_thread(_remove_clip, path)

@@ -25,6 +25,10 @@ from storage.errors import DatabaseUnreadable, SchemaTooNew
 from storage.migrations import LATEST_VERSION, migrate, user_version
 
 MEMORY = ":memory:"
+# How long a statement waits for another process's write lock (a backup, `svd-bot sync` beside
+# the bot) before failing. Long: a write that gives up loses what it recorded (a clip started,
+# a clip posted), while commands still answer in time (they defer) and the GPU waits meanwhile.
+BUSY_TIMEOUT_SECONDS = 30.0
 _NOT_A_DATABASE = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
 
 
@@ -37,7 +41,9 @@ class Database:
         self.path = path
 
     @classmethod
-    async def open(cls, path: Path | str, *, busy_timeout_seconds: float = 5.0) -> Database:
+    async def open(
+        cls, path: Path | str, *, busy_timeout_seconds: float = BUSY_TIMEOUT_SECONDS
+    ) -> Database:
         """Open (creating the file and its folder if needed) and bring the schema up to date.
 
         Raises `SchemaTooNew` for a file from a newer bot, before changing anything in it, and

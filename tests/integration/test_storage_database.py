@@ -24,7 +24,7 @@ async def test_open_creates_the_folder_and_configures_the_file(tmp_path: Path) -
         assert path.exists()
         assert await pragma(db, "journal_mode") == "wal"
         assert await pragma(db, "foreign_keys") == 1
-        assert await pragma(db, "busy_timeout") == 5000
+        assert await pragma(db, "busy_timeout") == 30_000
         assert await pragma(db, "synchronous") == 1  # NORMAL
         assert await db.schema_version() == LATEST_VERSION
 

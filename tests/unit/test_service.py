@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -164,6 +166,31 @@ async def test_a_delivered_clip_is_charged_once(tmp_path: Path) -> None:
         assert accepted.quota.remaining == 2
         assert accepted.job.seed is not None  # fixed at submit, so a retry reproduces it
         await _wait_for_state(r.jobs, accepted.job.job_id, JobState.DELIVERED)
+        assert r.presenter.delivered == [accepted.job.job_id]
+        assert (await r.service.quota(ALICE)).remaining == 2
+
+
+async def test_a_clip_whose_start_could_not_be_recorded_is_still_posted_and_charged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The database was locked past its timeout as the clip started: the row stayed "queued", and
+    # "done" cannot follow "queued": the clip was never posted, nor could it be cancelled.
+    async with rig(tmp_path) as r:
+        set_state = r.jobs.set_state
+        lost: list[str] = []
+
+        async def locked_once(job_id: str, state: JobState, **changes: Any) -> JobRecord:
+            if state is JobState.RUNNING and not lost:
+                lost.append(job_id)
+                raise sqlite3.OperationalError("database is locked")
+            return await set_state(job_id, state, **changes)
+
+        monkeypatch.setattr(r.jobs, "set_state", locked_once)
+        accepted = await r.service.submit(
+            ALICE, png(), AnimateOptions(num_inference_steps=3), ORIGIN
+        )
+        await _wait_for_state(r.jobs, accepted.job.job_id, JobState.DELIVERED)
+        assert lost == [accepted.job.job_id]
         assert r.presenter.delivered == [accepted.job.job_id]
         assert (await r.service.quota(ALICE)).remaining == 2
 
@@ -542,6 +569,35 @@ async def test_a_refused_clip_is_handed_over_when_the_member_asks(tmp_path: Path
         assert await r.service.redeliver_due(r.presenter) == 0
         assert await r.service.hand_over(ALICE, post) == []
         assert len(posted) == 1 and len(r.presenter.attempts) == 1
+
+
+async def test_a_posted_clip_whose_record_failed_is_not_handed_over_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with rig(tmp_path) as r:
+        set_state = r.jobs.set_state
+
+        async def locked(job_id: str, state: JobState, **changes: Any) -> JobRecord:
+            if state is JobState.DELIVERED:
+                raise sqlite3.OperationalError("database is locked")
+            return await set_state(job_id, state, **changes)
+
+        monkeypatch.setattr(r.jobs, "set_state", locked)
+        accepted = await r.service.submit(
+            ALICE, png(), AnimateOptions(num_inference_steps=3), ORIGIN
+        )
+        await r.presenter.until(1)
+        await asyncio.sleep(0.05)  # the failed record is logged
+        assert (await r.jobs.get(accepted.job.job_id)).state is JobState.DONE  # type: ignore[union-attr]
+        posted: list[str] = []
+
+        async def post(job: JobRecord, event: JobEvent) -> bool:
+            posted.append(job.job_id)
+            return True
+
+        # The member's /queue: the row still says "done", but the clip is in the channel.
+        assert await r.service.hand_over(ALICE, post) == []
+        assert posted == [] and r.presenter.delivered == [accepted.job.job_id]
 
 
 async def test_a_hand_over_and_a_retry_at_the_same_moment_post_the_clip_once(
