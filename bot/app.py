@@ -181,7 +181,7 @@ class EngineStuck(Exception):
 
     def __init__(self, job_id: str) -> None:
         super().__init__(
-            f"the GPU stopped responding during clip {job_id}; waiting clips are kept and "
+            f"the GPU stopped responding, or failed, during clip {job_id}; clips are kept and "
             "resume when the bot starts again"
         )
         self.job_id = job_id

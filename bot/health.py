@@ -16,7 +16,7 @@ _UNHEALTHY = {
     "starting": "still starting",
     "loading": "still loading the model",
     "load_failed": "the model failed to load",
-    "stuck": "the GPU stopped responding during a clip; the bot is restarting",
+    "stuck": "the GPU stopped responding or failed during a clip; the bot is restarting",
     "failed": "the GPU worker stopped after an internal error; restart the bot",
     "stopping": "shutting down",
     "stopped": "stopped",

@@ -470,7 +470,9 @@ class AnimateService:
                 if current is not None and current.state.finished:
                     return  # cancelled meanwhile (during the shutdown): it stays so
                 # Shutdown, not a crash: the retry after the restart should not use up an attempt.
-                await self._jobs.requeue(job_id, refund_attempt=True)
+                # A GPU that broke during the clip counts one: should the clip itself be what
+                # breaks it, it is given up after its tries rather than restarting for ever.
+                await self._jobs.requeue(job_id, refund_attempt=event.reason != "gpu")
             case _:
                 pass
 

@@ -28,7 +28,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from generation.errors import Cancelled, GenerationError, GenerationFailed, InvalidOptions
+from generation.errors import (
+    Cancelled,
+    GenerationError,
+    GenerationFailed,
+    GPUUnusable,
+    InvalidOptions,
+)
 from generation.feature_cache import FeatureCache
 from generation.images import target_size
 from generation.models import (
@@ -95,6 +101,18 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def gpu_unusable(device: str) -> bool:
+    """Whether the CUDA context is broken: after such an error every call on it fails, a
+    trivial one included, while a clip's own bad luck leaves the next one working."""
+    if not device.startswith("cuda"):
+        return False
+    try:
+        torch.cuda.synchronize(device)
+        return torch.ones(1, device=device).add_(1).item() != 2.0
+    except Exception:
+        return True
 
 
 def resolve_device(device: str) -> str:
@@ -249,6 +267,8 @@ class SVDEngine:
                 except Exception as exc:
                     if not is_out_of_memory(exc):
                         log.exception("generation failed on %s, plan %s", name, loaded.plan.name)
+                        if gpu_unusable(self.device):
+                            raise GPUUnusable(f"{type(exc).__name__}: {exc}") from exc
                         raise GenerationFailed(_ERROR_MESSAGE) from exc
                     failed_plan = loaded.plan
                     log.warning("out of memory on %s under plan %s", name, failed_plan.name)

@@ -66,6 +66,16 @@ class GenerationFailed(GenerationError):
         self.reason = reason
 
 
+class GPUUnusable(GenerationError):
+    """The GPU failed in a way that poisons the process's CUDA context (an illegal memory access,
+    a device-side assert, an ECC error): every later clip would fail too, and only a new process
+    can use the GPU again. The clip is not at fault and is kept for after the restart."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("The bot is restarting; your clip will be made when it is back.")
+        self.detail = detail
+
+
 class Cancelled(GenerationError):
     """The job was cancelled by its owner (or a moderator) before it finished."""
 

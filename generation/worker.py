@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from PIL import Image
 
-from generation.errors import Cancelled, GenerationError, GenerationFailed
+from generation.errors import Cancelled, GenerationError, GenerationFailed, GPUUnusable
 from generation.eta import EtaEstimator
 from generation.front import (
     DEFAULT_FRAMES,
@@ -288,6 +288,9 @@ class LocalJobQueue(QueueFront):
         except Cancelled:
             await self._stopped(job)
             return
+        except GPUUnusable as exc:
+            await self._gpu_lost(job, exc)
+            return
         except Exception as exc:
             await self._fail(job, exc, "generation")
             return
@@ -403,6 +406,21 @@ class LocalJobQueue(QueueFront):
             if self._state == "stuck":
                 self._state = before
         job.log.info("engine thread returned after the timeout")
+
+    async def _gpu_lost(self, job: TrackedJob, exc: GPUUnusable) -> None:
+        """The CUDA context is broken: every clip after this one would fail within seconds
+        ("something went wrong", for ever, health saying ready). Keep this clip for after the
+        restart, take no other, and ask for the restart that gives the GPU back."""
+        job.log.critical(
+            "the GPU is unusable (%s); only a new process can use it again", exc.detail
+        )
+        await self._finish(job, EventKind.INTERRUPTED, reason="gpu", error=exc.user_message)
+        if not self._stopping:
+            self._state = "stuck"
+        if self._on_stuck is not None:
+            self._on_stuck(job.job_id)
+        # Nothing more can run here; stop() ends this wait and keeps the waiting ones.
+        await asyncio.Event().wait()
 
     def _on_progress(self, job: TrackedJob, progress: Progress) -> None:
         """On the loop, for each progress report from the engine thread."""

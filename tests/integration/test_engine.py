@@ -17,8 +17,9 @@ import torch
 from diffusers import StableVideoDiffusionPipeline
 from PIL import Image
 
+import generation.engine as engine_module
 from generation.engine import SVDEngine
-from generation.errors import Cancelled, GenerationFailed, InvalidOptions
+from generation.errors import Cancelled, GenerationFailed, GPUUnusable, InvalidOptions
 from generation.models import PretrainedLoader
 from generation.options import AnimateOptions
 from generation.placement import channels_last, compile_counters, fuse_attention_projections
@@ -255,6 +256,26 @@ def test_other_errors_fail_with_a_safe_message_and_keep_the_cause(
     assert "shapes" not in caught.value.user_message
     assert isinstance(caught.value.__cause__, ValueError)
     assert engine.plan_for(None) == "full"  # no step-down for a bug
+
+
+def test_an_error_that_broke_the_gpu_is_told_apart_from_a_clips_bad_luck(
+    tiny_svd_dir: Path, small: Image.Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On the CPU a context never breaks; on a GPU the probe after the error says whether it did.
+    assert not engine_module.gpu_unusable("cpu")
+    monkeypatch.setattr(engine_module, "gpu_unusable", lambda _device: True)
+    illegal = RuntimeError("CUDA error: an illegal memory access was encountered")
+    engine = SVDEngine(
+        [str(tiny_svd_dir)],
+        device="cpu",
+        resolution=256,
+        memory_mode="full",
+        pipeline_call=FailOnce(illegal),
+    )
+    with pytest.raises(GPUUnusable) as caught:
+        run(engine, small)
+    assert "illegal memory access" in caught.value.detail
+    assert "restarting" in caught.value.user_message
 
 
 def test_several_models_load_on_demand_and_stay_resident(

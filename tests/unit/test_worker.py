@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from generation.errors import GenerationFailed, InvalidOptions, TooManyJobs
+from generation.errors import GenerationFailed, GPUUnusable, InvalidOptions, TooManyJobs
 from generation.eta import EtaEstimator
 from generation.fake_engine import FakeEncoder, FakeEngine
 from generation.jobs import EventKind, JobEvent, JobQueue, JobRequest
@@ -591,6 +591,31 @@ async def test_an_engine_that_never_returns_asks_the_host_for_a_restart(
     assert time.monotonic() - started < 1.0
     assert (await h.wait_terminal("next")).reason == "shutdown"  # kept for after the restart
     assert asked == ["hung"]
+
+
+async def test_a_broken_gpu_keeps_the_clip_and_asks_for_a_restart_instead_of_failing_the_rest(
+    make: Callable[..., Harness],
+) -> None:
+    # An illegal memory access poisons the CUDA context: every later clip would fail in seconds
+    # with "something went wrong", for ever, while the health check said ready.
+    engine = FakeEngine(
+        step_seconds=0.001,
+        frames=FRAMES,
+        fail_when=lambda _o: GPUUnusable("AcceleratorError: CUDA error: an illegal memory access"),
+    )
+    asked: list[str] = []
+    h = make(engine=engine, on_stuck=asked.append)
+    await h.runtime.start()
+    await h.runtime.submit(h.request("broke", 1))
+    await h.runtime.submit(h.request("next", 2))
+    broke = await h.wait_terminal("broke")
+    assert (broke.kind, broke.reason) == (EventKind.INTERRUPTED, "gpu")  # kept, not refunded
+    assert "restarting" in (broke.error or "")
+    await asyncio.sleep(0.05)
+    assert asked == ["broke"] and h.runtime.snapshot().state == "stuck"
+    assert engine.runs == 1 and EventKind.STARTED not in h.kinds("next")
+    await h.runtime.stop(grace_seconds=60)
+    assert (await h.wait_terminal("next")).reason == "shutdown"  # kept for after the restart
 
 
 async def test_a_wedge_found_during_a_shutdown_keeps_saying_stopping(
