@@ -126,6 +126,11 @@ def encode_clip(
             attempt = _fit_gif(frames, partial, delay_cs, max_bytes, exe, timeout_s)
             played_fps = 100 / delay_cs
         os.replace(partial, path)
+    except OSError as exc:
+        # A full or read-only disk: Pillow's GIF writer and the renames raise it (ffmpeg's own
+        # failure to write comes back as its exit status). An encoding failure, not the GPU's.
+        log.error("could not write the clip %s: %s", path.name, exc)
+        raise EncodeFailed(f"writing {path.name}: {exc}", reason="disk") from exc
     finally:
         partial.unlink(missing_ok=True)
     return EncodedClip(

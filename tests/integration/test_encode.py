@@ -6,6 +6,8 @@ bytes), so a test fails when a user's player would.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import stat
 import struct
@@ -339,6 +341,24 @@ def test_ffmpeg_errors_reach_the_logs_not_the_user(tmp_path: Path) -> None:
     assert "boom" in caught.value.detail
     assert "boom" in str(caught.value)
     assert "boom" not in caught.value.user_message
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("fmt", ["gif", "mp4"])
+def test_a_full_disk_is_an_encoding_failure_not_the_gpus(
+    fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    # Pillow writes the GIF itself; both formats end with a rename into place.
+    monkeypatch.setattr(Image.Image, "save", full)
+    monkeypatch.setattr(os, "replace", full)
+    target = tmp_path / f"clip.{fmt}"
+    with pytest.raises(EncodeFailed) as caught:
+        encode_clip(moving_clip(2, 64, 64), target, format=fmt, fps=7)  # type: ignore[arg-type]
+    assert caught.value.reason == "disk" and "No space left" in caught.value.detail
+    assert "saving the clip" in caught.value.user_message
     assert not target.exists()
 
 
