@@ -99,7 +99,10 @@ def _since_queued(job: JobRecord) -> timedelta:
         return TOKEN_LIFETIME  # no command flow: a resumed job, or one from a button long ago
     if job.created_at is None:
         return _age(job)
-    return datetime.now(UTC) - job.created_at
+    since = datetime.now(UTC) - job.created_at
+    # Negative after the clock was set back (a reboot before NTP): the flow is long over, and
+    # waiting "until it is 10 s old" would hold up every member's messages for the jump.
+    return since if since >= timedelta(0) else TOKEN_LIFETIME
 
 
 @dataclass
