@@ -13,7 +13,10 @@
 #   2. bench.throughput on the full plan (eager; in a new process, the switches are off):
 #      clips per hour with and without the encode overlap, and the full plan's seconds per clip;
 #      only with 160 s left (build ~25 s + five clips), else it would be killed before it writes.
-# bench.engine writes its JSON as figures come in, so a run stopped by the timeout keeps them.
+# bench.engine writes its JSON as figures come in (a row saying "loading (and compiling)" marks a
+# compile the timeout stopped; the log has the time per shape), so a stopped run keeps them; a
+# fast plan that could not compile is marked "fell back" and fails the run. bench.throughput
+# writes its sequential half before the overlapped one.
 # Results go to $OUT (the device tool brings them back) or bench/out/. Compiled kernels go to the
 # git-ignored .compile-cache/ (a rerun would find them in graphs_from_cache; a session's device time
 # rarely leaves room for one: measure the compile cache's gain with bench/compile_cache.py).
@@ -25,7 +28,7 @@ wheels)
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any \
-        -d .whl diffusers==0.42.1 importlib_metadata imageio-ffmpeg==0.6.0
+        -d .whl diffusers==0.42.1 imageio-ffmpeg==0.6.0
     ls -la .whl
     ;;
 run)
@@ -40,11 +43,12 @@ run)
     left() { echo $((budget - (SECONDS - started))); }
     # --max-seconds: start no plan after it; the timeout stops a compile that overruns.
     # The fast plan's figures matter most and its compile is the unknown: it may use it all.
-    timeout $(($(left) - 10)) python3 -m bench.engine --gpu --plans seed,fast \
+    # -k: a process deaf to SIGTERM inside a long CUDA call is killed, and the rest still runs.
+    timeout -k 10 $(($(left) - 20)) python3 -m bench.engine --gpu --plans seed,fast \
         --compile-mode default --draft-interval 3 --repeats 2 --max-seconds 200 \
         --compile-cache .compile-cache --out "$out/engine.json" 2>&1 | tee "$out/engine.log"
     if [ "$(left)" -gt 160 ]; then
-        timeout $(($(left) - 10)) python3 -m bench.throughput --arch xt --device cuda \
+        timeout -k 10 $(($(left) - 20)) python3 -m bench.throughput --arch xt --device cuda \
             --plan full --clips 2 --out "$out/throughput.json" 2>&1 | tee "$out/throughput.log"
     else
         echo "gpu_session: $(left) s left, too few for bench.throughput; run it next time"

@@ -37,6 +37,7 @@ from bench.engine import (
     machine,
     picture,
     quiet_libraries,
+    stop_on_sigterm,
     write,
 )
 from generation.encode import encode_clip
@@ -154,6 +155,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # One clip first, so that neither way pays for a first call's set-up.
         sequential(engine, requests[:1], workdir)
         alone = sequential(engine, requests, workdir)
+        # Half the answer, kept should the time limit stop the worker's pass.
+        write(
+            {
+                "machine": machine(args.device),
+                "args": vars(args),
+                "plan": engine.plan_for(None),
+                "partial": "sequential only: the worker's pass did not finish",
+                "sequential": alone,
+            },
+            args.out,
+        )
         worker = asyncio.run(overlapped(engine, requests, workdir / "worker"))
     plan = engine.plan_for(None)
     engine.close()
@@ -215,6 +227,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_libraries()
+    stop_on_sigterm()
     result = run(args)
     print(report(result))
     write(result, args.out)

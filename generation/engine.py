@@ -60,6 +60,7 @@ from generation.plans import (
     Workload,
     base_dtype,
     choose_plan,
+    even_chunk,
     next_plan,
     resident_capacity,
 )
@@ -502,6 +503,14 @@ class SVDEngine:
                 cache_interval=_WARM_UP_CACHE_INTERVAL,
             )
             self._generate(loaded, image, options, 0, _ignore_progress, _never_cancel)
+            # Per shape: a first start that takes long says how far it got.
+            log.info(
+                "warmed up %s for %dx%d after %.1f s",
+                loaded.name,
+                width,
+                height,
+                time.perf_counter() - started,
+            )
         loaded.compile_seconds = time.perf_counter() - started
         loaded.warm_shapes = frozenset(clip_sizes(self.resolution))
         cached = compile_cache_counts()
@@ -557,6 +566,8 @@ class SVDEngine:
         steps = options.num_inference_steps
         num_frames = options.num_frames or loaded.num_frames
         chunk = min(options.decode_chunk_size or plan.decode_chunk_size, plan.decode_chunk_size)
+        if plan.compile:
+            chunk = even_chunk(num_frames, chunk)
         width, height = image.size
         cache = loaded.feature_cache
 

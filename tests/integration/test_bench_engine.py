@@ -16,9 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_the_gpu_benchmark_runs_through_on_the_tiny_model(tmp_path: Path) -> None:
-    out = tmp_path / "engine.json"
-    done = subprocess.run(
+def bench(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -26,14 +25,11 @@ def test_the_gpu_benchmark_runs_through_on_the_tiny_model(tmp_path: Path) -> Non
             "--gpu",
             "--arch=tiny",
             "--device=cpu",
-            # dynamo's capture and guards, as on the GPU, without minutes of C++ compiling.
-            "--compile-backend=eager",
-            "--plans=seed,fast",
             "--repeats=1",
             "--warmup=0",
             "--steps=2",
-            "--draft-interval=3",
             f"--out={out}",
+            *args,
         ],
         cwd=ROOT,
         capture_output=True,
@@ -41,6 +37,14 @@ def test_the_gpu_benchmark_runs_through_on_the_tiny_model(tmp_path: Path) -> Non
         timeout=540,
         check=False,
     )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_gpu_benchmark_runs_through_on_the_tiny_model(tmp_path: Path) -> None:
+    out = tmp_path / "engine.json"
+    # dynamo's capture and guards, as on the GPU, without minutes of C++ compiling.
+    done = bench(out, "--compile-backend=eager", "--plans=seed,fast", "--draft-interval=3")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"seed", "fast", "fast draft/3"}
@@ -50,3 +54,17 @@ def test_the_gpu_benchmark_runs_through_on_the_tiny_model(tmp_path: Path) -> Non
     # The agreement check runs the graphs the clips ran, so it compiles nothing of its own.
     assert "compiled" not in fast["note"] and "differ" not in fast["note"], fast["note"]
     assert fast["compile_seconds"] > 0 and len(fast["clip_seconds"]) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_fast_plan_that_could_not_compile_fails_the_run_instead_of_passing_as_fast(
+    tmp_path: Path,
+) -> None:
+    # The engine runs a plan whose compile fails as "full": timed under the name "fast", it
+    # agreed with itself and passed, the GPU's one run looking like success.
+    out = tmp_path / "engine.json"
+    done = bench(out, "--compile-backend=no_such_backend", "--plans=fast")
+    assert done.returncode == 1 and "fell back" in done.stdout
+    (fast,) = json.loads(out.read_text())["rows"]
+    assert fast["name"] == "fast" and fast["fell_back_to"] == "full"
