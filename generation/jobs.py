@@ -23,6 +23,11 @@ from generation.results import EncodedClip
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+def valid_job_id(job_id: object) -> bool:
+    """Letters, digits, _ and - only: a job id names files (its picture, its clip)."""
+    return isinstance(job_id, str) and _JOB_ID.fullmatch(job_id) is not None
+
+
 @dataclass(frozen=True)
 class JobRequest:
     """One clip to make.
@@ -43,7 +48,7 @@ class JobRequest:
     group: int = 0
 
     def __post_init__(self) -> None:
-        if not _JOB_ID.fullmatch(self.job_id):
+        if not valid_job_id(self.job_id):
             raise ValueError(f"job_id must match {_JOB_ID.pattern}, got {self.job_id!r}")
         if self.max_bytes <= 0:
             raise ValueError("max_bytes must be positive")

@@ -12,7 +12,7 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageSequence
 
-from generation.encode import encode_clip
+from generation.encode import FFMPEG_TIMEOUT_S, encode_clip
 from generation.options import OutputFormat
 
 DEFAULT_FPS = 7.0
@@ -24,7 +24,13 @@ def read_frames(path: Path) -> tuple[np.ndarray, float]:
         return _read_gif(path)
     exe = imageio_ffmpeg.get_ffmpeg_exe()
     # `ffmpeg -i` alone describes the streams on stderr (and exits non-zero: no output named).
-    info = subprocess.run([exe, "-hide_banner", "-i", str(path)], capture_output=True, text=True)
+    # Time limits: a hung ffmpeg would hold this clip's delivery (and its thread) for ever.
+    info = subprocess.run(
+        [exe, "-hide_banner", "-i", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=FFMPEG_TIMEOUT_S,
+    )
     size = re.search(r"Video: .*?, (\d+)x(\d+)", info.stderr)
     rate = re.search(r"([\d.]+) fps", info.stderr)
     if size is None:
@@ -34,6 +40,7 @@ def read_frames(path: Path) -> tuple[np.ndarray, float]:
         [exe, "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
         capture_output=True,
         check=True,
+        timeout=FFMPEG_TIMEOUT_S,
     ).stdout
     frames = np.frombuffer(decoded, np.uint8).reshape(-1, height, width, 3)
     return frames, float(rate[1]) if rate else DEFAULT_FPS

@@ -63,7 +63,8 @@ class JobRecord:
     user_id: int
     application_id: int | None = None
     interaction_id: int | None = None
-    interaction_token: str | None = None
+    # Lets anyone post as the bot in that channel for 15 minutes: kept out of any repr or log.
+    interaction_token: str | None = field(default=None, repr=False)
     progress_message_id: int | None = None
     reply_to_message_id: int | None = None
     # The job's AnimateOptions as a dict (stored as JSON).

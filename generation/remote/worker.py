@@ -37,7 +37,7 @@ from taskiq.receiver import Receiver
 
 from generation.errors import Cancelled, GenerationError
 from generation.front import INPUT_ERROR, JobLog
-from generation.jobs import EventKind, JobEvent, JobRequest
+from generation.jobs import EventKind, JobEvent, JobRequest, valid_job_id
 from generation.options import AnimateOptions
 from generation.remote.broker import (
     JobStreamBroker,
@@ -238,6 +238,12 @@ class RemoteWorker:
         context: Context,
     ) -> None:
         """The taskiq task: run one job, store its outcome, then acknowledge the message."""
+        if not valid_job_id(job_id):
+            # Not the bot's (it makes ids of hex digits): never let it name a file to write or
+            # delete. Acknowledged, so it is not sent again.
+            log.error("dropping a message with a malformed job id %r", str(job_id)[:80])
+            await self._retried("acknowledging a job", context.ack)
+            return
         redis, keys = self._client(), self._keys
         jlog = JobLog(log, {"job_id": job_id})
         while True:

@@ -252,3 +252,10 @@ async def test_the_clean_up_reads_only_the_jobs_that_still_have_files(db: Databa
     await JobStore(db).finished_with_files(datetime.now(UTC))
     assert seen and "USING INDEX jobs_with_files" in seen[0], seen
     assert "SCAN" not in seen[0]
+
+
+def test_a_jobs_interaction_token_never_shows_in_its_repr() -> None:
+    # A record logged whole (an f-string, a traceback's locals) would hand out a token that
+    # lets anyone post as the bot in that channel.
+    job = JobRecord(job_id="a" * 32, guild_id=1, channel_id=2, user_id=3, interaction_token="s3")
+    assert "s3" not in repr(job) and job.interaction_token == "s3"

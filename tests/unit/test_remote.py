@@ -144,3 +144,33 @@ def test_check_says_which_queue_and_whether_redis_answers(
     assert not down.ok and down.fatal
     assert "cannot reach Redis at redis://127.0.0.1:" in down.detail
     assert "secret" not in down.detail
+
+
+class Acks:
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def ack(self) -> None:
+        self.count += 1
+
+
+async def test_a_message_with_a_job_id_that_is_a_path_is_dropped_and_names_no_file(
+    tmp_path: Path,
+) -> None:
+    # Anyone who can write to Redis could name a file for the worker to delete: its picture,
+    # work_dir/{job_id}.png, is removed after the job, even a job it refused.
+    from generation.fake_engine import FakeEngine
+    from generation.remote.worker import RemoteWorker
+    from generation.worker import LocalJobQueue
+
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"keep me")
+    worker = RemoteWorker(
+        LocalJobQueue(FakeEngine(frames=4), output_dir=tmp_path / "out"),
+        redis_url="redis://127.0.0.1:1/0",  # never reached
+        work_dir=tmp_path / "a" / "b",
+        reclaim_seconds=60,
+    )
+    context = Acks()
+    await worker.handle("../../victim", {}, 1_000, 1, 0, context)  # type: ignore[arg-type]
+    assert victim.read_bytes() == b"keep me" and context.count == 1
