@@ -566,6 +566,7 @@ class SVDEngine:
         steps = options.num_inference_steps
         num_frames = options.num_frames or loaded.num_frames
         chunk = min(options.decode_chunk_size or plan.decode_chunk_size, plan.decode_chunk_size)
+        chunk = min(chunk, loaded.decode_chunk_cap or chunk)
         if plan.compile:
             chunk = even_chunk(num_frames, chunk)
         width, height = image.size
@@ -601,12 +602,42 @@ class SVDEngine:
         try:
             latents = self._pipeline_call(pipe, kwargs).frames
             cache.stop()  # before the decode, which needs the memory
-            return self._decode(pipe, latents, chunk, on_step, should_cancel)
+            return self._decode_fitting(loaded, latents, chunk, on_step, should_cancel)
         finally:
             cache.stop()
             # After an exception, offload hooks may have left a model on the GPU; after the
             # decode, the VAE is there. Either way, put everything back where offloading wants it.
             pipe.maybe_free_model_hooks()
+
+    def _decode_fitting(
+        self,
+        loaded: LoadedModel,
+        latents: torch.Tensor,
+        chunk: int,
+        on_step: OnStep,
+        should_cancel: ShouldCancel,
+    ) -> np.ndarray:
+        """Decode, in smaller chunks after running out of memory: the denoised latents are the
+        clip's costly part, and a step-down would throw them away and make them again. The
+        smaller chunk stays for this model's next clips. A compiled decoder is left to the step
+        down instead: a new chunk shape would recompile it (minutes)."""
+        chunk = min(chunk, latents.shape[1])  # (1, frames, …): a chunk is at most the clip
+        while True:
+            try:
+                return self._decode(loaded.pipe, latents, chunk, on_step, should_cancel)
+            except Exception as exc:
+                if not is_out_of_memory(exc) or chunk == 1 or loaded.plan.compile:
+                    raise
+            # Outside the except block, so the traceback's frames (and their tensors) are gone.
+            chunk = max(1, chunk // 2)
+            loaded.decode_chunk_cap = chunk
+            log.warning(
+                "out of memory decoding %s under plan %s; decoding %d frame(s) at a time",
+                loaded.name,
+                loaded.plan.name,
+                chunk,
+            )
+            release_memory(self.device)
 
     @torch.no_grad()
     def _decode(

@@ -155,6 +155,8 @@ class LoadedModel:
     # Inductor graphs the warm-up loaded from the compile cache, and those it had to compile.
     cache_hits: int = 0
     cache_misses: int = 0
+    # A smaller decode chunk than the plan's, after the decode ran out of memory under it.
+    decode_chunk_cap: int | None = None
 
 
 class ModelPool:

@@ -136,9 +136,7 @@ def guild_create_payload(guild: FakeGuild, joined_at: str) -> dict[str, Any]:
             channel_payload(c) for c in guild.channels.values() if c.type not in THREAD_TYPES
         ],
         # Active threads, as Discord lists them in GUILD_CREATE.
-        "threads": [
-            channel_payload(c) for c in guild.channels.values() if c.type in THREAD_TYPES
-        ],
+        "threads": [channel_payload(c) for c in guild.channels.values() if c.type in THREAD_TYPES],
         "members": [member_payload(m) for m in guild.members.values()],
         # member_count == len(members) marks the guild as chunked: no member requests needed.
         "member_count": len(guild.members),

@@ -29,8 +29,6 @@ from generation.results import EncodedClip
 MIB = 1024 * 1024
 
 
-
-
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     difference = a.astype(np.int32) - b
     mse = np.mean(difference * difference, dtype=np.float64)

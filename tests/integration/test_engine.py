@@ -202,6 +202,41 @@ def test_a_plain_runtime_error_saying_out_of_memory_counts_too(
     assert (result.plan, result.fallback_from) == ("sequential", "offload_chunked")
 
 
+def test_running_out_of_memory_in_the_decode_keeps_the_denoised_clip(
+    tiny_svd_dir: Path, small: Image.Image
+) -> None:
+    # The decode needs the most memory at once; a step-down threw the denoising away and made
+    # it again under a smaller plan, and every later clip paid that smaller plan's price.
+    decoded: list[int] = []
+
+    def loader(model: str, dtype: torch.dtype) -> Any:
+        pipe = PretrainedLoader()(model, dtype)
+        decode = pipe.vae.decode
+
+        def tight(latents: torch.Tensor, num_frames: int) -> Any:
+            decoded.append(num_frames)
+            if num_frames > 1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+            return decode(latents, num_frames=num_frames)
+
+        pipe.vae.decode = tight
+        return pipe
+
+    denoise = FailOnce(RuntimeError("unused"), times=0)
+    engine = SVDEngine(
+        [str(tiny_svd_dir)], device="cpu", memory_mode="full", loader=loader, pipeline_call=denoise
+    )
+    engine.load()
+    assert decoded == [], decoded
+    result = run(engine, small, seed=5)
+    assert (result.plan, result.fallback_from, result.load_seconds) == ("full", None, 0.0)
+    assert result.frames.shape == (FRAMES, 64, 128, 3) and denoise.calls == 1
+    assert decoded == [FRAMES, FRAMES // 2, *[1] * FRAMES]
+    decoded.clear()
+    run(engine, small, seed=6)  # the next clip starts from the chunk that fitted
+    assert decoded == [1] * FRAMES and denoise.calls == 2
+
+
 def test_running_out_of_memory_while_reloading_steps_down_further(
     tiny_svd_dir: Path, small: Image.Image
 ) -> None:

@@ -211,9 +211,7 @@ async def test_check_sees_redis_and_both_workers(app: App, workers: Workers) -> 
     await until(lambda: queue.frames_for(None) == 4, 10)
 
 
-async def test_a_killed_workers_job_finishes_on_the_other_once(
-    app: App, workers: Workers
-) -> None:
+async def test_a_killed_workers_job_finishes_on_the_other_once(app: App, workers: Workers) -> None:
     queue = app.queue
     assert isinstance(queue, RedisJobQueue)
     await both_workers_ready(queue, workers)
