@@ -523,7 +523,7 @@ class AnimateService:
                 continue
             if not await _exists(job.output_path):
                 self._undelivered.pop(job_id, None)
-                await self._fail(presenter, job, _LOST_MESSAGE)
+                await self._make_again(presenter, job)
                 continue
             self._spawn(self._deliver(presenter, job, await _done_event(job)))
             started += 1
@@ -672,7 +672,12 @@ class AnimateService:
         """After a restart: re-queue waiting jobs in order, retry a crashed job once, and deliver
         clips that were finished but not posted. Returns counts for the log."""
         counts = {"requeued": 0, "retried": 0, "failed": 0, "redelivered": 0}
-        counts["settled"] = await self._settle_reservations()
+        try:
+            counts["settled"] = await self._settle_reservations()
+        except Exception:
+            # A clean-up of what a crash left: it must not keep every waiting clip out of line.
+            log.exception("could not settle the reservations a crash left")
+            counts["settled"] = 0
         for job in await self._jobs.unfinished():
             try:
                 outcome = await self._resume_one(presenter, job)
@@ -701,8 +706,7 @@ class AnimateService:
     async def _resume_one(self, presenter: Presenter, job: JobRecord) -> str:
         if job.state is JobState.DONE:
             if not await _exists(job.output_path):
-                await self._fail(presenter, job, _LOST_MESSAGE)
-                return "failed"
+                return await self._make_again(presenter, job)
             # Before the restart it may have been posted with no answer back.
             event = await _done_event(job)
             self._spawn(self._deliver(presenter, job, event, again=True))
@@ -725,6 +729,24 @@ class AnimateService:
         queued = await self._queue.submit(self._request(job), resume=True)
         await presenter.show(job, queued)
         return outcome
+
+    async def _make_again(self, presenter: Presenter, job: JobRecord) -> str:
+        """A finished clip's file is gone before it was posted (a host cleaning the disk): make
+        it again from the kept picture and seed, the same clip, still charged only once posted.
+        Failed and refunded when the picture is gone too or its model no longer offered."""
+        model = job.options.get("model")
+        if not await _exists(job.input_path) or (
+            model is not None and model not in self._config.models
+        ):
+            await self._fail(presenter, job, _LOST_MESSAGE)
+            return "failed"
+        log.warning(
+            "the finished clip's file is gone; making it again", extra={"job_id": job.job_id}
+        )
+        job = await self._jobs.requeue(job.job_id)
+        queued = await self._queue.submit(self._request(job), resume=True)
+        await presenter.show(job, queued)
+        return "retried"
 
     async def _fail(self, presenter: Presenter, job: JobRecord, message: str) -> None:
         await self._jobs.set_state(job.job_id, JobState.FAILED, error=message)
@@ -777,7 +799,7 @@ _MODEL_GONE_MESSAGE = (
     "You were not charged; please use `/animate` again."
 )
 _LOST_MESSAGE = (
-    "This clip's files were lost while the bot restarted. "
+    "This clip's files were lost before it could be posted. "
     "You were not charged; please use `/animate` again."
 )
 

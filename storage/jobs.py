@@ -39,7 +39,8 @@ FINISHED = frozenset({JobState.DELIVERED, JobState.FAILED, JobState.CANCELLED})
 UNFINISHED = (JobState.QUEUED, JobState.RUNNING, JobState.ENCODING, JobState.DONE)
 
 # Where a job may go from each state. Back to QUEUED from RUNNING / ENCODING is the retry after a
-# crash or a shutdown; DONE may still fail when the clip cannot be posted for good.
+# crash or a shutdown, from DONE the clip made again when its file was lost before it was posted;
+# DONE may still fail when the clip cannot be posted for good.
 TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),
     JobState.RUNNING: frozenset(
@@ -48,7 +49,7 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     JobState.ENCODING: frozenset(
         {JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}
     ),
-    JobState.DONE: frozenset({JobState.DELIVERED, JobState.FAILED}),
+    JobState.DONE: frozenset({JobState.DELIVERED, JobState.FAILED, JobState.QUEUED}),
     JobState.DELIVERED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),
@@ -159,7 +160,8 @@ class JobStore:
         return await self._change(job_id, None, changes)
 
     async def requeue(self, job_id: str, *, refund_attempt: bool = False) -> JobRecord:
-        """Put an interrupted job (running / encoding) back in the queue; a job still queued is
+        """Put an interrupted job (running / encoding), or a finished one whose clip was lost
+        (done), back in the queue; a job still queued is
         left as it is. `refund_attempt` gives back the attempt it used, for an orderly shutdown
         that was not the job's fault."""
         return await self._change(

@@ -530,6 +530,25 @@ async def test_after_a_restart_a_refused_clip_is_retried_without_telling_the_mem
         assert (await r.service.quota(ALICE)).remaining == 2
 
 
+async def test_a_finished_clip_whose_file_was_lost_is_made_again_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    # The host cleaned outputs/ while the clip waited to be posted: the picture and the seed
+    # are kept, so the member gets the same clip rather than "lost, use /animate again".
+    clock = ManualClock()
+    async with rig(tmp_path, clock=clock, redelivery=BY_HAND) as r:
+        job_id = await _a_refused_clip(r)
+        job = await r.jobs.get(job_id)
+        assert job is not None and job.output_path is not None and job.seed is not None
+        await asyncio.to_thread(Path(job.output_path).unlink)
+    async with rig(tmp_path, clock=clock, redelivery=BY_HAND) as r:
+        assert (await r.service.resume(r.presenter))["retried"] == 1
+        again = await _wait_for_state(r.jobs, job_id, JobState.DELIVERED)
+        assert again.seed == job.seed and r.presenter.delivered == [job_id]
+        assert not r.presenter.failures
+        assert (await r.service.quota(ALICE)).remaining == 2  # charged once
+
+
 async def test_a_clip_refused_for_a_day_is_given_up_and_refunded(tmp_path: Path) -> None:
     clock = ManualClock()
     async with rig(tmp_path, clock=clock, redelivery=BY_HAND) as r:
