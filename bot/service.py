@@ -469,10 +469,12 @@ class AnimateService:
                 current = await self._jobs.get(job_id)
                 if current is not None and current.state.finished:
                     return  # cancelled meanwhile (during the shutdown): it stays so
+                if event.reason == "gpu":
+                    # Left running, as after a crash: the restart retries it once, and fails it
+                    # (refunded) if it breaks the GPU again, rather than restarting for ever.
+                    return
                 # Shutdown, not a crash: the retry after the restart should not use up an attempt.
-                # A GPU that broke during the clip counts one: should the clip itself be what
-                # breaks it, it is given up after its tries rather than restarting for ever.
-                await self._jobs.requeue(job_id, refund_attempt=event.reason != "gpu")
+                await self._jobs.requeue(job_id, refund_attempt=True)
             case _:
                 pass
 

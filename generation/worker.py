@@ -144,6 +144,8 @@ class LocalJobQueue(QueueFront):
         self._cancel_wait = cancel_wait_seconds
         self._stuck_seconds = stuck_seconds
         self._on_stuck = on_stuck
+        # The CUDA context broke (see `_gpu_lost`): no clip starts any more in this process.
+        self._gpu_broken = False
         self._frames: dict[str | None, int] = {}
         self._learning: dict[str | None, asyncio.Task[None]] = {}
         self.ready = asyncio.Event()
@@ -186,7 +188,9 @@ class LocalJobQueue(QueueFront):
         report it `interrupted` (reason "shutdown") for the caller to retry after the restart.
         Waiting jobs are reported `interrupted` too: they stay queued in the caller's records."""
         self._log.info("stopping: %s waiting, grace %.1fs", len(self._queue), grace_seconds)
-        wedged = self._state == "stuck"  # its thread answers neither the grace nor a stop
+        # A wedged engine thread answers neither the grace nor a stop; a broken GPU's thread has
+        # returned, and the clip before it may still be encoding: that one is let finish.
+        wedged = self._state == "stuck" and not self._gpu_broken
         if not await self._close_line():
             return
         if self._main is not None:
@@ -222,6 +226,8 @@ class LocalJobQueue(QueueFront):
                     await self._generate(job)
                 except Exception as exc:  # a bug of ours must not stop the queue either
                     await self._fail(job, exc, "the worker")
+                if self._gpu_broken:
+                    break  # the clip being encoded still finishes; the waiting ones wait
             await self._encode_q.put(None)
             await encoder_task
         finally:
@@ -415,12 +421,16 @@ class LocalJobQueue(QueueFront):
             "the GPU is unusable (%s); only a new process can use it again", exc.detail
         )
         await self._finish(job, EventKind.INTERRUPTED, reason="gpu", error=exc.user_message)
+        self._gpu_broken = True
         if not self._stopping:
             self._state = "stuck"
         if self._on_stuck is not None:
-            self._on_stuck(job.job_id)
-        # Nothing more can run here; stop() ends this wait and keeps the waiting ones.
-        await asyncio.Event().wait()
+            self._on_stuck(job.job_id)  # the waiting clips are kept for after the restart
+            return
+        # Nobody will restart this process (a script, a benchmark): end the waiting clips
+        # rather than leave them waiting for ever.
+        for waiting in [j for j in self._jobs.values() if j.phase == "waiting"]:
+            await self._finish(waiting, EventKind.FAILED, reason="gpu", error=GENERIC_ERROR)
 
     def _on_progress(self, job: TrackedJob, progress: Progress) -> None:
         """On the loop, for each progress report from the engine thread."""

@@ -67,6 +67,11 @@ class ModelNotLoaded(GenerationError):
         )
 
 
+GPU_FAILED_MESSAGE = (
+    "The GPU failed while making this clip. You were not charged; please try again."
+)
+
+
 def default_worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -322,6 +327,10 @@ class RemoteWorker:
         async for event in events:
             if event.kind in (EventKind.QUEUED, EventKind.POSITION):
                 continue  # this worker's own line of one
+            if event.kind is EventKind.INTERRUPTED and event.reason == "gpu":
+                # This GPU broke during the clip (the process restarts to recover): handed on,
+                # a clip that breaks GPUs would take every worker down in turn.
+                return self._terminal(request, EventKind.FAILED, "gpu", GPU_FAILED_MESSAGE)
             if event.kind is EventKind.INTERRUPTED:
                 return None
             if event.terminal:

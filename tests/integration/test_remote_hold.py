@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from generation.errors import GenerationFailed
+from generation.errors import GenerationFailed, GPUUnusable
 from generation.fake_engine import FakeEncoder, FakeEngine
 from generation.jobs import EventKind, JobEvent, JobRequest
 from generation.options import AnimateOptions
@@ -313,3 +313,22 @@ async def test_a_worker_handed_a_clip_another_is_making_leaves_it_and_serves_oth
         assert EventKind.DONE not in rig.kinds("long")  # served beside it, not after it
         await rig.wait_for(lambda: EventKind.DONE in rig.kinds("long"), within=30)
         assert rig.kinds("long").count(EventKind.STARTED) == 1  # made once
+
+
+async def test_a_clip_that_broke_a_workers_gpu_fails_refunded_rather_than_going_round(
+    rig: Rig,
+) -> None:
+    # Handed back like a shutdown's clip, a clip that breaks GPUs would take every worker down
+    # in turn (each restarts to recover its GPU).
+    breaks = FakeEngine(
+        step_seconds=0.01,
+        frames=4,
+        fail_when=lambda _o: GPUUnusable("CUDA error: an illegal memory access"),
+    )
+    rig.start_worker("w1", engine=breaks)
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("bad", 1))
+    await rig.wait_for(lambda: any(e.terminal for e in rig.events if e.job_id == "bad"))
+    (end,) = [e for e in rig.events if e.job_id == "bad" and e.terminal]
+    assert (end.kind, end.reason) == (EventKind.FAILED, "gpu")
+    assert "not charged" in (end.error or "")

@@ -21,6 +21,7 @@ from bot.service import AnimateService, Member, Origin, RedeliveryPolicy, Servic
 from generation.errors import (
     GenerationError,
     GenerationFailed,
+    GPUUnusable,
     InvalidImage,
     InvalidOptions,
     TooManyJobs,
@@ -667,6 +668,43 @@ async def test_a_job_that_crashed_twice_is_failed_and_refunded_on_restart(tmp_pa
         assert counts["failed"] == 1
         assert "stopped twice" in r.presenter.failures[0]
         assert (await r.service.quota(ALICE)).remaining == 2
+
+
+async def _interrupted(r: Rig, job_id: str) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            if job_id in r.presenter.interruptions:
+                return
+            await asyncio.sleep(0.01)
+
+
+async def test_a_clip_that_breaks_the_gpu_is_retried_once_after_the_restart_then_refunded(
+    tmp_path: Path,
+) -> None:
+    # Kept "for after the restart" each time, a clip that breaks the GPU restarted the bot for
+    # ever: it is left running, as after a crash, and the crash limit applies.
+    engine = FakeEngine(
+        frames=4,
+        step_seconds=0.001,
+        fail_when=lambda _o: GPUUnusable("CUDA error: an illegal memory access"),
+    )
+    for attempt in (1, 2):
+        async with rig(tmp_path, engine=engine) as r:
+            if attempt == 1:
+                accepted = await r.service.submit(
+                    ALICE, png(), AnimateOptions(num_inference_steps=1), ORIGIN
+                )
+                job_id = accepted.job.job_id
+            else:
+                assert (await r.service.resume(r.presenter))["retried"] == 1
+            await _interrupted(r, job_id)  # journaled before the presenter hears of it
+            job = await r.jobs.get(job_id)
+            assert job is not None and (job.state, job.attempts) == (JobState.RUNNING, attempt)
+            assert not r.presenter.failures
+    async with rig(tmp_path) as r:
+        assert (await r.service.resume(r.presenter))["failed"] == 1
+        assert "stopped twice" in r.presenter.failures[0]
+        assert (await r.service.quota(ALICE)).remaining == 3  # refunded
 
 
 async def test_a_restart_fails_and_refunds_waiting_clips_it_cannot_make_and_goes_on(

@@ -593,29 +593,51 @@ async def test_an_engine_that_never_returns_asks_the_host_for_a_restart(
     assert asked == ["hung"]
 
 
+def _breaks_on(seed: int) -> FakeEngine:
+    """An engine whose clip with `seed` hits an illegal memory access, breaking the context."""
+
+    def fail(options: AnimateOptions) -> BaseException | None:
+        if options.seed == seed:
+            return GPUUnusable("AcceleratorError: CUDA error: an illegal memory access")
+        return None
+
+    return FakeEngine(step_seconds=0.001, frames=FRAMES, fail_when=fail)
+
+
 async def test_a_broken_gpu_keeps_the_clip_and_asks_for_a_restart_instead_of_failing_the_rest(
     make: Callable[..., Harness],
 ) -> None:
     # An illegal memory access poisons the CUDA context: every later clip would fail in seconds
     # with "something went wrong", for ever, while the health check said ready.
-    engine = FakeEngine(
-        step_seconds=0.001,
-        frames=FRAMES,
-        fail_when=lambda _o: GPUUnusable("AcceleratorError: CUDA error: an illegal memory access"),
-    )
     asked: list[str] = []
-    h = make(engine=engine, on_stuck=asked.append)
+    # The clip before it is still encoding when the GPU breaks: it is finished, not made again.
+    h = make(engine=_breaks_on(seed=7), encoder=FakeEncoder(seconds=0.5), on_stuck=asked.append)
     await h.runtime.start()
-    await h.runtime.submit(h.request("broke", 1))
-    await h.runtime.submit(h.request("next", 2))
+    await h.runtime.submit(h.request("before", 1, seed=1))
+    await h.runtime.submit(h.request("broke", 2, seed=7))
+    await h.runtime.submit(h.request("next", 3, seed=3))
     broke = await h.wait_terminal("broke")
     assert (broke.kind, broke.reason) == (EventKind.INTERRUPTED, "gpu")  # kept, not refunded
     assert "restarting" in (broke.error or "")
     await asyncio.sleep(0.05)
     assert asked == ["broke"] and h.runtime.snapshot().state == "stuck"
-    assert engine.runs == 1 and EventKind.STARTED not in h.kinds("next")
+    assert h.engine.runs == 2 and EventKind.STARTED not in h.kinds("next")
     await h.runtime.stop(grace_seconds=60)
+    assert (await h.wait_terminal("before")).kind is EventKind.DONE
     assert (await h.wait_terminal("next")).reason == "shutdown"  # kept for after the restart
+
+
+async def test_a_broken_gpu_with_nobody_to_restart_ends_the_waiting_clips(
+    make: Callable[..., Harness],
+) -> None:
+    h = make(engine=_breaks_on(seed=7))  # a script or a benchmark: no on_stuck
+    await h.runtime.start()
+    await h.runtime.submit(h.request("broke", 1, seed=7))
+    await h.runtime.submit(h.request("next", 2, seed=3))
+    assert (await h.wait_terminal("broke")).kind is EventKind.INTERRUPTED
+    left = await asyncio.wait_for(h.wait_terminal("next"), 5)  # not waiting for ever
+    assert (left.kind, left.reason) == (EventKind.FAILED, "gpu")
+    await h.runtime.stop(grace_seconds=1)
 
 
 async def test_a_wedge_found_during_a_shutdown_keeps_saying_stopping(
