@@ -20,7 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from generation.errors import Cancelled, GenerationError, GenerationFailed, InvalidOptions
+from generation.errors import (
+    Cancelled,
+    GenerationError,
+    GenerationFailed,
+    GPUUnusable,
+    InvalidOptions,
+)
 from generation.options import FORMATS, PRESETS, QUALITY_CACHE_INTERVALS, AnimateOptions
 from generation.plans import MEMORY_MODES, PlanSettings
 from generation.results import Progress
@@ -274,6 +280,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidOptions as exc:
         progress.done()
         return _fail(err, exc.user_message, EXIT_USAGE)
+    except GPUUnusable as exc:  # its message is the bot's ("restarting"), not a script's
+        progress.done()
+        return _fail(
+            err,
+            f"the GPU failed and cannot be used again by this process: {exc.detail}",
+            EXIT_FAILED,
+        )
     except GenerationFailed as exc:
         progress.done()
         return _fail(err, f"{exc.user_message}{_cause(exc)}", EXIT_FAILED)

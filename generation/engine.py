@@ -422,6 +422,10 @@ class SVDEngine:
                     )
                 return self._set_up(name, pipe, plan, footprint, num_frames, started)
             except Exception as exc:
+                # A kernel of the compile's warm-up (or of placing) that broke the context: no
+                # smaller plan can run on it either.
+                if not is_out_of_memory(exc) and gpu_unusable(self.device):
+                    raise GPUUnusable(f"{type(exc).__name__}: {exc}") from exc
                 fallback = None if plan is None else self._fallback(name, plan, exc)
                 if fallback is None:
                     raise
@@ -536,6 +540,8 @@ class SVDEngine:
         log.warning("stepping %s down from plan %s to %s", name, failed.name, plan.name)
         try:
             fresh = self._load_model(name, plan)
+        except GPUUnusable:
+            raise
         except Exception as exc:
             if is_out_of_memory(exc):  # even the last plan did not fit
                 raise GenerationFailed(_OOM_MESSAGE, reason="oom") from exc

@@ -313,6 +313,22 @@ def test_an_error_that_broke_the_gpu_is_told_apart_from_a_clips_bad_luck(
     assert "restarting" in caught.value.user_message
 
 
+def test_a_load_that_broke_the_gpu_is_not_taken_for_a_missing_model(
+    tiny_svd_dir: Path, small: Image.Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A warm-up kernel of the compiled plan that breaks the context: every clip after it would
+    # fail with "could not be loaded", and a smaller plan cannot run on that context either.
+    monkeypatch.setattr(engine_module, "gpu_unusable", lambda _device: True)
+
+    def loader(model: str, dtype: torch.dtype) -> Any:
+        raise RuntimeError("CUDA error: unspecified launch failure")
+
+    engine = SVDEngine([str(tiny_svd_dir)], device="cpu", memory_mode="full", loader=loader)
+    with pytest.raises(GPUUnusable) as caught:
+        run(engine, small)
+    assert "unspecified launch failure" in caught.value.detail
+
+
 def test_several_models_load_on_demand_and_stay_resident(
     tiny_svd_dir: Path, tiny_svd_dir_b: Path, small: Image.Image
 ) -> None:
