@@ -410,9 +410,9 @@ class AnimateService:
         return True
 
     async def my_jobs(self, member: Member) -> tuple[list[JobRecord], QueueSnapshot]:
-        return await self._jobs.active_for_user(member.guild_id, member.user_id), (
-            self._queue.snapshot()
-        )
+        jobs = await self._jobs.active_for_user(member.guild_id, member.user_id)
+        # Posted, though the record still says "done" (see `_delivered`): not "posting it now".
+        return [job for job in jobs if job.job_id not in self._posted], self._queue.snapshot()
 
     async def quota(self, member: Member) -> QuotaStatus:
         return await self._quotas.status(member.guild_id, member.user_id, member.role_ids)
@@ -586,6 +586,16 @@ class AnimateService:
         self._delivering.add(job.job_id)
         try:
             current = await self._jobs.get(job.job_id)
+            if (
+                current is not None
+                and current.state in (JobState.RUNNING, JobState.ENCODING)
+                and event.clip is not None
+                and await _exists(str(event.clip.path))
+            ):
+                # The "done" write was lost (the database locked past its timeout): the clip is
+                # made and on disk, so record it now rather than leave it unposted.
+                await self.journal(event)
+                current = await self._jobs.get(job.job_id)
             if current is None or current.state is not JobState.DONE:
                 return  # handed over to the member (or failed) since this event was sent
             retry = self._undelivered.get(job.job_id) or self._refused_before(current)
@@ -653,7 +663,8 @@ class AnimateService:
             # row still says "done", and the member's next /queue would post it again. After a
             # restart, the look at the channel finds it posted and records it then.
             self._posted.add(job.job_id)
-            raise
+            log.exception("posted, but recording it failed", extra={"job_id": job.job_id})
+            return
         if job.output_path or event.clip:
             path = Path(job.output_path) if job.output_path else event.clip.path  # type: ignore[union-attr]
             await asyncio.to_thread(_remove_clip, path)

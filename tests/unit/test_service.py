@@ -591,6 +591,28 @@ async def test_a_refused_clip_is_handed_over_when_the_member_asks(tmp_path: Path
         assert len(posted) == 1 and len(r.presenter.attempts) == 1
 
 
+async def test_a_clip_whose_done_could_not_be_recorded_is_still_posted_and_charged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with rig(tmp_path) as r:
+        set_state = r.jobs.set_state
+        lost: list[str] = []
+
+        async def locked_once(job_id: str, state: JobState, **changes: Any) -> JobRecord:
+            if state is JobState.DONE and not lost:
+                lost.append(job_id)
+                raise sqlite3.OperationalError("database is locked")
+            return await set_state(job_id, state, **changes)
+
+        monkeypatch.setattr(r.jobs, "set_state", locked_once)
+        accepted = await r.service.submit(
+            ALICE, png(), AnimateOptions(num_inference_steps=3), ORIGIN
+        )
+        await _wait_for_state(r.jobs, accepted.job.job_id, JobState.DELIVERED)
+        assert lost == [accepted.job.job_id] and r.presenter.delivered == lost
+        assert (await r.service.quota(ALICE)).remaining == 2
+
+
 async def test_a_posted_clip_whose_record_failed_is_not_handed_over_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -618,6 +640,8 @@ async def test_a_posted_clip_whose_record_failed_is_not_handed_over_again(
         # The member's /queue: the row still says "done", but the clip is in the channel.
         assert await r.service.hand_over(ALICE, post) == []
         assert posted == [] and r.presenter.delivered == [accepted.job.job_id]
+        jobs, _snapshot = await r.service.my_jobs(ALICE)
+        assert jobs == []  # not listed as "finished: posting it now"
 
 
 async def test_a_hand_over_and_a_retry_at_the_same_moment_post_the_clip_once(
