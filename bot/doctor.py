@@ -116,16 +116,6 @@ def _torch_and_gpu(settings: Settings) -> list[Finding]:
                 f" (CUDA {torch.version.cuda})",
             )
         )
-    elif settings.device == "cuda":
-        found.append(
-            Finding(
-                False,
-                "GPU",
-                "DEVICE=cuda but no CUDA GPU is visible "
-                "(driver, container runtime, or a CPU-only torch?)",
-                fatal=True,
-            )
-        )
     elif torch.version.cuda is None and shutil.which("nvidia-smi"):
         found.append(
             Finding(
@@ -134,6 +124,7 @@ def _torch_and_gpu(settings: Settings) -> list[Finding]:
                 f"this PyTorch ({torch.__version__}) is a CPU-only build, but the machine has an "
                 "NVIDIA GPU: clips would be made on the CPU. Install the CUDA build: "
                 ".venv/bin/pip install --force-reinstall torch",
+                fatal=settings.device == "cuda",
             )
         )
     elif shutil.which("nvidia-smi"):
@@ -147,6 +138,17 @@ def _torch_and_gpu(settings: Settings) -> list[Finding]:
                 "(`nvidia-smi` shows the newest it runs): update it, or install a torch built for "
                 "an older CUDA, e.g. .venv/bin/pip install --force-reinstall torch --index-url "
                 "https://download.pytorch.org/whl/cu126",
+                fatal=settings.device == "cuda",
+            )
+        )
+    elif settings.device == "cuda":
+        found.append(
+            Finding(
+                False,
+                "GPU",
+                "DEVICE=cuda but no CUDA GPU is visible "
+                "(driver, container runtime, or a CPU-only torch?)",
+                fatal=True,
             )
         )
     else:

@@ -57,7 +57,12 @@ def test_a_cuda_torch_the_driver_cannot_run_is_pointed_out(
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/nvidia-smi" if name else None)
     gpu = next(f for f in doctor._torch_and_gpu(settings(tmp_path)) if f.label == "GPU")
     assert not gpu.ok and "built for CUDA 13.0" in gpu.detail and "driver" in gpu.detail
-    assert "--index-url" in gpu.detail
+    assert "--index-url" in gpu.detail and not gpu.fatal
+    # The hosts that set DEVICE=cuda are the likeliest to have a GPU: told the same, fatally.
+    gpu = next(
+        f for f in doctor._torch_and_gpu(settings(tmp_path, device="cuda")) if f.label == "GPU"
+    )
+    assert gpu.fatal and "built for CUDA 13.0" in gpu.detail
 
 
 def test_check_never_shows_the_redis_password(tmp_path: Path) -> None:
