@@ -76,10 +76,15 @@ class TimelyReply:
 
     async def send(self, content: str, **fields: Any) -> None:
         await self._settle()
-        if self._interaction.response.is_done():
-            await self._interaction.edit_original_response(content=content, **fields)
-        else:
-            await self._interaction.response.send_message(content, ephemeral=True, **fields)
+        if not self._interaction.response.is_done():
+            try:
+                await self._interaction.response.send_message(content, ephemeral=True, **fields)
+                return
+            except discord.HTTPException as exc:
+                # 40060: the deferral reached Discord though its answer never came back.
+                if exc.code != 40060:
+                    raise
+        await self._interaction.edit_original_response(content=content, **fields)
 
 
 class NotInGuild(Exception):

@@ -43,6 +43,8 @@ WEBHOOK_RETRY_WAIT = 1.0
 PROGRESS_POST_GRACE = timedelta(seconds=30)
 # How long an outcome waits for that flow (which normally takes well under a second).
 COMMAND_FLOW_WAIT = timedelta(seconds=10)
+# How far the clock may step back (an NTP correction) and a job still count as just queued.
+CLOCK_SLEW = timedelta(seconds=5)
 
 # Re-encode a clip at `path` to fit `max_bytes`; returns the new file. Blocking.
 Reencoder = Callable[[Path, int], Path]
@@ -100,9 +102,12 @@ def _since_queued(job: JobRecord) -> timedelta:
     if job.created_at is None:
         return _age(job)
     since = datetime.now(UTC) - job.created_at
-    # Negative after the clock was set back (a reboot before NTP): the flow is long over, and
-    # waiting "until it is 10 s old" would hold up every member's messages for the jump.
-    return since if since >= timedelta(0) else TOKEN_LIFETIME
+    # Well below zero after the clock was set back (a reboot before NTP): the flow is long over,
+    # and waiting "until it is 10 s old" would hold up every member's messages for the jump. A
+    # slew of a moment is just now.
+    if since < -CLOCK_SLEW:
+        return TOKEN_LIFETIME
+    return max(since, timedelta(0))
 
 
 @dataclass

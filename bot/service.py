@@ -65,7 +65,8 @@ class Origin:
     max_bytes: int
     application_id: int | None = None
     interaction_id: int | None = None
-    interaction_token: str | None = None
+    # Lets anyone post as the bot in that channel for 15 minutes: kept out of any repr or log.
+    interaction_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -280,6 +280,29 @@ async def test_commands_are_answered_in_time_while_another_process_holds_the_dat
     assert change.deferred and quota.deferred and change.ephemeral and quota.ephemeral
 
 
+async def test_a_deferral_whose_answer_was_lost_still_gets_the_reply(
+    bot: App, fake_discord: FakeDiscordServer, data_dir: Path
+) -> None:
+    # The slow write makes the reply defer; Discord takes the deferral but its answer is lost
+    # (a 502 from its edge): sending the reply as a first answer is then refused (40060).
+    holder = sqlite3.connect(data_dir / "bot.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    asyncio.get_running_loop().call_later(3.0, holder.close)
+    fake_discord.faults.server_error(
+        "POST", r"^/interactions/\d+/[^/]+/callback$", status=502, after_applying=True
+    )
+    mod = fake_discord.add_user("mod")
+    change = await fake_discord.interaction(
+        "quota-admin",
+        {"limit": "4", "period": "day"},
+        subcommand="default",
+        user=mod,
+        permissions=MANAGE_GUILD,
+    )
+    assert "3 clips per day → **4 clips per day**" in await reply_text(change)
+    assert change.deferred
+
+
 async def test_quota_admin_checks_permissions_at_run_time(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:

@@ -28,3 +28,5 @@ def test_a_job_just_queued_is_young_and_one_from_before_a_clock_jump_back_is_not
     # The clock was set back an hour after the job was recorded (a reboot before NTP): its
     # age is negative, and waiting until it reached 10 s held every member's messages up.
     assert _since_queued(_job(datetime.now(UTC) + timedelta(hours=1))) >= COMMAND_FLOW_WAIT
+    # A correction of a moment (NTP's slew) is just now: the flow may still post its message.
+    assert _since_queued(_job(datetime.now(UTC) + timedelta(seconds=1))) < COMMAND_FLOW_WAIT
