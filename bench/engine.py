@@ -31,9 +31,11 @@ import gc
 import itertools
 import json
 import logging
+import math
 import os
 import platform
 import resource
+import secrets
 import signal
 import statistics
 import subprocess
@@ -191,6 +193,11 @@ class Row:
     graphs_from_cache: int | None = None
     recompiles: int | None = None
     unet_relative_error: float | None = None
+    # Against float32 eager on the same (fp16-rounded) weights and inputs, TF32 off: the fast
+    # plan's own error, and fp16 eager's beside it for scale (`fp32_errors`: name -> error).
+    fp32_errors: dict[str, float] = field(default_factory=dict)
+    # The seed the agreement check drew its random inputs from (fresh every run).
+    check_seed: int | None = None
     # The compiled VAE decoder against the eager one (fast plan), like the UNet's.
     vae_relative_error: float | None = None
     # The plan the engine ended up with when it is not the one asked for (a compile that failed
@@ -444,6 +451,9 @@ class Agreement:
     weight_gap: float
     # Graphs compiled by the check itself (it must run the graphs the clips ran: 0).
     graphs_compiled: int
+    # "unet fast", "unet fp16 eager", "vae fast", "vae fp16 eager" against float32 eager.
+    fp32_errors: dict[str, float]
+    seed: int
 
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -454,7 +464,8 @@ def fast_plan_agreement(
     fast: SVDEngine, loader: CopyLoader, device: str, args: argparse.Namespace
 ) -> Agreement:
     """One UNet call and one VAE decode of the fast plan against the fp16 eager modules with the
-    same weights and inputs: ||fast - ref|| / ||ref|| each."""
+    same weights and inputs: ||fast - ref|| / ||ref|| each; and both against float32 eager (the
+    higher-precision reference), on random inputs drawn fresh for each run."""
     pipe = fast.pipeline()
     cache = fast.feature_cache()
     assert pipe is not None and cache is not None
@@ -465,7 +476,8 @@ def fast_plan_agreement(
     reference.vae.to(device)
     width, height = target_size(16, 9, args.resolution)
     frames = int(reference.unet.config.num_frames)
-    generator = torch.Generator().manual_seed(0)
+    seed = secrets.randbits(31)
+    generator = torch.Generator().manual_seed(seed)
     sample = torch.randn(2, frames, 8, height // 8, width // 8, generator=generator)
     embeddings = torch.randn(2, 1, reference.unet.config.cross_attention_dim, generator=generator)
     time_ids = torch.tensor([[6.0, 127.0, 0.02]] * 2)
@@ -495,6 +507,19 @@ def fast_plan_agreement(
         (fast_unet.conv_in.weight.float() - reference.unet.conv_in.weight.float()).abs().max()
     ).item()
     unet_expected, vae_expected = unet_call(reference.unet), decode(reference.vae)
+    del reference
+    free_memory(device)
+    precise = loader(MODEL, torch.float32)
+    precise.unet.to(device)
+    precise.vae.to(device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        unet_fp32, vae_fp32 = unet_call(precise.unet), decode(precise.vae)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    del precise
+    free_memory(device)
     before = compile_counters()["unique_graphs"]
     # Best quality's graph, the one every timed clip ran: between clips the cache is "off",
     # a mode (and a compiled graph) no clip uses.
@@ -509,8 +534,15 @@ def fast_plan_agreement(
         vae_relative_error=relative_error(vae_got, vae_expected),
         weight_gap=weight_gap,
         graphs_compiled=compile_counters()["unique_graphs"] - before,
+        fp32_errors={
+            "unet fast": relative_error(unet_got, unet_fp32),
+            "unet fp16 eager": relative_error(unet_expected, unet_fp32),
+            "vae fast": relative_error(vae_got, vae_fp32),
+            "vae fp16 eager": relative_error(vae_expected, vae_fp32),
+        },
+        seed=seed,
     )
-    del reference, unet_expected, vae_expected, unet_got, vae_got
+    del unet_expected, vae_expected, unet_got, vae_got, unet_fp32, vae_fp32
     free_memory(device)
     return agreement
 
@@ -583,6 +615,8 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
                 agreement = fast_plan_agreement(engine, loader, device, args)
                 row.unet_relative_error = agreement.unet_relative_error
                 row.vae_relative_error = agreement.vae_relative_error
+                row.fp32_errors = agreement.fp32_errors
+                row.check_seed = agreement.seed
                 if agreement.weight_gap > 1e-2:
                     row.note += f" weights differ from the reference by {agreement.weight_gap:g}!"
                 if agreement.graphs_compiled:
@@ -837,6 +871,7 @@ def failed_rows(result: dict[str, Any], fast_dtype: str) -> list[str]:
         )
         or (row["recompiles"] or 0) > 0
         or row.get("fell_back_to") is not None
+        or not all(math.isfinite(error) for error in (row.get("fp32_errors") or {}).values())
     ]
 
 

@@ -51,6 +51,11 @@ def test_the_gpu_benchmark_runs_through_on_the_tiny_model(tmp_path: Path) -> Non
     fast = rows["fast"]
     assert fast["recompiles"] == 0 and rows["fast draft/3"]["recompiles"] == 0
     assert fast["unet_relative_error"] < 1e-3 and fast["vae_relative_error"] < 1e-3
+    # And against float32 eager, the higher-precision reference, on inputs drawn for this run.
+    errors = fast["fp32_errors"]
+    assert set(errors) == {"unet fast", "unet fp16 eager", "vae fast", "vae fp16 eager"}
+    assert all(0 <= error < 1e-3 for error in errors.values()), errors
+    assert isinstance(fast["check_seed"], int)
     # The agreement check runs the graphs the clips ran, so it compiles nothing of its own.
     assert "compiled" not in fast["note"] and "differ" not in fast["note"], fast["note"]
     assert fast["compile_seconds"] > 0 and len(fast["clip_seconds"]) == 1
