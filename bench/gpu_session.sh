@@ -3,6 +3,7 @@
 #
 #   bash bench/gpu_session.sh wheels     # here, once: what the GPU machine lacks, into .whl/
 #   bash bench/gpu_session.sh run        # there: device.run with carry [".whl"], timeout_s 600
+#   bash bench/gpu_session.sh low        # there, if time is left: the low-memory plan (~3 min)
 #
 # The GPU machine has torch, transformers, accelerate, imageio and Pillow, but not diffusers or
 # imageio-ffmpeg; `wheels` downloads those (x86-64, Python 3.12) into the git-ignored .whl/.
@@ -31,13 +32,22 @@ wheels)
         -d .whl diffusers==0.42.1 imageio-ffmpeg==0.6.0
     ls -la .whl
     ;;
-run)
+run | low)
     out=${OUT:-bench/out}
     mkdir -p "$out"
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
     nvidia-smi >"$out/nvidia-smi.txt" 2>&1
+    ;;&
+low)
+    # The second run, if the session's device time leaves one (about 3 minutes): the plan under
+    # 8 GiB against the full plan, one clip each (the slow plans take no warm-up).
+    timeout -k 10 $((${BUDGET_SECONDS:-240} - 20)) python3 -m bench.engine --gpu \
+        --plans full,offload_chunked --repeats 1 --warmup 0 --max-seconds 120 \
+        --out "$out/engine-low.json" 2>&1 | tee "$out/engine-low.log"
+    ;;
+run)
     budget=${BUDGET_SECONDS:-540}
     started=$SECONDS
     left() { echo $((budget - (SECONDS - started))); }
@@ -56,7 +66,7 @@ run)
     echo "gpu_session: done in $((SECONDS - started)) s"
     ;;
 *)
-    echo "usage: bash bench/gpu_session.sh wheels|run" >&2
+    echo "usage: bash bench/gpu_session.sh wheels|run|low" >&2
     exit 2
     ;;
 esac
