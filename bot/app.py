@@ -280,7 +280,12 @@ async def _heartbeat(app: App, path: Path) -> None:
     ready, as of when?"""
     while True:
         ready, state = app.bot.is_ready(), app.queue.snapshot().state
-        await asyncio.to_thread(write_heartbeat, path, discord_ready=ready, queue=state)
+        try:
+            await asyncio.to_thread(write_heartbeat, path, discord_ready=ready, queue=state)
+        except Exception:
+            # A full disk or a DATA_DIR the bot may not write: the health check will say the
+            # heartbeat is old, and the log says why; the next beat tries again.
+            log.exception("writing the heartbeat to %s failed", path)
         await asyncio.sleep(HEARTBEAT_SECONDS)
 
 

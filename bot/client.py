@@ -220,6 +220,10 @@ class SvdBot(commands.Bot):
     async def reply_error(self, interaction: discord.Interaction, error: BaseException) -> None:
         """One place that turns errors into a message the member understands."""
         text = getattr(error, "user_message", None)
+        if text is not None:
+            # A refusal (no clips left, a full queue, not a picture…): normal, but the host
+            # should be able to see what members run into.
+            log.info("refused: %s", type(error).__name__)
         if text is None:
             if isinstance(error, app_commands.NoPrivateMessage):
                 text = "I only make clips in servers, not in direct messages."

@@ -286,7 +286,7 @@ def _audit_change(entry: AuditEntry) -> str:
         case "quota.user.clear":
             return f"removed {who}'s own limit ({_rule(entry.old)})"
         case "quota.user.reset":
-            return f"reset {who}'s usage ({old.get('used', 0)} clips used → 0)"
+            return f"reset {who}'s usage ({clips(int(old.get('used', 0)))} used → 0)"
         case "quota.role.set":
             return f"set the limit for {who}: {_rule(entry.old)} → **{_rule(entry.new)}**"
         case "quota.role.clear":

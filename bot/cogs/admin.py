@@ -60,7 +60,8 @@ class NotModerator(Exception):
 def parse_limit(text: str) -> int | None:
     """'5' → 5, 'unlimited' → None; anything else is refused with a message saying what works."""
     cleaned = text.strip().lower()
-    if cleaned in {"unlimited", "none", "∞", "inf"}:
+    # Not "none": a moderator blocking a role with it would make it unlimited.
+    if cleaned in {"unlimited", "∞", "inf"}:
         return None
     # isascii: str.isdigit also accepts '²', which int() refuses.
     if cleaned.isascii() and cleaned.isdigit() and int(cleaned) < 1_000_000:
@@ -101,12 +102,13 @@ class QuotaAdmin(
     @app_commands.describe(
         user="The member",
         limit="A number (0 blocks), `unlimited`, or `clear` to follow their roles again",
-        period="Per hour, day or week (the server's default period if empty)",
+        period="Per hour, day or week (if empty: the server's period now, kept from then on)",
     )
     async def set_(
         self,
         interaction: discord.Interaction,
-        user: discord.Member,
+        # A User too: a member who left can be limited (or blocked) before they come back.
+        user: discord.Member | discord.User,
         limit: str,
         period: PeriodChoice | None = None,
     ) -> None:
@@ -133,7 +135,9 @@ class QuotaAdmin(
 
     @app_commands.command(name="reset", description="Give a member back the clips they used")
     @app_commands.describe(user="The member")
-    async def reset(self, interaction: discord.Interaction, user: discord.Member) -> None:
+    async def reset(
+        self, interaction: discord.Interaction, user: discord.Member | discord.User
+    ) -> None:
         async with TimelyReply(interaction) as reply:
             mod = await self._moderator(interaction)
             old, new = await self.bot.service.quotas.reset_user(
@@ -145,7 +149,10 @@ class QuotaAdmin(
             )
 
     @app_commands.command(name="role", description="Set the limit for everyone with a role")
-    @app_commands.describe(role="The role", limit="A number (0 blocks), `unlimited` or `clear`")
+    @app_commands.describe(
+        role="The role",
+        limit="A number (0 blocks, unless another role allows more), `unlimited` or `clear`",
+    )
     async def role(self, interaction: discord.Interaction, role: discord.Role, limit: str) -> None:
         async with TimelyReply(interaction) as reply:
             mod = await self._moderator(interaction)
@@ -169,7 +176,8 @@ class QuotaAdmin(
 
     @app_commands.command(name="default", description="Set the server's default limit")
     @app_commands.describe(
-        limit="A number (0 blocks everyone) or `unlimited`", period="Per hour, day or week"
+        limit="A number (0: none without a role or own limit) or `unlimited`",
+        period="Per hour, day or week (role limits follow it)",
     )
     async def default(
         self, interaction: discord.Interaction, limit: str, period: PeriodChoice | None = None
@@ -181,14 +189,24 @@ class QuotaAdmin(
             old, new = await self.bot.service.quotas.set_default(
                 mod.guild_id, parse_limit(limit), period, actor_id=mod.user_id
             )
-            await reply.send(f"✅ Server default: {describe(old)} → **{describe(new)}**.")
+            text = f"✅ Server default: {describe(old)} → **{describe(new)}**."
+            if old.period != new.period:
+                # Role limits count over the server's period: they changed too, at once.
+                text += (
+                    f"\nRole limits now count per {new.period} too, and clips made in the last "
+                    f"{new.period} count toward them (and toward this default) from now on."
+                )
+            await reply.send(text)
 
     @app_commands.command(name="show", description="Show a member's limit and usage")
     @app_commands.describe(user="The member")
-    async def show(self, interaction: discord.Interaction, user: discord.Member) -> None:
+    async def show(
+        self, interaction: discord.Interaction, user: discord.Member | discord.User
+    ) -> None:
         async with TimelyReply(interaction) as reply:
             mod = await self._moderator(interaction)
-            roles = role_ids(user)
+            # One who left has no roles here: their own limit or the server default applies.
+            roles = role_ids(user) if isinstance(user, discord.Member) else ()
             status = await self.bot.service.quotas.status(mod.guild_id, user.id, roles)
             source = {
                 "user": "their own limit",
@@ -204,7 +222,10 @@ class QuotaAdmin(
                     r.role_id for r in limits if r.role_id in roles and r.limit == status.limit
                 ]
                 if deciding:
-                    where = "their role " + ", ".join(f"<@&{role_id}>" for role_id in deciding)
+                    # A handful: scores of equal roles would pass Discord's 2000 characters.
+                    named = ", ".join(f"<@&{role_id}>" for role_id in deciding[:5])
+                    more = f" and {len(deciding) - 5} more" if len(deciding) > 5 else ""
+                    where = ("their role " if len(deciding) == 1 else "their roles ") + named + more
             text += f"\nThe limit comes from {where}; {clips(status.used)} used."
             await reply.send(text, allowed_mentions=discord.AllowedMentions.none())
 

@@ -303,6 +303,37 @@ async def test_a_deferral_whose_answer_was_lost_still_gets_the_reply(
     assert change.deferred
 
 
+async def test_a_period_change_says_what_it_does_to_role_limits_and_none_is_no_limit(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    mod = fake_discord.add_user("mod")
+
+    async def admin(subcommand: str, **options: Any) -> str:
+        handle = await fake_discord.interaction(
+            "quota-admin", options, subcommand=subcommand, user=mod, permissions=MANAGE_GUILD
+        )
+        return await reply_text(handle)
+
+    # Role limits count over the server's period: a moderator changing it changes them too.
+    text = await admin("default", limit="3", period="week")
+    assert "3 clips per day → **3 clips per week**" in text
+    assert "Role limits now count per week" in text and "last week count" in text
+    assert "Role limits" not in await admin("default", limit="5", period="week")
+    # "none" reads as "no clips" as much as "no limit": refused, not made unlimited.
+    member = fake_discord.user
+    refused = await admin("set", user=member.id, limit="none")
+    assert "is not a limit" in refused
+    quota = await fake_discord.interaction("quota", permissions=MEMBER)
+    assert "**5** of 5" in await reply_text(quota)
+    # A member who left can be blocked before they come back (the option took members only:
+    # "Failed to convert to Member").
+    gone = fake_discord.add_user("gone")
+    del fake_discord.guild.members[gone.id]
+    assert "→ **blocked**" in await admin("set", user=gone.id, limit="0")
+    shown = await admin("show", user=gone.id)
+    assert "cannot make clips" in shown and "their own limit" in shown
+
+
 async def test_quota_admin_checks_permissions_at_run_time(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:
