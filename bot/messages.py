@@ -285,6 +285,10 @@ def _audit_change(entry: AuditEntry) -> str:
             return f"set {who}'s limit: {_rule(entry.old)} → **{_rule(entry.new)}**"
         case "quota.user.clear":
             return f"removed {who}'s own limit ({_rule(entry.old)})"
+        case "clip.cancel":
+            return f"cancelled {who}'s clip"
+        case "clip.delete":
+            return f"deleted {who}'s clip"
         case "quota.user.reset":
             return f"reset {who}'s usage ({clips(int(old.get('used', 0)))} used → 0)"
         case "quota.role.set":

@@ -390,7 +390,17 @@ class AnimateService:
                 continue
             if await self._queue.cancel(job.job_id) or await self._cancel_kept(job):
                 cancelled.append(job)
+                if job.user_id != member.user_id:
+                    await self._moderated(member, "clip.cancel", job)
         return cancelled
+
+    async def _moderated(self, member: Member, action: str, job: JobRecord) -> None:
+        try:
+            await self._quotas.record_moderation(
+                member.guild_id, member.user_id, action, job.user_id, job.job_id
+            )
+        except Exception:  # the record of it, not the action: the action stands
+            log.exception("could not record %s in the moderators' log", action)
 
     async def _cancel_kept(self, job: JobRecord) -> bool:
         """During a shutdown the queue has let go of its waiting clips: they are kept in the
@@ -425,10 +435,17 @@ class AnimateService:
         return await self._jobs.get(job_id)
 
     async def can_delete(self, member: Member, job_id: str) -> bool:
+        """Whether `member` may delete the clip; a moderator's deletion of another member's
+        clip is recorded in the moderators' log (the caller deletes it next)."""
         job = await self._jobs.get(job_id)
         if job is None:
             return member.is_moderator
-        return job.user_id == member.user_id or member.is_moderator
+        if job.user_id == member.user_id:
+            return True
+        if member.is_moderator:
+            await self._moderated(member, "clip.delete", job)
+            return True
+        return False
 
     async def set_progress_message(self, job_id: str, message_id: int) -> None:
         await self._jobs.update(job_id, progress_message_id=message_id)

@@ -357,6 +357,23 @@ class QuotaStore:
         )
         return old.default_quota, new.default_quota
 
+    async def record_moderation(
+        self, guild_id: int, actor_id: int, action: str, user_id: int, job_id: str
+    ) -> None:
+        """A moderator's action on a member's clip ("clip.cancel", "clip.delete"), in the same
+        log as their changes to limits, so moderators can see who did what to whose clip."""
+        async with self._db.transaction() as conn:
+            await write_entry(
+                conn,
+                guild_id=guild_id,
+                actor_id=actor_id,
+                action=action,
+                target=f"user:{user_id}",
+                old={"job": job_id},
+                new=None,
+                at=self._clock(),
+            )
+
     async def audit_log(self, guild_id: int, limit: int = 50) -> list[AuditEntry]:
         """The guild's latest moderator actions (quotas and settings), newest first."""
         return await read_entries(self._db, guild_id, limit)

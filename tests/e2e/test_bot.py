@@ -334,6 +334,34 @@ async def test_a_period_change_says_what_it_does_to_role_limits_and_none_is_no_l
     assert "cannot make clips" in shown and "their own limit" in shown
 
 
+async def test_a_moderators_cancel_and_delete_of_a_members_clips_are_in_the_log(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    member = fake_discord.user
+    managers = fake_discord.add_role("Managers", discord.Permissions(manage_guild=True))
+    mod = fake_discord.add_user("mod", roles=[managers])
+    await animate(fake_discord)
+    clip = await clip_message(fake_discord, member.id)
+    await _progress_posted(fake_discord)
+    progress = next(
+        m
+        for m in fake_discord.messages(fake_discord.channel)
+        if any(c.startswith("svd:cancel:") for c in m.custom_ids) and not m.deleted
+    )
+    cancel = next(c for c in progress.custom_ids if c.startswith("svd:cancel:"))
+    cancelled = await fake_discord.click(progress, cancel, user=mod)
+    assert f"Cancelled <@{member.id}>'s clip" in await reply_text(cancelled)
+    delete = next(c for c in clip.custom_ids if c.startswith("svd:delete:"))
+    await fake_discord.click(clip, delete, user=mod)
+    await eventually(lambda: fake_discord.message(clip.id).deleted)
+    log = await fake_discord.interaction(
+        "quota-admin", {}, subcommand="log", user=mod, permissions=MANAGE_GUILD
+    )
+    lines = (await reply_text(log)).splitlines()
+    assert f"<@{mod.id}> deleted <@{member.id}>'s clip" in lines[1], lines
+    assert f"<@{mod.id}> cancelled <@{member.id}>'s clip" in lines[2], lines
+
+
 async def test_quota_admin_checks_permissions_at_run_time(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:
