@@ -275,11 +275,18 @@ async def _clean_up_files(app: App) -> None:
         await asyncio.sleep(CLEANUP_SECONDS)
 
 
+def connected(bot: discord.Client) -> bool:
+    """On the gateway now: discord.py's `is_ready` stays true while it tries to reconnect, for
+    as long as an outage lasts."""
+    ws = bot.ws
+    return bot.is_ready() and ws is not None and bool(ws.open)
+
+
 async def _heartbeat(app: App, path: Path) -> None:
     """A small file the container's health check reads: is the bot connected and the model
     ready, as of when?"""
     while True:
-        ready, state = app.bot.is_ready(), app.queue.snapshot().state
+        ready, state = connected(app.bot), app.queue.snapshot().state
         try:
             await asyncio.to_thread(write_heartbeat, path, discord_ready=ready, queue=state)
         except Exception:

@@ -65,3 +65,25 @@ def test_the_check_answers_quickly_without_loading_torch_or_discord(tmp_path: Pa
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["ok (ready)", "[]"]
+
+
+class Socket:
+    def __init__(self, open_: bool) -> None:
+        self.open = open_
+
+
+class Bot:
+    def __init__(self, ready: bool, ws: Socket | None) -> None:
+        self._ready, self.ws = ready, ws
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+
+def test_a_bot_trying_to_reconnect_is_not_connected() -> None:
+    from bot.app import connected
+
+    assert connected(Bot(True, Socket(True)))  # type: ignore[arg-type]
+    # discord.py's is_ready stays true through its reconnect loop, however long the outage.
+    assert not connected(Bot(True, Socket(False)))  # type: ignore[arg-type]
+    assert not connected(Bot(False, None))  # type: ignore[arg-type]
