@@ -219,6 +219,11 @@ class SvdBot(commands.Bot):
 
     async def reply_error(self, interaction: discord.Interaction, error: BaseException) -> None:
         """One place that turns errors into a message the member understands."""
+        if isinstance(error, discord.NotFound) and error.code == 10062:
+            # Unknown interaction: answered after Discord's 3 s (a busy host), so no message can
+            # reach the member either. Load, not a bug: a warning, not a traceback.
+            log.warning("an interaction was answered too late for Discord (10062)")
+            return
         text = getattr(error, "user_message", None)
         if text is not None:
             # A refusal (no clips left, a full queue, not a picture…): normal, but the host
