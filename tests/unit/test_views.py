@@ -1,9 +1,14 @@
-"""The buttons under a clip."""
+"""The buttons under a clip, and the answer when a press (or a command) goes wrong."""
 
 from __future__ import annotations
 
-import discord
+import logging
+from types import SimpleNamespace
 
+import discord
+import pytest
+
+from bot.client import SvdBot
 from bot.views import clip_view
 
 
@@ -21,3 +26,17 @@ async def test_motion_buttons_are_greyed_out_only_at_the_end_of_the_range() -> N
     assert most == {"reroll": False, "more": True, "less": False, "delete": False}
     least = _disabled(clip_view(job_id, motion=0))
     assert least == {"reroll": False, "more": False, "less": True, "delete": False}
+
+
+async def test_an_interaction_answered_too_late_is_a_warning_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    late = discord.NotFound(
+        SimpleNamespace(status=404, reason="Not Found"),  # type: ignore[arg-type]
+        {"code": 10062, "message": "Unknown interaction"},
+    )
+    with caplog.at_level(logging.INFO):
+        # Nothing can reach the member on an expired interaction: it is not even tried.
+        await SvdBot.reply_error(None, None, late)  # type: ignore[arg-type]
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "too late" in caplog.records[0].getMessage()
