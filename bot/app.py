@@ -156,6 +156,7 @@ async def build_app(
             guilds=guilds,
             queue=queue,
             frames_for=frames_for,
+            metrics=metrics,
         )
         service_box.append(service)
         bot = SvdBot(

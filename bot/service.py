@@ -25,6 +25,7 @@ from generation.errors import Cancelled, GenerationError, InvalidOptions, TooMan
 from generation.eta import job_cost
 from generation.images import ImageLimits, fit_image, load_image
 from generation.jobs import EventKind, JobEvent, JobQueue, JobRequest, QueueSnapshot
+from generation.metrics import Metrics
 from generation.options import MOTION_RANGE, QUALITY_CACHE_INTERVALS, AnimateOptions
 from generation.results import EncodedClip
 from storage.errors import JobNotFound, QuotaExceeded
@@ -153,8 +154,10 @@ class AnimateService:
         queue: JobQueue,
         frames_for: Callable[[str | None], int],
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics
         self._clock = clock
         self._jobs = jobs
         self._quotas = quotas
@@ -660,7 +663,7 @@ class AnimateService:
                 policy.give_up_seconds / 3600,
                 extra={"job_id": job.job_id},
             )
-            await self._fail(presenter, job, _UNDELIVERABLE_MESSAGE)
+            await self._fail(presenter, job, _UNDELIVERABLE_MESSAGE, "undeliverable")
             return
         retry.next_at = now + policy.delay(retry.tries)
         self._undelivered[job.job_id] = retry
@@ -716,7 +719,7 @@ class AnimateService:
                 # One bad record must not keep every later clip out of the queue.
                 log.exception("could not resume this clip", extra={"job_id": job.job_id})
                 with contextlib.suppress(Exception):
-                    await self._fail(presenter, job, _UNRESUMABLE_MESSAGE)
+                    await self._fail(presenter, job, _UNRESUMABLE_MESSAGE, "unresumable")
                 outcome = "failed"
             counts[outcome] += 1
         return counts
@@ -745,17 +748,17 @@ class AnimateService:
         model = job.options.get("model")
         if model is not None and model not in self._config.models:
             # The host took the model off the list while the clip waited.
-            await self._fail(presenter, job, _MODEL_GONE_MESSAGE)
+            await self._fail(presenter, job, _MODEL_GONE_MESSAGE, "model_gone")
             return "failed"
         outcome = "requeued"
         if job.state in (JobState.RUNNING, JobState.ENCODING):
             if job.attempts >= MAX_ATTEMPTS:
-                await self._fail(presenter, job, _CRASHED_MESSAGE)
+                await self._fail(presenter, job, _CRASHED_MESSAGE, "crashed")
                 return "failed"
             await self._jobs.requeue(job.job_id)
             outcome = "retried"
         if not await _exists(job.input_path):
-            await self._fail(presenter, job, _LOST_MESSAGE)
+            await self._fail(presenter, job, _LOST_MESSAGE, "lost")
             return "failed"
         queued = await self._queue.submit(self._request(job), resume=True)
         await presenter.show(job, queued)
@@ -769,7 +772,7 @@ class AnimateService:
         if not await _exists(job.input_path) or (
             model is not None and model not in self._config.models
         ):
-            await self._fail(presenter, job, _LOST_MESSAGE)
+            await self._fail(presenter, job, _LOST_MESSAGE, "lost")
             return "failed"
         log.warning(
             "the finished clip's file is gone; making it again", extra={"job_id": job.job_id}
@@ -779,9 +782,12 @@ class AnimateService:
         await presenter.show(job, queued)
         return "retried"
 
-    async def _fail(self, presenter: Presenter, job: JobRecord, message: str) -> None:
+    async def _fail(self, presenter: Presenter, job: JobRecord, message: str, reason: str) -> None:
+        """Fail a clip the bot gave up on itself (not the GPU's outcome, which the queue counts)."""
         await self._jobs.set_state(job.job_id, JobState.FAILED, error=message)
         await self._quotas.refund(job.job_id)
+        if self._metrics is not None:
+            self._metrics.given_up(reason)
         await presenter.failed(job, message)
 
     async def clean_up(self, now: datetime | None = None) -> int:

@@ -84,6 +84,12 @@ class Metrics:
         if outcome == "failed":
             self.failures.labels(reason=reason or "error").inc()
 
+    def given_up(self, reason: str) -> None:
+        """A clip the bot failed after the GPU was done with it, or at a restart: Discord
+        refused it for a day ("undeliverable"), its files were lost, its model is gone, it
+        crashed the bot twice. Counted with the other failures, by reason."""
+        self.failures.labels(reason=reason).inc()
+
     def set_ready(self, ready: bool) -> None:
         self.ready.set(1 if ready else 0)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from prometheus_client import CollectorRegistry
 
 from bot.service import AnimateService, Member, Origin, RedeliveryPolicy, ServiceConfig
 from generation.errors import (
@@ -28,6 +29,7 @@ from generation.errors import (
 )
 from generation.fake_engine import FakeEncoder, FakeEngine
 from generation.jobs import JobEvent
+from generation.metrics import Metrics
 from generation.options import AnimateOptions
 from generation.queue import QueueClosed
 from generation.worker import LocalJobQueue
@@ -110,6 +112,7 @@ async def rig(
     *,
     clock: Callable[[], float] = time.monotonic,
     redelivery: RedeliveryPolicy | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Rig]:
     engine = engine or FakeEngine(frames=4, step_seconds=0.001)
     async with await Database.open(tmp_path / "bot.sqlite3") as db:
@@ -135,6 +138,7 @@ async def rig(
             queue=queue,
             frames_for=engine.frames_for,
             clock=clock,
+            metrics=metrics,
         )
         box.append(service)
         presenter = Recorder()
@@ -673,7 +677,8 @@ async def test_a_job_that_crashed_twice_is_failed_and_refunded_on_restart(tmp_pa
         )
         await r.presenter.until(1)
     # Pretend the process died twice while the next job ran.
-    async with rig(tmp_path) as r:
+    metrics = Metrics(CollectorRegistry())
+    async with rig(tmp_path, metrics=metrics) as r:
         job = accepted.job
         crashed = JobRecord(
             job_id="f" * 32,
@@ -692,6 +697,9 @@ async def test_a_job_that_crashed_twice_is_failed_and_refunded_on_restart(tmp_pa
         assert counts["failed"] == 1
         assert "stopped twice" in r.presenter.failures[0]
         assert (await r.service.quota(ALICE)).remaining == 2
+    # The host's dashboard counts it with the other failures.
+    failures = {"reason": "crashed"}
+    assert metrics.registry.get_sample_value("svdbot_job_failures_total", failures) == 1
 
 
 async def _interrupted(r: Rig, job_id: str) -> None:
