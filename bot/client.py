@@ -189,9 +189,11 @@ class SvdBot(commands.Bot):
         member = await member_of(interaction, self.service)
         if not await self.service.can_delete(member, job_id):
             raise NotYours()
-        # Already gone (deleted by hand, or another moderator was quicker): what was asked.
-        with contextlib.suppress(discord.NotFound):
+        try:
             await interaction.delete_original_response()
+        except discord.NotFound:
+            return  # already gone (deleted by hand, or another moderator was quicker)
+        await self.service.deleted(member, job_id)
 
     async def _cancel_job(self, interaction: discord.Interaction, job_id: str) -> None:
         # Cancelling may wait on Redis (scale-out), the member's look-up on the database: answer
@@ -242,8 +244,15 @@ class SvdBot(commands.Bot):
         text = messages.truncate(f"⚠️ {text}")
         try:
             if not interaction.response.is_done():
-                await interaction.response.send_message(text, ephemeral=True)
-            elif interaction.type is discord.InteractionType.component:
+                try:
+                    await interaction.response.send_message(text, ephemeral=True)
+                    return
+                except discord.HTTPException as exc:
+                    # 40060: a deferral reached Discord though its answer never came back (the
+                    # webhook client retries a 5xx): answer in its place.
+                    if exc.code != 40060:
+                        raise
+            if interaction.type is discord.InteractionType.component:
                 # The original response of a click is the clip message itself: never edit it.
                 await interaction.followup.send(text, ephemeral=True)
             else:

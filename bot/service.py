@@ -409,7 +409,8 @@ class AnimateService:
         """During a shutdown the queue has let go of its waiting clips: they are kept in the
         database for after the restart, where a cancel must reach them, or the clip is made
         (and charged) after the member was told it could not be cancelled."""
-        if self._queue.snapshot().state not in ("stopping", "stopped"):
+        # Stuck too: a broken GPU left its clip "running" for the restart, before the stop.
+        if self._queue.snapshot().state not in ("stuck", "stopping", "stopped"):
             return False
         current = await self._jobs.get(job.job_id)
         # Running too: its "interrupted" may still be on its way to the journal.
@@ -438,17 +439,17 @@ class AnimateService:
         return await self._jobs.get(job_id)
 
     async def can_delete(self, member: Member, job_id: str) -> bool:
-        """Whether `member` may delete the clip; a moderator's deletion of another member's
-        clip is recorded in the moderators' log (the caller deletes it next)."""
         job = await self._jobs.get(job_id)
         if job is None:
             return member.is_moderator
-        if job.user_id == member.user_id:
-            return True
-        if member.is_moderator:
+        return job.user_id == member.user_id or member.is_moderator
+
+    async def deleted(self, member: Member, job_id: str) -> None:
+        """`member` deleted the clip's message: a moderator's deletion of another member's clip
+        goes in the moderators' log."""
+        job = await self._jobs.get(job_id)
+        if job is not None and job.user_id != member.user_id:
             await self._moderated(member, "clip.delete", job)
-            return True
-        return False
 
     async def set_progress_message(self, job_id: str, message_id: int) -> None:
         await self._jobs.update(job_id, progress_message_id=message_id)
@@ -615,7 +616,7 @@ class AnimateService:
             ):
                 # The "done" write was lost (the database locked past its timeout): the clip is
                 # made and on disk, so record it now rather than leave it unposted.
-                await self.journal(event)
+                await self._record_done(event)
                 current = await self._jobs.get(job.job_id)
             if current is None or current.state is not JobState.DONE:
                 return  # handed over to the member (or failed) since this event was sent
@@ -637,6 +638,19 @@ class AnimateService:
             await self._undeliverable(presenter, current, retry, told=told)
         finally:
             self._delivering.discard(job.job_id)
+
+    async def _record_done(self, event: JobEvent, tries: int = 6) -> None:
+        """The journal's "done", again, for as long as the lock that lost it may last (about
+        ten minutes in all): in the delivery's own task, so no one else waits for it."""
+        for attempt in range(tries):
+            try:
+                await self.journal(event)
+                return
+            except Exception:
+                if attempt == tries - 1:
+                    raise
+                log.warning("recording a finished clip failed; trying again", exc_info=True)
+                await asyncio.sleep(self.record_retry_seconds * 2**attempt)
 
     def _refused_before(self, job: JobRecord) -> _Undelivered | None:
         """The retry state of a clip refused before a restart, from its record: the member was
@@ -701,6 +715,9 @@ class AnimateService:
             log.error("background task failed", exc_info=task.exception())
 
     # ------------------------------------------------------------------ restart
+
+    # The first pause before recording a lost "done" again (doubling after each try).
+    record_retry_seconds = 10.0
 
     async def resume(self, presenter: Presenter) -> dict[str, int]:
         """After a restart: re-queue waiting jobs in order, retry a crashed job once, and deliver
@@ -769,15 +786,17 @@ class AnimateService:
         it again from the kept picture and seed, the same clip, still charged only once posted.
         Failed and refunded when the picture is gone too or its model no longer offered."""
         model = job.options.get("model")
-        if not await _exists(job.input_path) or (
-            model is not None and model not in self._config.models
-        ):
+        if model is not None and model not in self._config.models:
+            await self._fail(presenter, job, _MODEL_GONE_MESSAGE, "model_gone")
+            return "failed"
+        if not await _exists(job.input_path):
             await self._fail(presenter, job, _LOST_MESSAGE, "lost")
             return "failed"
         log.warning(
             "the finished clip's file is gone; making it again", extra={"job_id": job.job_id}
         )
-        job = await self._jobs.requeue(job.job_id)
+        # A fresh start: the run that made the lost file was not a crash.
+        job = await self._jobs.requeue(job.job_id, refund_attempt=True)
         queued = await self._queue.submit(self._request(job), resume=True)
         await presenter.show(job, queued)
         return "retried"

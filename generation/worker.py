@@ -424,13 +424,20 @@ class LocalJobQueue(QueueFront):
         self._gpu_broken = True
         if not self._stopping:
             self._state = "stuck"
+        if self._metrics is not None:
+            self._metrics.set_ready(False)
         if self._on_stuck is not None:
             self._on_stuck(job.job_id)  # the waiting clips are kept for after the restart
             return
-        # Nobody will restart this process (a script, a benchmark): end the waiting clips
-        # rather than leave them waiting for ever.
-        for waiting in [j for j in self._jobs.values() if j.phase == "waiting"]:
-            await self._finish(waiting, EventKind.FAILED, reason="gpu", error=GENERIC_ERROR)
+        # Nobody will restart this process (a script, a benchmark): refuse new clips and end
+        # the waiting ones rather than leave them waiting for ever.
+        self._queue.close()
+        waiting = self._queue.waiting()
+        for queued in waiting:
+            self._queue.remove(queued.job_id)
+        for queued in waiting:
+            if (left := self._jobs.get(queued.job_id)) is not None:
+                await self._finish(left, EventKind.FAILED, reason="gpu", error=GENERIC_ERROR)
 
     def _on_progress(self, job: TrackedJob, progress: Progress) -> None:
         """On the loop, for each progress report from the engine thread."""

@@ -362,6 +362,22 @@ async def test_a_moderators_cancel_and_delete_of_a_members_clips_are_in_the_log(
     assert f"<@{mod.id}> cancelled <@{member.id}>'s clip" in lines[2], lines
 
 
+async def test_a_clip_whose_deferral_answer_was_lost_still_tells_the_member(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    # /animate's deferral reaches Discord, its answer is lost (502) and discord.py's retry is
+    # told "already acknowledged" (40060): the error answer must take the deferral's place, or
+    # the member sees "thinking…" for ever.
+    fake_discord.faults.server_error(
+        "POST", r"^/interactions/\d+/[^/]+/callback$", status=502, after_applying=True
+    )
+    handle = await animate(fake_discord)
+    text = await reply_text(handle)
+    assert "not charged" in text and handle.deferred
+    quota = await fake_discord.interaction("quota", permissions=MEMBER)
+    assert "**3** of 3" in await reply_text(quota)
+
+
 async def test_quota_admin_checks_permissions_at_run_time(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:

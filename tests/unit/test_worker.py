@@ -637,6 +637,9 @@ async def test_a_broken_gpu_with_nobody_to_restart_ends_the_waiting_clips(
     assert (await h.wait_terminal("broke")).kind is EventKind.INTERRUPTED
     left = await asyncio.wait_for(h.wait_terminal("next"), 5)  # not waiting for ever
     assert (left.kind, left.reason) == (EventKind.FAILED, "gpu")
+    assert h.runtime.snapshot().waiting == ()  # out of the line, not a member's place in it
+    with pytest.raises(QueueClosed):  # nor will a new clip wait for ever
+        await h.runtime.submit(h.request("later", 3, seed=4))
     await h.runtime.stop(grace_seconds=1)
 
 
