@@ -181,8 +181,9 @@ class EngineStuck(Exception):
     for the retry) and raises this, and `python -m bot` exits for its supervisor to restart it."""
 
     def __init__(self, job_id: str) -> None:
+        during = f"clip {job_id}" if job_id else "the model's load"
         super().__init__(
-            f"the GPU stopped responding, or failed, during clip {job_id}; clips are kept and "
+            f"the GPU stopped responding, or failed, during {during}; clips are kept and "
             "resume when the bot starts again"
         )
         self.job_id = job_id

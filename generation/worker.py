@@ -216,7 +216,7 @@ class LocalJobQueue(QueueFront):
         encoder_task = asyncio.create_task(self._encode_loop(), name="svd-encoder")
         try:
             await self._warm_up()
-            while True:
+            while not self._gpu_broken:
                 try:
                     queued = await self._queue.get()
                 except QueueClosed:
@@ -245,6 +245,14 @@ class LocalJobQueue(QueueFront):
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._engine_pool, self._engine.load)
+        except GPUUnusable as exc:
+            # Broken by the load itself (a compile's warm-up kernel): each clip would find it so.
+            self._log.critical(
+                "the GPU is unusable (%s); only a new process can use it again", exc.detail
+            )
+            self.load_error = exc
+            await self._give_up_gpu("")
+            return
         except Exception as exc:
             # Keep serving: each job then tries the engine itself and fails with a clear message
             # (and a refund) rather than waiting forever; a transient problem heals by itself.
@@ -421,13 +429,18 @@ class LocalJobQueue(QueueFront):
             "the GPU is unusable (%s); only a new process can use it again", exc.detail
         )
         await self._finish(job, EventKind.INTERRUPTED, reason="gpu", error=exc.user_message)
+        await self._give_up_gpu(job.job_id)
+
+    async def _give_up_gpu(self, job_id: str) -> None:
+        """No clip starts here any more; ask for the restart (`job_id`: the clip it broke in,
+        "" when the model's load did)."""
         self._gpu_broken = True
         if not self._stopping:
             self._state = "stuck"
         if self._metrics is not None:
             self._metrics.set_ready(False)
         if self._on_stuck is not None:
-            self._on_stuck(job.job_id)  # the waiting clips are kept for after the restart
+            self._on_stuck(job_id)  # the waiting clips are kept for after the restart
             return
         # Nobody will restart this process (a script, a benchmark): refuse new clips and end
         # the waiting ones rather than leave them waiting for ever.

@@ -643,6 +643,29 @@ async def test_a_broken_gpu_with_nobody_to_restart_ends_the_waiting_clips(
     await h.runtime.stop(grace_seconds=1)
 
 
+async def test_a_load_that_broke_the_gpu_asks_for_the_restart_before_any_clip(
+    make: Callable[..., Harness],
+) -> None:
+    # Else each member's clip in turn found the GPU broken, used up one of its tries and
+    # restarted the bot.
+    class BreaksOnLoad(FakeEngine):
+        def load(self) -> None:
+            raise GPUUnusable("AcceleratorError: CUDA error: unspecified launch failure")
+
+    asked: list[str] = []
+    h = make(engine=BreaksOnLoad(step_seconds=0.001, frames=FRAMES), on_stuck=asked.append)
+    await h.runtime.start()
+    await h.runtime.submit(h.request("waiting", 1))
+    for _ in range(200):
+        if asked:
+            break
+        await asyncio.sleep(0.01)
+    assert asked == [""] and h.runtime.snapshot().state == "stuck"
+    assert h.engine.runs == 0 and EventKind.STARTED not in h.kinds("waiting")
+    await h.runtime.stop(grace_seconds=1)
+    assert (await h.wait_terminal("waiting")).reason == "shutdown"  # kept for after the restart
+
+
 async def test_a_wedge_found_during_a_shutdown_keeps_saying_stopping(
     make: Callable[..., Harness],
 ) -> None:
