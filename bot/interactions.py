@@ -72,7 +72,7 @@ class TimelyReply:
             try:
                 await self._deferring
             except Exception as exc:  # the answer below tries again, or the error handler does
-                log.info("could not defer a slow answer: %s", type(exc).__name__)
+                log.warning("could not defer a slow answer: %s", type(exc).__name__)
 
     async def send(self, content: str, **fields: Any) -> None:
         await self._settle()
