@@ -17,7 +17,7 @@
 # bench.engine writes its JSON as figures come in (a row saying "loading (and compiling)" marks a
 # compile the timeout stopped; the log has the time per shape), so a stopped run keeps them; a
 # fast plan that could not compile is marked "fell back" and fails the run. bench.throughput
-# writes its sequential half before the overlapped one.
+# writes its overlapped half before the sequential one.
 # Results go to $OUT (the device tool brings them back) or bench/out/. Compiled kernels go to the
 # git-ignored .compile-cache/ (a rerun would find them in graphs_from_cache; a session's device time
 # rarely leaves room for one: measure the compile cache's gain with bench/compile_cache.py).
