@@ -517,9 +517,10 @@ def fast_plan_agreement(
         precise.unet.to(device)
         precise.vae.to(device)
         unet_fp32, vae_fp32 = unet_call(precise.unet), decode(precise.vae)
-    except torch.OutOfMemoryError:
-        # A float32 UNet beside the fast plan's needs ~30 GiB: a smaller card skips it.
-        print("no room for the float32 reference: its errors are left out", flush=True)
+    except Exception as exc:
+        # A float32 UNet beside the fast plan's needs ~30 GiB: a smaller card skips it (out of
+        # memory, or cuBLAS failing to allocate); the rest of the run must not go with it.
+        print(f"no float32 reference ({type(exc).__name__}): its errors are left out", flush=True)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         precise = None

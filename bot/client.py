@@ -221,6 +221,11 @@ class SvdBot(commands.Bot):
 
     async def reply_error(self, interaction: discord.Interaction, error: BaseException) -> None:
         """One place that turns errors into a message the member understands."""
+        if isinstance(error, discord.HTTPException) and error.code == 40060:
+            # Already acknowledged: the answer reached Discord though its reply was lost, and
+            # discord.py's retry was refused. The member has it: replacing it would be wrong.
+            log.warning("an interaction's answer landed but its reply was lost (40060)")
+            return
         if isinstance(error, discord.NotFound) and error.code == 10062:
             # Unknown interaction: answered after Discord's 3 s (a busy host), so no message can
             # reach the member either. Load, not a bug: a warning, not a traceback.

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import glob
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -446,8 +447,12 @@ class AnimateService:
 
     async def deleted(self, member: Member, job_id: str) -> None:
         """`member` deleted the clip's message: a moderator's deletion of another member's clip
-        goes in the moderators' log."""
-        job = await self._jobs.get(job_id)
+        goes in the moderators' log. Never raises: the deletion happened, whatever the log."""
+        try:
+            job = await self._jobs.get(job_id)
+        except Exception:
+            log.exception("could not record a clip's deletion in the moderators' log")
+            return
         if job is not None and job.user_id != member.user_id:
             await self._moderated(member, "clip.delete", job)
 
@@ -646,7 +651,7 @@ class AnimateService:
             try:
                 await self.journal(event)
                 return
-            except Exception:
+            except sqlite3.OperationalError:  # locked, busy: what passes; nothing else does
                 if attempt == tries - 1:
                     raise
                 log.warning("recording a finished clip failed; trying again", exc_info=True)
@@ -795,8 +800,8 @@ class AnimateService:
         log.warning(
             "the finished clip's file is gone; making it again", extra={"job_id": job.job_id}
         )
-        # A fresh start: the run that made the lost file was not a crash.
-        job = await self._jobs.requeue(job.job_id, refund_attempt=True)
+        # A fresh start: the runs that made the lost file (a crash among them or not) are over.
+        job = await self._jobs.requeue(job.job_id, fresh=True)
         queued = await self._queue.submit(self._request(job), resume=True)
         await presenter.show(job, queued)
         return "retried"

@@ -159,16 +159,19 @@ class JobStore:
         """Change fields (names in UPDATABLE) without a state change."""
         return await self._change(job_id, None, changes)
 
-    async def requeue(self, job_id: str, *, refund_attempt: bool = False) -> JobRecord:
+    async def requeue(
+        self, job_id: str, *, refund_attempt: bool = False, fresh: bool = False
+    ) -> JobRecord:
         """Put an interrupted job (running / encoding), or a finished one whose clip was lost
-        (done), back in the queue; a job still queued is
-        left as it is. `refund_attempt` gives back the attempt it used, for an orderly shutdown
-        that was not the job's fault."""
+        (done), back in the queue; a job still queued is left as it is. `refund_attempt` gives
+        back the attempt it used, for an orderly shutdown that was not the job's fault; `fresh`
+        gives back all of them, for a clip made again from the start."""
         return await self._change(
             job_id,
             JobState.QUEUED,
             {},
             attempts_delta=-1 if refund_attempt else 0,
+            reset_attempts=fresh,
             unless_already=True,
         )
 
@@ -251,6 +254,7 @@ class JobStore:
         changes: dict[str, Any],
         *,
         attempts_delta: int = 0,
+        reset_attempts: bool = False,
         unless_already: bool = False,
     ) -> JobRecord:
         unknown = set(changes) - UPDATABLE
@@ -264,7 +268,8 @@ class JobStore:
             old = _from_row(rows[0])
             if unless_already and state is old.state:
                 return old
-            new = replace(old, **changes, attempts=max(0, old.attempts + attempts_delta))
+            attempts = 0 if reset_attempts else max(0, old.attempts + attempts_delta)
+            new = replace(old, **changes, attempts=attempts)
             if state is not None:
                 if state not in TRANSITIONS[old.state]:
                     raise IllegalTransition(job_id, old.state.value, state.value)

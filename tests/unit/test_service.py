@@ -543,6 +543,7 @@ async def test_a_finished_clip_whose_file_was_lost_is_made_again_after_a_restart
     clock = ManualClock()
     async with rig(tmp_path, clock=clock, redelivery=BY_HAND) as r:
         job_id = await _a_refused_clip(r)
+        await r.jobs.increment_attempts(job_id)  # made on its second try: the first crashed
         job = await r.jobs.get(job_id)
         assert job is not None and job.output_path is not None and job.seed is not None
         await asyncio.to_thread(Path(job.output_path).unlink)

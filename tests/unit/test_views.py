@@ -40,3 +40,17 @@ async def test_an_interaction_answered_too_late_is_a_warning_not_an_error(
         await SvdBot.reply_error(None, None, late)  # type: ignore[arg-type]
     assert [r.levelname for r in caplog.records] == ["WARNING"]
     assert "too late" in caplog.records[0].getMessage()
+
+
+async def test_an_answer_that_landed_with_its_reply_lost_is_left_as_it_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # discord.py retries a 5xx; the retry of an answer that landed is refused with 40060. The
+    # member has the answer: "something went wrong" must not replace it.
+    landed = discord.HTTPException(
+        SimpleNamespace(status=400, reason="Bad Request"),  # type: ignore[arg-type]
+        {"code": 40060, "message": "Interaction has already been acknowledged."},
+    )
+    with caplog.at_level(logging.INFO):
+        await SvdBot.reply_error(None, None, landed)  # type: ignore[arg-type]
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
