@@ -14,7 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import messages
-from bot.interactions import member_of, queue_from_interaction
+from bot.interactions import defer, member_of, queue_from_interaction
 from bot.presenter import DiscordPresenter, Reencoder
 from bot.service import AnimateService, Member, Origin, Variation
 from bot.views import ClipButton
@@ -185,7 +185,7 @@ class SvdBot(commands.Bot):
     async def _delete_clip(self, interaction: discord.Interaction, job_id: str) -> None:
         # The checks read the database, which may be slow: answer Discord first. A refusal then
         # comes as an ephemeral followup, the clip message untouched.
-        await interaction.response.defer()
+        await defer(interaction)
         member = await member_of(interaction, self.service)
         if not await self.service.can_delete(member, job_id):
             raise NotYours()
@@ -198,7 +198,7 @@ class SvdBot(commands.Bot):
     async def _cancel_job(self, interaction: discord.Interaction, job_id: str) -> None:
         # Cancelling may wait on Redis (scale-out), the member's look-up on the database: answer
         # Discord first.
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await defer(interaction, ephemeral=True, thinking=True)
         member = await member_of(interaction, self.service)
         cancelled = await self.service.cancel(member, job_id)
         if not cancelled:

@@ -27,6 +27,18 @@ DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 DEFER_AFTER_SECONDS = 2.0
 
 
+async def defer(interaction: discord.Interaction, **options: Any) -> None:
+    """`interaction.response.defer`, taking "already acknowledged" (40060) for done: the
+    deferral reached Discord though its answer was lost, and discord.py's retry of that 5xx was
+    refused. The flow goes on; its answer replaces "thinking…" as after any deferral."""
+    try:
+        await interaction.response.defer(**options)
+    except discord.HTTPException as exc:
+        if exc.code != 40060:
+            raise
+        log.warning("a deferral landed but its reply was lost (40060); going on")
+
+
 class TimelyReply:
     """A command's one ephemeral answer, sent at once when the work behind it is quick and in
     place of a deferral when it is not, so Discord's 3-second deadline is met either way.
@@ -157,7 +169,7 @@ async def queue_from_interaction(
     Errors with a `user_message` propagate to the tree's error handler, which answers ephemerally.
     """
     if not interaction.response.is_done():
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await defer(interaction, ephemeral=True, thinking=True)
     member = await member_of(interaction, service)
     accepted = await submit(member, origin_of(interaction))
     # From here the clip is queued and will be made, whatever Discord answers now: an error must

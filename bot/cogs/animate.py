@@ -14,7 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import messages
-from bot.interactions import TimelyReply, member_of, queue_from_interaction
+from bot.interactions import TimelyReply, defer, member_of, queue_from_interaction
 from bot.service import Accepted, Member, Origin
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class AnimateCog(commands.Cog):
         if problem is not None:
             await interaction.response.send_message(problem, ephemeral=True)
             return
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await defer(interaction, ephemeral=True, thinking=True)
         if interaction.guild_id is None:
             await member_of(interaction, service)  # raises NotInGuild with the message
         options = await service.build_options(
@@ -143,7 +143,7 @@ class AnimateCog(commands.Cog):
     async def cancel(self, interaction: discord.Interaction) -> None:
         # Cancelling may wait on Redis (scale-out), even the member's look-up on the database:
         # answer Discord first.
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await defer(interaction, ephemeral=True, thinking=True)
         member = await member_of(interaction, self.bot.service)
         cancelled = await self.bot.service.cancel(member)
         if not cancelled:
