@@ -175,22 +175,31 @@ async def test_a_delivered_clip_is_charged_once(tmp_path: Path) -> None:
         assert (await r.service.quota(ALICE)).remaining == 2
 
 
+def _locked(
+    monkeypatch: pytest.MonkeyPatch, jobs: JobStore, state: JobState, *, times: int | None
+) -> list[str]:
+    """Writes of `state` fail as a database locked past its timeout, the first `times` (None:
+    every one); returns the ids of the jobs whose write failed, one per failure."""
+    set_state = jobs.set_state
+    lost: list[str] = []
+
+    async def locked(job_id: str, to: JobState, **changes: Any) -> JobRecord:
+        if to is state and (times is None or len(lost) < times):
+            lost.append(job_id)
+            raise sqlite3.OperationalError("database is locked")
+        return await set_state(job_id, to, **changes)
+
+    monkeypatch.setattr(jobs, "set_state", locked)
+    return lost
+
+
 async def test_a_clip_whose_start_could_not_be_recorded_is_still_posted_and_charged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The database was locked past its timeout as the clip started: the row stayed "queued", and
     # "done" cannot follow "queued": the clip was never posted, nor could it be cancelled.
     async with rig(tmp_path) as r:
-        set_state = r.jobs.set_state
-        lost: list[str] = []
-
-        async def locked_once(job_id: str, state: JobState, **changes: Any) -> JobRecord:
-            if state is JobState.RUNNING and not lost:
-                lost.append(job_id)
-                raise sqlite3.OperationalError("database is locked")
-            return await set_state(job_id, state, **changes)
-
-        monkeypatch.setattr(r.jobs, "set_state", locked_once)
+        lost = _locked(monkeypatch, r.jobs, JobState.RUNNING, times=1)
         accepted = await r.service.submit(
             ALICE, png(), AnimateOptions(num_inference_steps=3), ORIGIN
         )
@@ -601,17 +610,8 @@ async def test_a_clip_whose_done_could_not_be_recorded_is_still_posted_and_charg
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with rig(tmp_path) as r:
-        set_state = r.jobs.set_state
-        lost: list[str] = []
-
-        async def locked_thrice(job_id: str, state: JobState, **changes: Any) -> JobRecord:
-            # The journal's write, then the delivery's first two tries: the lock lasts.
-            if state is JobState.DONE and len(lost) < 3:
-                lost.append(job_id)
-                raise sqlite3.OperationalError("database is locked")
-            return await set_state(job_id, state, **changes)
-
-        monkeypatch.setattr(r.jobs, "set_state", locked_thrice)
+        # The journal's write, then the delivery's first two tries: the lock lasts.
+        lost = _locked(monkeypatch, r.jobs, JobState.DONE, times=3)
         monkeypatch.setattr(r.service, "record_retry_seconds", 0.01)
         accepted = await r.service.submit(
             ALICE, png(), AnimateOptions(num_inference_steps=3), ORIGIN
@@ -626,14 +626,7 @@ async def test_a_posted_clip_whose_record_failed_is_not_handed_over_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with rig(tmp_path) as r:
-        set_state = r.jobs.set_state
-
-        async def locked(job_id: str, state: JobState, **changes: Any) -> JobRecord:
-            if state is JobState.DELIVERED:
-                raise sqlite3.OperationalError("database is locked")
-            return await set_state(job_id, state, **changes)
-
-        monkeypatch.setattr(r.jobs, "set_state", locked)
+        _locked(monkeypatch, r.jobs, JobState.DELIVERED, times=None)
         accepted = await r.service.submit(
             ALICE, png(), AnimateOptions(num_inference_steps=3), ORIGIN
         )
