@@ -357,6 +357,13 @@ class QuotaStore:
         )
         return old.default_quota, new.default_quota
 
+    async def clear_default(
+        self, guild_id: int, *, actor_id: int
+    ) -> tuple[QuotaRule | None, QuotaRule]:
+        """Back to the host's default quota; returns (the guild's own one, None if it had none;
+        the host's)."""
+        return await self._settings.clear_default(guild_id, actor_id)
+
     async def record_moderation(
         self, guild_id: int, actor_id: int, action: str, user_id: int, job_id: str
     ) -> None:

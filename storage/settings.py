@@ -146,6 +146,31 @@ class GuildSettingsStore:
             )
         return old, new
 
+    async def clear_default(
+        self, guild_id: int, actor_id: int
+    ) -> tuple[QuotaRule | None, QuotaRule]:
+        """Forget the guild's own default quota: the host's (from the environment) applies again,
+        and follows the host when it changes. Returns (the guild's own default, None when it had
+        none: nothing changed and nothing is logged; the host's)."""
+        async with self._db.transaction() as conn:
+            raw = await _raw(conn, guild_id)
+            host = self._host.default_quota
+            if not raw[3]:
+                return None, host
+            old = self._effective(guild_id, raw).default_quota
+            await conn.execute("DELETE FROM guild_quotas WHERE guild_id = ?", (guild_id,))
+            await write_entry(
+                conn,
+                guild_id=guild_id,
+                actor_id=actor_id,
+                action="quota.default.clear",
+                target="guild",
+                old={"limit": old.limit, "period": old.period},
+                new={"limit": host.limit, "period": host.period},
+                at=self._clock(),
+            )
+        return old, host
+
     def _effective_changes(self, checked: dict[str, Any]) -> dict[str, Any]:
         """`checked` changes as effective values: None for steps / format means the host's."""
         effective = dict(checked)

@@ -80,6 +80,17 @@ def describe(value: QuotaRule | RoleLimit | None, period: Period | None = None) 
     return value.describe()
 
 
+def _default_changed(old: QuotaRule, new: QuotaRule, note: str = "") -> str:
+    text = f"✅ Server default: {describe(old)} → **{describe(new)}**{note}."
+    if old.period != new.period:
+        # Role limits count over the server's period: they changed too, at once.
+        text += (
+            f"\nRole limits now count per {new.period} too, and clips made in the last "
+            f"{new.period} count toward them (and toward this default) from now on."
+        )
+    return text
+
+
 @app_commands.guild_only()
 @app_commands.default_permissions(manage_guild=True)
 class QuotaAdmin(
@@ -176,7 +187,8 @@ class QuotaAdmin(
 
     @app_commands.command(name="default", description="Set the server's default limit")
     @app_commands.describe(
-        limit="A number (0: none without a role or own limit) or `unlimited`",
+        limit="A number (0: none without a role or own limit), `unlimited`, or `clear` for the "
+        "bot's default",
         period="Per hour, day or week (role limits follow it)",
     )
     async def default(
@@ -184,19 +196,24 @@ class QuotaAdmin(
     ) -> None:
         async with TimelyReply(interaction) as reply:
             mod = await self._moderator(interaction)
+            if _clears(limit):
+                await reply.send(await self._clear_default(mod))
+                return
             if period is None:
                 period = (await self.bot.service.guild_settings(mod.guild_id)).default_period
             old, new = await self.bot.service.quotas.set_default(
                 mod.guild_id, parse_limit(limit), period, actor_id=mod.user_id
             )
-            text = f"✅ Server default: {describe(old)} → **{describe(new)}**."
-            if old.period != new.period:
-                # Role limits count over the server's period: they changed too, at once.
-                text += (
-                    f"\nRole limits now count per {new.period} too, and clips made in the last "
-                    f"{new.period} count toward them (and toward this default) from now on."
-                )
-            await reply.send(text)
+            await reply.send(_default_changed(old, new))
+
+    async def _clear_default(self, mod: Member) -> str:
+        old, host = await self.bot.service.quotas.clear_default(mod.guild_id, actor_id=mod.user_id)
+        if old is None:
+            return (
+                f"The server already follows the bot's default: **{describe(host)}**. "
+                "Set one of its own with a number or `unlimited`."
+            )
+        return _default_changed(old, host, " (the bot's default)")
 
     @app_commands.command(name="show", description="Show a member's limit and usage")
     @app_commands.describe(user="The member")

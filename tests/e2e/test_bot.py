@@ -319,6 +319,13 @@ async def test_a_period_change_says_what_it_does_to_role_limits_and_none_is_no_l
     assert "3 clips per day → **3 clips per week**" in text
     assert "Role limits now count per week" in text and "last week count" in text
     assert "Role limits" not in await admin("default", limit="5", period="week")
+    # And back to the host's default (3 per day in these tests), which it follows from then on.
+    cleared = await admin("default", limit="clear")
+    assert "5 clips per week → **3 clips per day** (the bot's default)" in cleared
+    assert "Role limits now count per day" in cleared
+    assert "already follows the bot's default" in await admin("default", limit="clear")
+    assert "put the server default back to the bot's" in await admin("log")
+    await admin("default", limit="5", period="week")
     # "none" reads as "no clips" as much as "no limit": refused, not made unlimited.
     member = fake_discord.user
     refused = await admin("set", user=member.id, limit="none")

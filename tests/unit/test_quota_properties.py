@@ -65,6 +65,7 @@ class QuotaModel(RuleBasedStateMachine):
         self.overrides: dict[int, QuotaRule] = {}
         self.role_limits: dict[int, int | None] = {}
         self.default = QuotaRule(2, "hour")
+        self.own_default = False  # the host's default applies
         self.next_id = 0
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -195,7 +196,14 @@ class QuotaModel(RuleBasedStateMachine):
     def set_default(self, limit: int | None, period: Period) -> None:
         old, new = self.run(self.store.set_default(GUILD, limit, period, actor_id=MOD))
         assert old == self.default
-        self.default = new
+        self.default, self.own_default = new, True
+
+    @rule()
+    def clear_default(self) -> None:
+        old, host = self.run(self.store.clear_default(GUILD, actor_id=MOD))
+        assert old == (self.default if self.own_default else None)
+        assert host == QuotaRule(2, "hour")
+        self.default, self.own_default = host, False
 
     @rule(user_id=members)
     def reset_user(self, user_id: int) -> None:

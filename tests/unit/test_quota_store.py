@@ -167,6 +167,21 @@ async def test_guild_default_overrides_the_host_default(quotas: QuotaStore) -> N
     assert (status.limit, status.period, status.remaining) == (1, "week", 0)
     # Other guilds keep the host default.
     assert (await quotas.status(GUILD + 1, USER)).limit == 3
+    # Cleared, the host's default applies again (the one clip used this week now counts per day).
+    assert await quotas.clear_default(GUILD, actor_id=MOD) == (
+        QuotaRule(1, "week"),
+        QuotaRule(3, "day"),
+    )
+    status = await quotas.status(GUILD, USER)
+    assert (status.limit, status.period, status.remaining) == (3, "day", 2)
+    # Nothing left to clear: nothing changes, nothing more is logged.
+    assert await quotas.clear_default(GUILD, actor_id=MOD) == (None, QuotaRule(3, "day"))
+    log = await quotas.audit_log(GUILD)
+    assert [entry.action for entry in log] == ["quota.default.clear", "settings.update"]
+    assert (log[0].old, log[0].new) == (
+        {"limit": 1, "period": "week"},
+        {"limit": 3, "period": "day"},
+    )
 
 
 async def test_reset_forgives_usage_and_keeps_in_flight_jobs_refund_neutral(
