@@ -268,9 +268,11 @@ def audit_text(entries: Sequence[AuditEntry]) -> str:
     if not entries:
         return "📜 No moderator has changed a limit or setting on this server yet."
     lines = ["📜 Latest changes, newest first:"]
-    for entry in entries:
+    for shown, entry in enumerate(entries):
         line = f"{relative_time(entry.created_at)} <@{entry.actor_id}> {_audit_change(entry)}"
         if sum(len(text) + 1 for text in lines) + len(line) > 1900:  # Discord's 2000 characters
+            # Said, so that a moderator looking for an older change knows the list was cut.
+            lines.append(f"…and {len(entries) - shown} older, too long to show here.")
             break
         lines.append(line)
     return "\n".join(lines)
@@ -291,6 +293,9 @@ def _audit_change(entry: AuditEntry) -> str:
             return f"deleted {who}'s clip"
         case "quota.user.reset":
             return f"reset {who}'s usage ({clips(int(old.get('used', 0)))} used → 0)"
+        case "quota.default.clear":
+            back = f"{_rule(entry.old)} → **{_rule(entry.new)}**"
+            return f"put the server default back to the bot's ({back})"
         case "quota.role.set":
             return f"set the limit for {who}: {_rule(entry.old)} → **{_rule(entry.new)}**"
         case "quota.role.clear":

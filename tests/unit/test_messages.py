@@ -123,6 +123,10 @@ def test_the_moderators_log_reads_as_sentences_and_fits_one_message() -> None:
     reset = replace(steps, action="quota.user.reset", target="user:9", old={"used": 3}, new={})
     many = messages.audit_text([reset] * 100)
     assert len(many) <= 2000 and "reset <@9>'s usage (3 clips used → 0)" in many
+    # The cut is said, with how many did not fit.
+    shown = many.count("reset <@9>")
+    assert many.splitlines()[-1] == f"…and {100 - shown} older, too long to show here."
+    assert "older" not in messages.audit_text([reset] * 3)
 
 
 def test_a_failure_always_says_the_member_was_not_charged_once() -> None:
