@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.fakes.discord_client import running_bot_process
+from tests.fakes.discord_client import discord_py_pointed_at, running_bot_process
 from tests.fakes.discord_server import FakeDiscordServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,11 +119,15 @@ sys.exit(main())
 """
 
 
-async def _sync(env: dict[str, str], guild_id: int, cwd: Path) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "sync", "--guild", str(guild_id), env=env, cwd=cwd
-    )
-    assert await asyncio.wait_for(process.wait(), 120) == 0
+async def _sync(server: FakeDiscordServer, model: Path, data: Path) -> None:
+    """The commands registered in the test server, as `svd-bot sync --guild` does (that command
+    is tested above), in this process: a process start costs seconds of imports."""
+    from bot.app import sync_commands
+    from tests.e2e.test_bot import settings_for
+
+    settings = settings_for(server, model, data)
+    with discord_py_pointed_at(server):  # put back afterwards: sync points discord.py here
+        assert await sync_commands(settings, server.bot_token, server.guild.id)
 
 
 async def test_a_wedged_gpu_restarts_the_bot_and_no_clip_is_lost(
@@ -136,7 +140,7 @@ async def test_a_wedged_gpu_restarts_the_bot_and_no_clip_is_lost(
         "JOB_TIMEOUT_SECONDS": "2",
         "STUCK_RESTART_SECONDS": "1",
     }
-    await _sync({**os.environ, **env}, discord_server.guild.id, tmp_path)
+    await _sync(discord_server, tiny_model_dir, tmp_path)
     other = discord_server.add_user("other")
     wedged = [sys.executable, "-c", WEDGED_BOT]
     async with running_bot_process(discord_server, wedged, env=env, timeout=120) as process:
@@ -166,7 +170,7 @@ async def test_sigterm_ends_the_bot_even_with_an_engine_thread_that_never_return
         "STUCK_RESTART_SECONDS": "",  # never restart by itself: only the SIGTERM ends it
         "SHUTDOWN_GRACE_SECONDS": "0",
     }
-    await _sync({**os.environ, **env}, discord_server.guild.id, tmp_path)
+    await _sync(discord_server, tiny_model_dir, tmp_path)
     from tests.e2e.test_bot import animate, reply_text
 
     wedged = [sys.executable, "-c", WEDGED_BOT]
