@@ -128,7 +128,7 @@ async def run(seconds: float, fake: Work | None, workdir: Path) -> int:
 
     stream = runtime.events()
     await runtime.start()
-    await runtime.ready.wait()
+    await runtime.loaded()
     submitted = 0
 
     async def top_up() -> None:

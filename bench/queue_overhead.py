@@ -98,7 +98,7 @@ async def measure(jobs: int, steps: int, workdir: Path) -> tuple[list[float], li
     )
     stream = runtime.events()
     await runtime.start()
-    await runtime.ready.wait()
+    await runtime.loaded()
     start_ms: list[float] = []
     deliver_ms: list[float] = []
     began = time.perf_counter()

@@ -54,7 +54,7 @@ async def local_queue(args: argparse.Namespace, folder: Path) -> AsyncIterator[J
         encoder=FakeEncoder(),
     )
     await queue.start()
-    await queue.ready.wait()
+    await queue.loaded()
     try:
         yield queue
     finally:

@@ -130,7 +130,7 @@ async def overlapped(engine: SVDEngine, requests: list[JobRequest], out: Path) -
     )
     stream = runtime.events()
     await runtime.start()
-    await runtime.ready.wait()
+    await runtime.loaded()
     started = time.perf_counter()
     for request in requests:
         await runtime.submit(request)

@@ -173,6 +173,17 @@ class LocalJobQueue(QueueFront):
         self._main = asyncio.create_task(self._run(), name="svd-worker")
         self._main.add_done_callback(self._worker_ended)
 
+    async def loaded(self) -> None:
+        """Until the first load has ended: returns once `ready`, raises the load's error when it
+        failed. For a script or a benchmark, which has nothing to serve without the model; the
+        bot keeps serving instead (each clip tries the load again)."""
+        while not self.ready.is_set():
+            if self.load_error is not None:
+                raise self.load_error
+            if self._main is None or self._main.done():
+                raise RuntimeError(f"the worker is not running (state {self._state})")
+            await asyncio.sleep(0.1)
+
     async def cancel(self, job_id: str) -> bool:
         job = self._jobs.get(job_id)
         if job is None or job.finished:
