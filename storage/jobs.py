@@ -247,6 +247,18 @@ class JobStore:
         )
         return [_from_row(row) for row in rows]
 
+    async def forget_finished(self, before: datetime, limit: int = 500) -> int:
+        """Delete up to `limit` jobs (and their events) that finished before `before` and whose
+        files are gone already; returns how many. The history a host keeps is bounded."""
+        # created_at_us < before too: jobs_by_state then reads only the old rows' range (a job
+        # is made before it finishes) rather than every finished job.
+        return await self._db.execute(
+            "DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM jobs "
+            "WHERE state IN (?, ?, ?) AND created_at_us < ? AND finished_at_us < ? "
+            "AND input_path IS NULL AND output_path IS NULL LIMIT ?)",
+            [*(s.value for s in sorted(FINISHED)), to_micros(before), to_micros(before), limit],
+        )
+
     async def _change(
         self,
         job_id: str,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 import aiosqlite
@@ -380,6 +381,17 @@ class QuotaStore:
                 new=None,
                 at=self._clock(),
             )
+
+    async def forget_settled(self, before: datetime, limit: int = 500) -> int:
+        """Delete up to `limit` charged or refunded clips reserved before `before`, and never one
+        that still counts (of the last week, the longest period); returns how many. Held ones
+        stay. The moderators' audit log is kept whole."""
+        cutoff = min(to_micros(before), to_micros(self._clock()) - _LONGEST_PERIOD)
+        return await self._db.execute(
+            "DELETE FROM quota_usage WHERE job_id IN (SELECT job_id FROM quota_usage "
+            "WHERE state != 'reserved' AND reserved_at_us < ? LIMIT ?)",
+            (cutoff, limit),
+        )
 
     async def audit_log(self, guild_id: int, limit: int = 50) -> list[AuditEntry]:
         """The guild's latest moderator actions (quotas and settings), newest first."""

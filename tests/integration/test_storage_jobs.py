@@ -237,6 +237,32 @@ async def test_finished_jobs_with_files_for_clean_up(jobs: JobStore, clock: Fake
     assert (await jobs.get(waiting.job_id)).input_path == "/in/wait.png"  # type: ignore[union-attr]
 
 
+async def test_old_finished_jobs_are_forgotten_once_their_files_are_gone(
+    jobs: JobStore, clock: FakeClock
+) -> None:
+    done = await jobs.create(new_job())
+    await jobs.set_state(done.job_id, JobState.RUNNING)
+    await jobs.set_state(done.job_id, JobState.FAILED)
+    kept_files = await jobs.create(new_job(input_path="/in/a.png"))
+    await jobs.set_state(kept_files.job_id, JobState.CANCELLED)
+    waiting = await jobs.create(new_job())  # however old: never forgotten unfinished
+    clock.advance(3600)
+    recent = await jobs.create(new_job())
+    await jobs.set_state(recent.job_id, JobState.CANCELLED)
+    cutoff = clock.now - timedelta(minutes=30)
+    assert await jobs.forget_finished(cutoff) == 1
+    assert await jobs.get(done.job_id) is None and await jobs.events(done.job_id) == []
+    for job in (kept_files, waiting, recent):
+        assert await jobs.get(job.job_id) is not None
+    assert await jobs.forget_finished(cutoff) == 0
+    # In batches of `limit`.
+    for _ in range(3):
+        await jobs.set_state((await jobs.create(new_job())).job_id, JobState.CANCELLED)
+    clock.advance(3600)
+    assert await jobs.forget_finished(clock.now, limit=2) == 2
+    assert await jobs.forget_finished(clock.now, limit=2) == 2  # the third and `recent`
+
+
 async def test_the_clean_up_reads_only_the_jobs_that_still_have_files(db: Database) -> None:
     # The hourly clean-up holds the database while it reads: with every job ever made in the
     # table, a full scan there kept /quota and the other commands waiting.

@@ -285,3 +285,21 @@ async def test_the_time_shown_for_the_next_clip_is_never_before_it_is_back(
     shown = int(caught.value.user_message.split("<t:")[1].split(":")[0])
     clock.now = datetime.fromtimestamp(shown, UTC)  # the second Discord shows
     await quotas.reserve(GUILD, USER, (), "b")  # the clip is there
+
+
+async def test_settled_clips_are_forgotten_once_they_no_longer_count(
+    quotas: QuotaStore, clock: FakeClock
+) -> None:
+    for job in ("charged", "refunded", "held"):
+        await quotas.reserve(GUILD, USER, (), job)
+    await quotas.charge("charged")
+    await quotas.refund("refunded")
+    clock.advance(days=3)
+    # Asked to forget everything: what still counts (the last week, the longest period) stays.
+    assert await quotas.forget_settled(clock.now) == 0
+    assert (await quotas.status(GUILD, USER)).used == 0  # a day's period: none counts now
+    clock.advance(days=5)
+    assert await quotas.forget_settled(clock.now) == 2
+    assert await quotas.reservation_state("charged") is None
+    assert await quotas.reservation_state("held") == "reserved"  # in flight: kept
+    assert await quotas.forget_settled(clock.now) == 0
