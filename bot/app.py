@@ -150,6 +150,8 @@ async def build_app(
                 models=settings.models,
                 resolution=settings.resolution,
                 image_limits=image_limits(settings),
+                keep_inputs_seconds=settings.keep_files_days * 86400,
+                keep_history_seconds=settings.keep_history_days * 86400,
             ),
             jobs=jobs,
             quotas=quotas,
@@ -221,7 +223,7 @@ async def run(
         async with build_app(settings, engine=engine, on_stuck=stuck) as app, _serving(app):
             await app.queue.start()
             heartbeat = asyncio.create_task(_heartbeat(app, settings.data_dir / "health.json"))
-            cleaner = asyncio.create_task(_clean_up_files(app))
+            cleaner = asyncio.create_task(_clean_up(app))
             bot_task = asyncio.create_task(app.bot.start(token))
             stopper = asyncio.create_task(stop.wait())
             try:
@@ -265,15 +267,19 @@ async def _serving(app: App) -> AsyncIterator[None]:
         server.shutdown()
 
 
-async def _clean_up_files(app: App) -> None:
-    """Hourly: delete pictures and clips of long-finished jobs, so the disk does not fill."""
+async def _clean_up(app: App) -> None:
+    """Hourly: delete pictures and clips of long-finished jobs, so the disk does not fill, then
+    the records of jobs older than the history kept, so the database does not grow for ever."""
     while True:
         try:
             removed = await app.service.clean_up()
             if removed:
                 log.info("cleaned up the files of %d old jobs", removed)
+            forgotten = await app.service.forget_history()
+            if forgotten:
+                log.info("forgot %d jobs older than KEEP_HISTORY_DAYS", forgotten)
         except Exception:
-            log.exception("file clean-up failed")
+            log.exception("clean-up failed")
         await asyncio.sleep(CLEANUP_SECONDS)
 
 

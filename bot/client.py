@@ -187,7 +187,10 @@ class SvdBot(commands.Bot):
         # comes as an ephemeral followup, the clip message untouched.
         await defer(interaction)
         member = await member_of(interaction, self.service)
-        if not await self.service.can_delete(member, job_id):
+        # The clip's message names its requester first ("✅ @member, your clip is ready"): the
+        # bot wrote it (only the bot's own messages carry its buttons).
+        named = interaction.message.raw_mentions[:1] if interaction.message else []
+        if not await self.service.can_delete(member, job_id, named[0] if named else None):
             raise NotYours()
         try:
             await interaction.delete_original_response()

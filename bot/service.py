@@ -130,6 +130,8 @@ class ServiceConfig:
     image_limits: ImageLimits = field(default_factory=ImageLimits)
     # Inputs are kept this long for Re-roll / More / Less motion.
     keep_inputs_seconds: float = 7 * 24 * 3600
+    # Finished jobs' records (who asked for what, where, with which settings) this long.
+    keep_history_seconds: float = 90 * 24 * 3600
     redelivery: RedeliveryPolicy = field(default_factory=RedeliveryPolicy)
 
 
@@ -439,11 +441,12 @@ class AnimateService:
     async def job(self, job_id: str) -> JobRecord | None:
         return await self._jobs.get(job_id)
 
-    async def can_delete(self, member: Member, job_id: str) -> bool:
+    async def can_delete(self, member: Member, job_id: str, named: int | None = None) -> bool:
+        """The requester or a moderator. `named`: the member the clip's own message names first,
+        which decides once the job's record is gone (older than KEEP_HISTORY_DAYS)."""
         job = await self._jobs.get(job_id)
-        if job is None:
-            return member.is_moderator
-        return job.user_id == member.user_id or member.is_moderator
+        owner = named if job is None else job.user_id
+        return owner == member.user_id or member.is_moderator
 
     async def deleted(self, member: Member, job_id: str) -> None:
         """`member` deleted the clip's message: a moderator's deletion of another member's clip
@@ -826,9 +829,26 @@ class AnimateService:
                     await asyncio.to_thread(Path(job.input_path).unlink, True)
                 if job.output_path:
                     await asyncio.to_thread(_remove_clip, Path(job.output_path))
-                await self._jobs.update(job.job_id, input_path=None, output_path=None)
+                # The interaction's token too: dead for days (it lives 15 minutes).
+                await self._jobs.update(
+                    job.job_id, input_path=None, output_path=None, interaction_token=None
+                )
                 removed += 1
         return removed
+
+    async def forget_history(self, now: datetime | None = None) -> int:
+        """Delete the records of jobs that finished longer ago than the host keeps history, their
+        files gone already, and the quota bookkeeping of clips that no longer count (the store
+        keeps the last week's); returns how many jobs. The moderators' audit log stays."""
+        now = now or datetime.now(UTC)
+        before = now - timedelta(seconds=self._config.keep_history_seconds)
+        forgotten = 0
+        # In batches: each holds the database's write lock for a moment only.
+        while batch := await self._jobs.forget_finished(before, limit=500):
+            forgotten += batch
+        while await self._quotas.forget_settled(before, limit=500):
+            pass
+        return forgotten
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # Storage
     database_path: Path = Path("./data/bot.sqlite3")
     data_dir: Path = Path("./data")
+    # Pictures and clips of finished jobs (for Re-roll / More / Less motion), then the jobs'
+    # records (who asked for what, where, with which settings).
+    keep_files_days: float = Field(default=7.0, gt=0)
+    keep_history_days: float = Field(default=90.0, gt=0)
 
     # Quotas and queue
     default_quota: int | None = Field(default=5, ge=0)

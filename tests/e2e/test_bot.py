@@ -10,6 +10,7 @@ import inspect
 import io
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -561,6 +562,25 @@ async def test_a_refused_press_is_not_taken_for_a_double_click(
     await fake_discord.click(clip, delete)
     again = await fake_discord.click(clip, delete)
     assert "Already deleting" in await reply_text(again)
+    await eventually(lambda: fake_discord.message(clip.id).deleted)
+
+
+async def test_an_old_clip_whose_record_was_forgotten_can_still_be_deleted_by_its_requester(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    await animate(fake_discord)
+    clip = await clip_message(fake_discord, fake_discord.user.id)
+    await _until_delivered(bot, CLIP_TIMEOUT)
+    # Months later: the files went after a week, the job's record after KEEP_HISTORY_DAYS.
+    months = datetime.now(UTC) + timedelta(days=120)
+    assert await bot.service.clean_up(now=months) == 1
+    assert await bot.service.forget_history(now=months) == 1
+    delete = next(c for c in clip.custom_ids if c.startswith("svd:delete:"))
+    other = fake_discord.add_user("other")
+    refused = await fake_discord.click(clip, delete, user=other)
+    await refused.wait_followup(lambda m: "Only the member who made" in m.content)
+    assert not fake_discord.message(clip.id).deleted
+    await fake_discord.click(clip, delete)  # the member the clip's message names
     await eventually(lambda: fake_discord.message(clip.id).deleted)
 
 

@@ -776,7 +776,9 @@ async def test_a_restart_fails_and_refunds_waiting_clips_it_cannot_make_and_goes
 
 async def test_old_files_are_cleaned_up_but_recent_ones_kept(tmp_path: Path) -> None:
     async with rig(tmp_path) as r:
-        accepted = await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        origin = replace(ORIGIN, application_id=3, interaction_token="tok")
+        accepted = await r.service.submit(ALICE, png(), AnimateOptions(), origin)
+        assert accepted.job.interaction_token == "tok"
         await _wait_for_state(r.jobs, accepted.job.job_id, JobState.DELIVERED)
         picture = Path(accepted.job.input_path or "")
         assert await r.service.clean_up() == 0  # kept for Re-roll
@@ -785,4 +787,12 @@ async def test_old_files_are_cleaned_up_but_recent_ones_kept(tmp_path: Path) -> 
         assert await r.service.clean_up(now=later) == 1
         assert not await asyncio.to_thread(picture.exists)
         job = await r.jobs.get(accepted.job.job_id)
-        assert job is not None and job.input_path is None
+        assert job is not None and job.input_path is None and job.interaction_token is None
+        # Then, after the history kept, the job's record itself: the clip's message still lets
+        # its requester (whom it names) delete it, and nobody else but moderators.
+        assert await r.service.forget_history(now=later) == 0
+        assert await r.service.forget_history(now=later + timedelta(days=90)) == 1
+        assert await r.jobs.get(accepted.job.job_id) is None
+        assert await r.service.can_delete(ALICE, accepted.job.job_id, named=ALICE.user_id)
+        bob = Member(guild_id=1, user_id=11)
+        assert not await r.service.can_delete(bob, accepted.job.job_id, named=ALICE.user_id)

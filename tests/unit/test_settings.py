@@ -43,6 +43,7 @@ def test_defaults_match_the_documentation(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert settings.memory_mode == "auto"
     assert settings.database_path == Path("data/bot.sqlite3")
     assert settings.default_quota == 5
+    assert (settings.keep_files_days, settings.keep_history_days) == (7, 90)
 
 
 def test_the_fast_plans_settings_reach_the_engine(
