@@ -189,14 +189,15 @@ class SvdBot(commands.Bot):
         member = await member_of(interaction, self.service)
         # The clip's message names its requester first ("✅ @member, your clip is ready"): the
         # bot wrote it (only the bot's own messages carry its buttons).
-        named = interaction.message.raw_mentions[:1] if interaction.message else []
-        if not await self.service.can_delete(member, job_id, named[0] if named else None):
+        mentions = interaction.message.raw_mentions[:1] if interaction.message else []
+        named = mentions[0] if mentions else None
+        if not await self.service.can_delete(member, job_id, named):
             raise NotYours()
         try:
             await interaction.delete_original_response()
         except discord.NotFound:
             return  # already gone (deleted by hand, or another moderator was quicker)
-        await self.service.deleted(member, job_id)
+        await self.service.deleted(member, job_id, named)
 
     async def _cancel_job(self, interaction: discord.Interaction, job_id: str) -> None:
         # Cancelling may wait on Redis (scale-out), the member's look-up on the database: answer

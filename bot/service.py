@@ -397,13 +397,13 @@ class AnimateService:
             if await self._queue.cancel(job.job_id) or await self._cancel_kept(job):
                 cancelled.append(job)
                 if job.user_id != member.user_id:
-                    await self._moderated(member, "clip.cancel", job)
+                    await self._moderated(member, "clip.cancel", job.job_id, job.user_id)
         return cancelled
 
-    async def _moderated(self, member: Member, action: str, job: JobRecord) -> None:
+    async def _moderated(self, member: Member, action: str, job_id: str, owner: int) -> None:
         try:
             await self._quotas.record_moderation(
-                member.guild_id, member.user_id, action, job.user_id, job.job_id
+                member.guild_id, member.user_id, action, owner, job_id
             )
         except Exception:  # the record of it, not the action: the action stands
             log.exception("could not record %s in the moderators' log", action)
@@ -448,16 +448,18 @@ class AnimateService:
         owner = named if job is None else job.user_id
         return owner == member.user_id or member.is_moderator
 
-    async def deleted(self, member: Member, job_id: str) -> None:
+    async def deleted(self, member: Member, job_id: str, named: int | None = None) -> None:
         """`member` deleted the clip's message: a moderator's deletion of another member's clip
-        goes in the moderators' log. Never raises: the deletion happened, whatever the log."""
+        goes in the moderators' log (`named`: whose it was, by its message, once the job's
+        record is gone). Never raises: the deletion happened, whatever the log."""
         try:
             job = await self._jobs.get(job_id)
         except Exception:
             log.exception("could not record a clip's deletion in the moderators' log")
             return
-        if job is not None and job.user_id != member.user_id:
-            await self._moderated(member, "clip.delete", job)
+        owner = named if job is None else job.user_id
+        if owner is not None and owner != member.user_id:
+            await self._moderated(member, "clip.delete", job_id, owner)
 
     async def set_progress_message(self, job_id: str, message_id: int) -> None:
         await self._jobs.update(job_id, progress_message_id=message_id)
@@ -825,10 +827,17 @@ class AnimateService:
         removed = 0
         while batch := await self._jobs.finished_with_files(before, limit=100):
             for job in batch:
-                if job.input_path:
-                    await asyncio.to_thread(Path(job.input_path).unlink, True)
-                if job.output_path:
-                    await asyncio.to_thread(_remove_clip, Path(job.output_path))
+                try:
+                    if job.input_path:
+                        await asyncio.to_thread(Path(job.input_path).unlink, True)
+                    if job.output_path:
+                        await asyncio.to_thread(_remove_clip, Path(job.output_path))
+                except OSError as exc:
+                    # Forgotten all the same: kept, this job would come first in every batch
+                    # and no later file would ever go. The host has the path in the log.
+                    log.error(
+                        "could not delete an old job's file: %s", exc, extra={"job_id": job.job_id}
+                    )
                 # The interaction's token too: dead for days (it lives 15 minutes).
                 await self._jobs.update(
                     job.job_id, input_path=None, output_path=None, interaction_token=None

@@ -796,3 +796,24 @@ async def test_old_files_are_cleaned_up_but_recent_ones_kept(tmp_path: Path) -> 
         assert await r.service.can_delete(ALICE, accepted.job.job_id, named=ALICE.user_id)
         bob = Member(guild_id=1, user_id=11)
         assert not await r.service.can_delete(bob, accepted.job.job_id, named=ALICE.user_id)
+        # A moderator's deletion of it is in the moderators' log all the same.
+        mod = Member(guild_id=1, user_id=12, is_moderator=True)
+        await r.service.deleted(mod, accepted.job.job_id, named=ALICE.user_id)
+        (entry,) = await r.quotas.audit_log(1)
+        assert (entry.action, entry.target, entry.actor_id) == ("clip.delete", "user:10", 12)
+
+
+async def test_a_file_that_cannot_be_deleted_does_not_stop_the_clean_up(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        first = await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        await _wait_for_state(r.jobs, first.job.job_id, JobState.DELIVERED)
+        second = await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        await _wait_for_state(r.jobs, second.job.job_id, JobState.DELIVERED)
+        # The first's picture cannot be deleted (here: a folder in its place).
+        stuck = Path(first.job.input_path or "")
+        await asyncio.to_thread(stuck.unlink)
+        await asyncio.to_thread(stuck.mkdir)
+        later = datetime.now(UTC) + timedelta(days=8)
+        assert await r.service.clean_up(now=later) == 2
+        assert not await asyncio.to_thread(Path(second.job.input_path or "").exists)
+        assert await r.service.clean_up(now=later) == 0  # not tried again every hour
