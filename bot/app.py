@@ -271,15 +271,19 @@ async def _clean_up(app: App) -> None:
     """Hourly: delete pictures and clips of long-finished jobs, so the disk does not fill, then
     the records of jobs older than the history kept, so the database does not grow for ever."""
     while True:
+        # Each on its own: a file that cannot be deleted must not keep the database growing.
         try:
             removed = await app.service.clean_up()
             if removed:
                 log.info("cleaned up the files of %d old jobs", removed)
+        except Exception:
+            log.exception("file clean-up failed")
+        try:
             forgotten = await app.service.forget_history()
             if forgotten:
                 log.info("forgot %d jobs older than KEEP_HISTORY_DAYS", forgotten)
         except Exception:
-            log.exception("clean-up failed")
+            log.exception("forgetting old jobs failed")
         await asyncio.sleep(CLEANUP_SECONDS)
 
 

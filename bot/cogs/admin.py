@@ -197,7 +197,10 @@ class QuotaAdmin(
         async with TimelyReply(interaction) as reply:
             mod = await self._moderator(interaction)
             if _clears(limit):
-                await reply.send(await self._clear_default(mod))
+                text = await self._clear_default(mod)
+                if period is not None:
+                    text += f"\n(`period:{period}` was not used: the bot's default has its own.)"
+                await reply.send(text)
                 return
             if period is None:
                 period = (await self.bot.service.guild_settings(mod.guild_id)).default_period

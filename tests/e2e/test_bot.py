@@ -324,7 +324,8 @@ async def test_a_period_change_says_what_it_does_to_role_limits_and_none_is_no_l
     cleared = await admin("default", limit="clear")
     assert "5 clips per week → **3 clips per day** (the bot's default)" in cleared
     assert "Role limits now count per day" in cleared
-    assert "already follows the bot's default" in await admin("default", limit="clear")
+    again = await admin("default", limit="clear", period="week")
+    assert "already follows the bot's default" in again and "`period:week` was not used" in again
     assert "put the server default back to the bot's" in await admin("log")
     await admin("default", limit="5", period="week")
     # "none" reads as "no clips" as much as "no limit": refused, not made unlimited.
