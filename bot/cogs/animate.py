@@ -26,6 +26,29 @@ log = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_SECONDS = 60.0
 
 
+MESSAGE_COMMAND = "Animate"
+NOT_YOUR_MESSAGE = (
+    "**Animate** works on your own messages: someone else's picture is theirs to animate. "
+    "Post your picture, or use `/animate` with it."
+)
+NO_PICTURE = (
+    "That message has no picture attached. Use **Animate** on a message with a PNG, JPEG, "
+    "WebP, GIF, HEIC or AVIF attachment, or `/animate` with one."
+)
+_PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".heic", ".heif", ".avif")
+
+
+def first_picture(attachments: list[discord.Attachment]) -> discord.Attachment | None:
+    """The first attachment that is a picture (by Discord's content type, else its name)."""
+    for attachment in attachments:
+        kind = (attachment.content_type or "").split(";")[0].strip().lower()
+        if kind.startswith("image/") or (
+            not kind and attachment.filename.lower().endswith(_PICTURE_SUFFIXES)
+        ):
+            return attachment
+    return None
+
+
 def _model_label(model: str) -> str:
     """A short, readable choice name for a hub id or a folder (Discord allows 100 chars)."""
     return model.rstrip("/").split("/")[-1][:100] or model[:100]
@@ -44,12 +67,36 @@ class AnimateCog(commands.Cog):
     def __init__(self, bot: SvdBot) -> None:
         self.bot = bot
         self._animate = build_animate_command(self, bot.config.models)
+        # Apps → Animate on a message: a picture already in the channel, without uploading it
+        # again. A context menu cannot be declared in a cog, so it is added to the tree here.
+        self._animate_message = app_commands.ContextMenu(
+            name=MESSAGE_COMMAND, callback=self.animate_message
+        )
+        app_commands.guild_only(self._animate_message)
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self._animate)
+        self.bot.tree.add_command(self._animate_message)
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self._animate.name)
+        self.bot.tree.remove_command(
+            self._animate_message.name, type=discord.AppCommandType.message
+        )
+
+    async def animate_message(
+        self, interaction: discord.Interaction, message: discord.Message
+    ) -> None:
+        """The member's own message's first picture, with the default settings."""
+        if message.author.id != interaction.user.id:
+            # Someone's photo is theirs to animate: a clip of it is not the clicker's to post.
+            await interaction.response.send_message(NOT_YOUR_MESSAGE, ephemeral=True)
+            return
+        picture = first_picture(message.attachments)
+        if picture is None:
+            await interaction.response.send_message(NO_PICTURE, ephemeral=True)
+            return
+        await self.animate(interaction, picture)
 
     async def animate(
         self,

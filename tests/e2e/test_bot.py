@@ -173,6 +173,35 @@ async def test_animate_posts_a_clip_with_the_frames_asked_for(
     assert "**2** of 3" in await reply_text(quota)
 
 
+async def test_apps_animate_on_a_members_own_picture_makes_the_clip(
+    fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    # The default settings, within the server's step cap (kept small for the CPU).
+    settings = settings_for(fake_discord, tiny_model_dir, data_dir, default_max_steps=3)
+    async with running(settings):
+        await _apps_animate(fake_discord, tmp_path)
+
+
+async def _apps_animate(fake_discord: FakeDiscordServer, tmp_path: Path) -> None:
+    posted = fake_discord.post("look!", attachments=[("cat.png", picture(), "image/png")])
+    handle = await fake_discord.message_command("Animate", posted)
+    accepted = await reply_text(handle)
+    assert handle.ephemeral and "Got it" in accepted and "2 of 3" in accepted
+    clip = await clip_message(fake_discord, fake_discord.user.id)
+    assert frames_of(clip, tmp_path).shape[0] == TINY_FRAMES
+    assert "steps `3`" in clip.content
+    # Someone else's picture is theirs to animate; a message without one says what to do.
+    # Neither costs a clip.
+    other = fake_discord.add_user("other")
+    refused = await fake_discord.message_command("Animate", posted, user=other)
+    assert "works on your own messages" in await reply_text(refused) and refused.ephemeral
+    words = fake_discord.post("no picture here", attachments=[("a.txt", b"hi", "text/plain")])
+    empty = await fake_discord.message_command("Animate", words)
+    assert "has no picture attached" in await reply_text(empty)
+    quota = await fake_discord.interaction("quota", permissions=MEMBER)
+    assert "**2** of 3" in await reply_text(quota)
+
+
 async def test_draft_quality_makes_a_full_clip_and_says_so(
     bot: App, fake_discord: FakeDiscordServer, tmp_path: Path
 ) -> None:

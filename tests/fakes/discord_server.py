@@ -47,6 +47,7 @@ from tests.fakes.discord_models import (
     FakeMessage,
     FakeRole,
     FakeUser,
+    UploadedFile,
     permission_value,
 )
 from tests.fakes.discord_payloads import channel_payload, member_payload, role_payload
@@ -397,6 +398,74 @@ class FakeDiscordServer:
             channel_id=channel.id,
             attachment_size_limit=limit,
             command_name=command,
+        )
+
+    def post(
+        self,
+        content: str = "",
+        *,
+        user: FakeUser | None = None,
+        channel: FakeChannel | None = None,
+        attachments: Iterable[tuple[str, bytes, str]] = (),
+    ) -> FakeMessage:
+        """A user posts a message (with files: (name, bytes, content type)) in the channel, as
+        the Discord client does. Not dispatched: the bot reads no messages."""
+        where = channel or self.channel
+        files = [
+            UploadedFile(form_field=f"files[{index}]", filename=name, data=data, content_type=kind)
+            for index, (name, data, kind) in enumerate(attachments)
+        ]
+        return self.world.messages.create(
+            channel_id=where.id,
+            guild_id=where.guild_id,
+            author_id=(user or self.user).id,
+            body={"content": content},
+            files=files,
+        )
+
+    async def message_command(
+        self,
+        name: str,
+        message: FakeMessage,
+        *,
+        user: FakeUser | None = None,
+        permissions: int | discord.Permissions | None = None,
+    ) -> InteractionHandle:
+        """A user picks Apps → `name` on `message` (a message context-menu command)."""
+        guild = self.world.guilds.get(message.guild_id or 0)
+        person = user or self.user
+        channel = self.world.channel(message.channel_id)
+        definition = self.world.find_command(name, guild.id if guild else None, kind=3)
+        limit = self.world.upload_limit(guild.id if guild else None)
+        payload = self._builder.base_payload(
+            COMMAND,
+            user=person,
+            guild_id=guild.id if guild else None,
+            channel=channel,
+            permissions=None if permissions is None else permission_value(permissions),
+            role_ids=None,
+            locale="en-US",
+            attachment_size_limit=limit,
+            app_permissions=None,
+        )
+        data: dict[str, Any] = {
+            "id": definition["id"] if definition else str(self.world.snowflakes.next()),
+            "name": name,
+            "type": 3,
+            "target_id": str(message.id),
+            "resolved": {"messages": {str(message.id): self.world.message_json(message)}},
+        }
+        if definition is not None and "guild_id" in definition:
+            data["guild_id"] = definition["guild_id"]
+        payload["data"] = data
+        return await self._send_interaction(
+            payload,
+            type=COMMAND,
+            user=person,
+            guild_id=guild.id if guild else None,
+            channel_id=channel.id,
+            attachment_size_limit=limit,
+            command_name=name,
         )
 
     async def click(
