@@ -379,26 +379,10 @@ class FakeDiscordServer:
             attachment_size_limit=limit,
             app_permissions=None if app_permissions is None else permission_value(app_permissions),
         )
-        data: dict[str, Any] = {
-            "id": definition["id"] if definition else str(self.world.snowflakes.next()),
-            "name": command,
-            "type": 1,
-            "options": typed,
-        }
+        data: dict[str, Any] = {"type": 1, "options": typed}
         if resolved:
             data["resolved"] = resolved
-        if definition is not None and "guild_id" in definition:
-            data["guild_id"] = definition["guild_id"]
-        payload["data"] = data
-        return await self._send_interaction(
-            payload,
-            type=COMMAND,
-            user=person,
-            guild_id=guild.id if guild else None,
-            channel_id=channel.id,
-            attachment_size_limit=limit,
-            command_name=command,
-        )
+        return await self._send_command(payload, data, command, definition, person, limit)
 
     def post(
         self,
@@ -449,11 +433,27 @@ class FakeDiscordServer:
             app_permissions=None,
         )
         data: dict[str, Any] = {
-            "id": definition["id"] if definition else str(self.world.snowflakes.next()),
-            "name": name,
             "type": 3,
             "target_id": str(message.id),
             "resolved": {"messages": {str(message.id): self.world.message_json(message)}},
+        }
+        return await self._send_command(payload, data, name, definition, person, limit)
+
+    async def _send_command(
+        self,
+        payload: dict[str, Any],
+        data: dict[str, Any],
+        name: str,
+        definition: dict[str, Any] | None,
+        person: FakeUser,
+        limit: int,
+    ) -> InteractionHandle:
+        """Send an application command interaction: `data` gets the synced command's id (a new
+        one for a command never synced) and, for a guild command, its guild."""
+        data = {
+            "id": definition["id"] if definition else str(self.world.snowflakes.next()),
+            "name": name,
+            **data,
         }
         if definition is not None and "guild_id" in definition:
             data["guild_id"] = definition["guild_id"]
@@ -462,8 +462,8 @@ class FakeDiscordServer:
             payload,
             type=COMMAND,
             user=person,
-            guild_id=guild.id if guild else None,
-            channel_id=channel.id,
+            guild_id=int(payload["guild_id"]) if payload.get("guild_id") else None,
+            channel_id=int(payload["channel_id"]),
             attachment_size_limit=limit,
             command_name=name,
         )
