@@ -366,23 +366,24 @@ class FakeDiscordServer:
             definition, command, path, values, resolved, guild.id if guild else None, channel.id
         )
         limit = attachment_size_limit or self.world.upload_limit(guild.id if guild else None)
-        payload = self._builder.base_payload(
-            COMMAND,
-            user=person,
-            guild_id=guild.id if guild else None,
+        data: dict[str, Any] = {"type": 1, "options": typed}
+        if resolved:
+            data["resolved"] = resolved
+        return await self._send_command(
+            data,
+            command,
+            definition,
+            person=person,
+            guild=guild,
             channel=channel,
+            limit=limit,
             permissions=None if permissions is None else permission_value(permissions),
             role_ids=None
             if roles is None
             else [r.id if isinstance(r, FakeRole) else int(r) for r in roles],
             locale=locale,
-            attachment_size_limit=limit,
             app_permissions=None if app_permissions is None else permission_value(app_permissions),
         )
-        data: dict[str, Any] = {"type": 1, "options": typed}
-        if resolved:
-            data["resolved"] = resolved
-        return await self._send_command(payload, data, command, definition, person, limit)
 
     def post(
         self,
@@ -421,35 +422,50 @@ class FakeDiscordServer:
         channel = self.world.channel(message.channel_id)
         definition = self.world.find_command(name, guild.id if guild else None, kind=3)
         limit = self.world.upload_limit(guild.id if guild else None)
-        payload = self._builder.base_payload(
-            COMMAND,
-            user=person,
-            guild_id=guild.id if guild else None,
-            channel=channel,
-            permissions=None if permissions is None else permission_value(permissions),
-            role_ids=None,
-            locale="en-US",
-            attachment_size_limit=limit,
-            app_permissions=None,
-        )
         data: dict[str, Any] = {
             "type": 3,
             "target_id": str(message.id),
             "resolved": {"messages": {str(message.id): self.world.message_json(message)}},
         }
-        return await self._send_command(payload, data, name, definition, person, limit)
+        return await self._send_command(
+            data,
+            name,
+            definition,
+            person=person,
+            guild=guild,
+            channel=channel,
+            limit=limit,
+            permissions=None if permissions is None else permission_value(permissions),
+        )
 
     async def _send_command(
         self,
-        payload: dict[str, Any],
         data: dict[str, Any],
         name: str,
         definition: dict[str, Any] | None,
+        *,
         person: FakeUser,
+        guild: FakeGuild | None,
+        channel: FakeChannel,
         limit: int,
+        permissions: int | None = None,
+        role_ids: list[int] | None = None,
+        locale: str = "en-US",
+        app_permissions: int | None = None,
     ) -> InteractionHandle:
         """Send an application command interaction: `data` gets the synced command's id (a new
         one for a command never synced) and, for a guild command, its guild."""
+        payload = self._builder.base_payload(
+            COMMAND,
+            user=person,
+            guild_id=guild.id if guild else None,
+            channel=channel,
+            permissions=permissions,
+            role_ids=role_ids,
+            locale=locale,
+            attachment_size_limit=limit,
+            app_permissions=app_permissions,
+        )
         data = {
             "id": definition["id"] if definition else str(self.world.snowflakes.next()),
             "name": name,
@@ -462,8 +478,8 @@ class FakeDiscordServer:
             payload,
             type=COMMAND,
             user=person,
-            guild_id=int(payload["guild_id"]) if payload.get("guild_id") else None,
-            channel_id=int(payload["channel_id"]),
+            guild_id=guild.id if guild else None,
+            channel_id=channel.id,
             attachment_size_limit=limit,
             command_name=name,
         )

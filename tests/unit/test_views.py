@@ -28,29 +28,34 @@ async def test_motion_buttons_are_greyed_out_only_at_the_end_of_the_range() -> N
     assert least == {"reroll": False, "more": False, "less": True, "delete": False}
 
 
-async def test_an_interaction_answered_too_late_is_a_warning_not_an_error(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    late = discord.NotFound(
-        SimpleNamespace(status=404, reason="Not Found"),  # type: ignore[arg-type]
-        {"code": 10062, "message": "Unknown interaction"},
-    )
-    with caplog.at_level(logging.INFO):
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
         # Nothing can reach the member on an expired interaction: it is not even tried.
-        await SvdBot.reply_error(None, None, late)  # type: ignore[arg-type]
-    assert [r.levelname for r in caplog.records] == ["WARNING"]
-    assert "too late" in caplog.records[0].getMessage()
-
-
-async def test_an_answer_that_landed_with_its_reply_lost_is_left_as_it_is(
-    caplog: pytest.LogCaptureFixture,
+        (
+            discord.NotFound(
+                SimpleNamespace(status=404, reason="Not Found"),  # type: ignore[arg-type]
+                {"code": 10062, "message": "Unknown interaction"},
+            ),
+            "too late",
+        ),
+        # discord.py retries a 5xx; the retry of an answer that landed is refused with 40060.
+        # The member has the answer: "something went wrong" must not replace it.
+        (
+            discord.HTTPException(
+                SimpleNamespace(status=400, reason="Bad Request"),  # type: ignore[arg-type]
+                {"code": 40060, "message": "Interaction has already been acknowledged."},
+            ),
+            None,
+        ),
+    ],
+    ids=["answered too late", "answer landed, reply lost"],
+)
+async def test_an_interaction_that_cannot_or_need_not_be_answered_is_a_warning_not_an_error(
+    caplog: pytest.LogCaptureFixture, error: discord.HTTPException, said: str | None
 ) -> None:
-    # discord.py retries a 5xx; the retry of an answer that landed is refused with 40060. The
-    # member has the answer: "something went wrong" must not replace it.
-    landed = discord.HTTPException(
-        SimpleNamespace(status=400, reason="Bad Request"),  # type: ignore[arg-type]
-        {"code": 40060, "message": "Interaction has already been acknowledged."},
-    )
     with caplog.at_level(logging.INFO):
-        await SvdBot.reply_error(None, None, landed)  # type: ignore[arg-type]
+        await SvdBot.reply_error(None, None, error)  # type: ignore[arg-type]
     assert [r.levelname for r in caplog.records] == ["WARNING"]
+    if said is not None:
+        assert said in caplog.records[0].getMessage()
