@@ -15,6 +15,7 @@ from discord.ext import commands
 
 from bot import messages
 from bot.interactions import TimelyReply, defer, member_of, queue_from_interaction
+from bot.pictures import Picture, message_picture
 from bot.service import Accepted, Member, Origin
 
 if TYPE_CHECKING:
@@ -32,21 +33,9 @@ NOT_YOUR_MESSAGE = (
     "Post your picture, or use `/animate` with it."
 )
 NO_PICTURE = (
-    "That message has no picture attached. Use **Animate** on a message with a PNG, JPEG, "
-    "WebP, GIF, HEIC or AVIF attachment, or `/animate` with one."
+    "That message has no picture: no attachment, forwarded file or image link. Use **Animate** "
+    "on a message with a PNG, JPEG, WebP, GIF, HEIC or AVIF picture, or `/animate` with one."
 )
-_PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".heic", ".heif", ".avif")
-
-
-def first_picture(attachments: list[discord.Attachment]) -> discord.Attachment | None:
-    """The first attachment that is a picture (by Discord's content type, else its name)."""
-    for attachment in attachments:
-        kind = (attachment.content_type or "").split(";")[0].strip().lower()
-        if kind.startswith("image/") or (
-            not kind and attachment.filename.lower().endswith(_PICTURE_SUFFIXES)
-        ):
-            return attachment
-    return None
 
 
 def _model_label(model: str) -> str:
@@ -87,12 +76,13 @@ class AnimateCog(commands.Cog):
     async def animate_message(
         self, interaction: discord.Interaction, message: discord.Message
     ) -> None:
-        """The member's own message's first picture, with the default settings."""
+        """The member's own message's first picture (attached, forwarded or linked), with the
+        default settings. A forward is theirs: they chose to share that picture here."""
         if message.author.id != interaction.user.id:
             # Someone's photo is theirs to animate: a clip of it is not the clicker's to post.
             await interaction.response.send_message(NOT_YOUR_MESSAGE, ephemeral=True)
             return
-        picture = first_picture(message.attachments)
+        picture = message_picture(message, self.bot.http)
         if picture is None:
             await interaction.response.send_message(NO_PICTURE, ephemeral=True)
             return
@@ -101,7 +91,7 @@ class AnimateCog(commands.Cog):
     async def animate(
         self,
         interaction: discord.Interaction,
-        image: discord.Attachment,
+        image: Picture,
         *,
         motion: int | None = None,
         preset: str | None = None,
@@ -153,7 +143,7 @@ class AnimateCog(commands.Cog):
 
         await queue_from_interaction(interaction, service, submit)
 
-    def _precheck(self, image: discord.Attachment) -> str | None:
+    def _precheck(self, image: Picture) -> str | None:
         limit = self.bot.config.image_limits.max_bytes
         if image.size > limit:
             return (

@@ -35,8 +35,8 @@ MANAGE_GUILD = discord.Permissions(manage_guild=True).value
 MEMBER = discord.Permissions(send_messages=True, attach_files=True).value
 
 
-def picture(width: int = 320, height: int = 200) -> bytes:
-    rng = np.random.default_rng(1)
+def picture(width: int = 320, height: int = 200, *, seed: int = 1) -> bytes:
+    rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
@@ -197,9 +197,32 @@ async def _apps_animate(fake_discord: FakeDiscordServer, tmp_path: Path) -> None
     assert "works on your own messages" in await reply_text(refused) and refused.ephemeral
     words = fake_discord.post("no picture here", attachments=[("a.txt", b"hi", "text/plain")])
     empty = await fake_discord.message_command("Animate", words)
-    assert "has no picture attached" in await reply_text(empty)
+    assert "has no picture" in await reply_text(empty)
     quota = await fake_discord.interaction("quota", permissions=MEMBER)
     assert "**2** of 3" in await reply_text(quota)
+
+    # A picture the member forwarded (it is in the forward's snapshot, not its attachments),
+    # and one they linked (read from Discord's copy on its media proxy: the link's own host
+    # does not exist), each make a clip too.
+    theirs = fake_discord.post(attachments=[("dog.png", picture(seed=5), "image/png")], user=other)
+    forwarded = fake_discord.forward(theirs)
+    linked = fake_discord.post("see", linked_picture=("owl.png", picture(seed=6), "image/png"))
+    for message in (forwarded, linked):
+        handle = await fake_discord.message_command("Animate", message)
+        assert "Got it" in await reply_text(handle)
+
+    def new_clips() -> list[FakeMessage]:
+        bot_id = fake_discord.bot_user.id
+        return [
+            m
+            for m in fake_discord.messages()
+            if m.author_id == bot_id and m.attachments and m.id != clip.id
+        ]
+
+    await wait_for_message(fake_discord, lambda _: len(new_clips()) == 2, CLIP_TIMEOUT)
+    for made in new_clips():
+        assert frames_of(made, tmp_path).shape[0] == TINY_FRAMES
+        assert f"<@{fake_discord.user.id}>" in made.content
 
 
 async def test_draft_quality_makes_a_full_clip_and_says_so(

@@ -273,6 +273,31 @@ class MessageStore:
         self._messages[message_id] = message
         return message
 
+    def forward(
+        self, original: FakeMessage, snapshot: dict[str, Any], *, channel_id: int, author_id: int
+    ) -> FakeMessage:
+        """A user forwards `original` here: a message of its own with no content or files,
+        carrying the original as it was (`snapshot`, its payload's forwardable part)."""
+        message = FakeMessage(
+            id=self._snowflakes.next(),
+            channel_id=channel_id,
+            guild_id=original.guild_id,
+            author_id=author_id,
+            created_at=self._clock.now(),
+            reference_id=original.id,
+            snapshots=(snapshot,),
+        )
+        self._messages[message.id] = message
+        return message
+
+    def unfurl(self, message_id: int, embed: dict[str, Any]) -> FakeMessage:
+        """Discord adds a link's preview to a message after it was posted (not an edit: the
+        message shows no 'edited')."""
+        old = self._messages[message_id]
+        message = dataclasses.replace(old, embeds=(*old.embeds, embed))
+        self._messages[message_id] = message
+        return message
+
     def delete(self, message_id: int) -> FakeMessage:
         old = self._messages.get(message_id)
         if old is None or old.deleted:

@@ -161,6 +161,9 @@ class FakeMessage:
     webhook_id: int | None = None
     interaction_id: int | None = None
     reference_id: int | None = None
+    # A forward: the forwarded message as it was (Discord's `message_snapshots`), its reference
+    # then of type 1 (forward), not a reply.
+    snapshots: tuple[dict[str, Any], ...] = ()
     nonce: str | None = None
     deleted: bool = False
 

@@ -204,12 +204,14 @@ def message_payload(
         payload["application_id"] = str(application_id)
     if message.reference_id is not None:
         payload["message_reference"] = {
-            "type": 0,
+            "type": 1 if message.snapshots else 0,
             "message_id": str(message.reference_id),
             "channel_id": str(message.channel_id),
         }
         if message.guild_id is not None:
             payload["message_reference"]["guild_id"] = str(message.guild_id)
+    if message.snapshots:
+        payload["message_snapshots"] = [{"message": snapshot} for snapshot in message.snapshots]
     if interaction_metadata is not None:
         payload["interaction_metadata"] = interaction_metadata
     return payload

@@ -392,20 +392,55 @@ class FakeDiscordServer:
         user: FakeUser | None = None,
         channel: FakeChannel | None = None,
         attachments: Iterable[tuple[str, bytes, str]] = (),
+        linked_picture: tuple[str, bytes, str] | None = None,
     ) -> FakeMessage:
         """A user posts a message (with files: (name, bytes, content type)) in the channel, as
-        the Discord client does. Not dispatched: the bot reads no messages."""
+        the Discord client does. `linked_picture` (name, bytes, type): the message links a
+        picture elsewhere, which Discord unfurls into an `image` embed whose proxy address the
+        fake's media proxy serves. Not dispatched: the bot reads no messages."""
         where = channel or self.channel
         files = [
             UploadedFile(form_field=f"files[{index}]", filename=name, data=data, content_type=kind)
             for index, (name, data, kind) in enumerate(attachments)
         ]
-        return self.world.messages.create(
+        if linked_picture is not None:
+            link = f"https://pictures.example/{linked_picture[0]}"
+            content = f"{content} {link}".strip()
+        message = self.world.messages.create(
             channel_id=where.id,
             guild_id=where.guild_id,
             author_id=(user or self.user).id,
             body={"content": content},
             files=files,
+        )
+        if linked_picture is None:
+            return message
+        # Discord's copy of the linked file, on its media proxy (the fake serves it at the
+        # attachment's proxy address); the link itself points nowhere the bot may fetch.
+        copy = self._builder.upload(linked_picture, where.id)
+        media = {"url": link, "proxy_url": copy.proxy_url, "width": copy.width or 0}
+        media["height"] = copy.height or 0
+        return self.world.messages.unfurl(
+            message.id, {"type": "image", "url": link, "thumbnail": media}
+        )
+
+    def forward(
+        self,
+        message: FakeMessage,
+        *,
+        user: FakeUser | None = None,
+        channel: FakeChannel | None = None,
+    ) -> FakeMessage:
+        """A user forwards `message` (Apps → Forward) to `channel`: Discord posts a message with
+        the original's content, files and embeds in its `message_snapshots`, none of its own."""
+        original = self.world.message_json(message)
+        forwarded = ("type", "content", "embeds", "attachments", "timestamp", "edited_timestamp")
+        snapshot = {key: original[key] for key in (*forwarded, "flags", "components")}
+        return self.world.messages.forward(
+            message,
+            snapshot,
+            channel_id=(channel or self.channel).id,
+            author_id=(user or self.user).id,
         )
 
     async def message_command(

@@ -75,21 +75,3 @@ def test_animate_is_offered_in_servers_only() -> None:
         app_commands.CommandTree(discord.Client(intents=discord.Intents.none()))
     )
     assert payload["contexts"] == [0] and payload["dm_permission"] is False
-
-
-def test_the_message_command_takes_the_first_picture_by_type_or_else_by_name() -> None:
-    from types import SimpleNamespace
-
-    from bot.cogs.animate import first_picture
-
-    def attached(filename: str, content_type: str | None) -> Any:
-        return SimpleNamespace(filename=filename, content_type=content_type)
-
-    notes, photo, drawing = (
-        attached("notes.txt", "text/plain; charset=utf-8"),
-        attached("photo.JPG", None),  # no type given: its name says
-        attached("drawing.webp", "image/webp"),
-    )
-    assert first_picture([notes, photo, drawing]) is photo
-    assert first_picture([notes, drawing]) is drawing
-    assert first_picture([notes, attached("song.mp3", None)]) is None
