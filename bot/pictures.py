@@ -8,9 +8,9 @@ address a member typed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import unquote, urlsplit
 
 import discord
 
@@ -26,6 +26,9 @@ class Picture(Protocol):
     @property
     def content_type(self) -> str | None: ...
 
+    @property
+    def filename(self) -> str: ...
+
     async def read(self) -> bytes: ...
 
 
@@ -36,6 +39,7 @@ class LinkedPicture:
     made to fetch any address a member types."""
 
     proxy_url: str
+    filename: str  # the link's last part, to name it in a choice
     http: discord.http.HTTPClient
     # Discord gives no size for a linked file; the service checks the bytes it reads.
     size: int = 0
@@ -45,38 +49,40 @@ class LinkedPicture:
         return await self.http.get_from_cdn(self.proxy_url)
 
 
-def first_picture(attachments: Iterable[discord.Attachment]) -> discord.Attachment | None:
-    """The first attachment that is a picture (by Discord's content type, else its name)."""
-    for attachment in attachments:
-        kind = (attachment.content_type or "").split(";")[0].strip().lower()
-        if kind.startswith("image/") or (
-            not kind and attachment.filename.lower().endswith(_PICTURE_SUFFIXES)
-        ):
-            return attachment
-    return None
+@dataclass(frozen=True)
+class FoundPicture:
+    picture: Picture
+    source: str  # how the message holds it: "attached", "forwarded" or "linked"
 
 
-def _linked_picture(
-    embeds: Iterable[discord.Embed], http: discord.http.HTTPClient
-) -> LinkedPicture | None:
-    for embed in embeds:
-        # Only a link to a picture: an article's preview image is not what the member posted,
-        # and a `gifv` (Tenor, Giphy) is an animation whose thumbnail is a single frame of it.
-        if embed.type != "image":
-            continue
-        proxy_url = embed.thumbnail.proxy_url or embed.image.proxy_url
-        if proxy_url:
-            return LinkedPicture(proxy_url=proxy_url, http=http)
-    return None
-
-
-def message_picture(message: discord.Message, http: discord.http.HTTPClient) -> Picture | None:
-    """The message's first picture: attached, then forwarded, then linked."""
-    forwarded = [snapshot.attachments for snapshot in message.message_snapshots]
-    attached = first_picture(
-        [*message.attachments, *(item for group in forwarded for item in group)]
+def is_picture(attachment: discord.Attachment) -> bool:
+    """By Discord's content type, else by its name."""
+    kind = (attachment.content_type or "").split(";")[0].strip().lower()
+    return kind.startswith("image/") or (
+        not kind and attachment.filename.lower().endswith(_PICTURE_SUFFIXES)
     )
-    if attached is not None:
-        return attached
-    embeds = [*message.embeds, *(e for s in message.message_snapshots for e in s.embeds)]
-    return _linked_picture(embeds, http)
+
+
+def _linked(embed: discord.Embed, http: discord.http.HTTPClient) -> LinkedPicture | None:
+    # Only a link to a picture: an article's preview image is not what the member posted, and
+    # a `gifv` (Tenor, Giphy) is an animation whose thumbnail is a single frame of it.
+    if embed.type != "image":
+        return None
+    proxy_url = embed.thumbnail.proxy_url or embed.image.proxy_url
+    if not proxy_url:
+        return None
+    name = urlsplit(embed.url or proxy_url).path.rstrip("/").rsplit("/", 1)[-1]
+    return LinkedPicture(proxy_url=proxy_url, filename=unquote(name) or "picture", http=http)
+
+
+def message_pictures(message: discord.Message, http: discord.http.HTTPClient) -> list[FoundPicture]:
+    """The message's pictures in the order a member sees them: attached, forwarded, linked."""
+    snapshots = message.message_snapshots
+    found = [FoundPicture(a, "attached") for a in message.attachments if is_picture(a)]
+    for snapshot in snapshots:
+        found += [FoundPicture(a, "forwarded") for a in snapshot.attachments if is_picture(a)]
+    for embed in [*message.embeds, *(e for s in snapshots for e in s.embeds)]:
+        linked = _linked(embed, http)
+        if linked is not None:
+            found.append(FoundPicture(linked, "linked"))
+    return found

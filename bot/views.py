@@ -1,16 +1,19 @@
-"""Buttons on progress messages and clips.
+"""Buttons on progress messages and clips, and the picture picker of Apps → Animate.
 
-They are dynamic items: the custom_id carries the action and the job id, so a click after a
-restart is still understood without any view having been re-attached.
+The buttons are dynamic items: the custom_id carries the action and the job id, so a click
+after a restart is still understood without any view having been re-attached.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, cast
 
 import discord
 
+from bot.pictures import FoundPicture, Picture
 from generation.options import MOTION_RANGE
 
 JOB_ID = r"[0-9a-f]{32}"
@@ -78,3 +81,67 @@ def cancel_view(job_id: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(ClipButton("cancel", job_id))
     return view
+
+
+# Discord allows 25 options in a select menu.
+MAX_PICTURE_CHOICES = 25
+# Within the 15 minutes the first interaction's token lasts, so the menu can still be closed.
+PICK_TIMEOUT_SECONDS = 600.0
+PICK_ONE = "That message has {count} pictures. Which one shall I animate?"
+PICK_EXPIRED = "This menu has expired. Use **Animate** on the message again."
+
+
+class PicturePicker(discord.ui.View):
+    """An ephemeral menu of a message's pictures; one pick makes one clip, then the menu goes.
+    Not persistent: the pictures' signed links are in memory only, and a few minutes is what a
+    member needs to pick."""
+
+    def __init__(
+        self,
+        found: Sequence[FoundPicture],
+        on_pick: Callable[[discord.Interaction, Picture], Awaitable[None]],
+        *,
+        asked: discord.Interaction,
+        timeout: float = PICK_TIMEOUT_SECONDS,
+    ) -> None:
+        super().__init__(timeout=timeout)
+        self._total = len(found)
+        self._found = list(found)[:MAX_PICTURE_CHOICES]
+        self._on_pick = on_pick
+        self._asked = asked
+        self._select: discord.ui.Select[PicturePicker] = discord.ui.Select(
+            placeholder="Pick the picture to animate",
+            options=[
+                discord.SelectOption(
+                    label=f"{index + 1}. {item.picture.filename}"[:100],
+                    value=str(index),
+                    description=item.source,
+                )
+                for index, item in enumerate(self._found)
+            ],
+        )
+        self._select.callback = self._picked  # type: ignore[method-assign]
+        self.add_item(self._select)
+
+    @property
+    def text(self) -> str:
+        text = PICK_ONE.format(count=self._total)
+        if self._total > len(self._found):
+            text += f" (Discord lets me list the first {len(self._found)}.)"
+        return text
+
+    async def _picked(self, interaction: discord.Interaction) -> None:
+        if self.is_finished():  # a second pick raced the first
+            return
+        self.stop()
+        chosen = self._found[int(self._select.values[0])].picture
+        # The clip first: its answer must reach Discord within 3 s of the pick.
+        await self._on_pick(interaction, chosen)
+        with contextlib.suppress(discord.HTTPException):
+            await self._asked.edit_original_response(
+                content=f"Picked **{discord.utils.escape_markdown(chosen.filename)}**.", view=None
+            )
+
+    async def on_timeout(self) -> None:
+        with contextlib.suppress(discord.HTTPException):
+            await self._asked.edit_original_response(content=PICK_EXPIRED, view=None)

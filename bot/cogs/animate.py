@@ -15,8 +15,9 @@ from discord.ext import commands
 
 from bot import messages
 from bot.interactions import TimelyReply, defer, member_of, queue_from_interaction
-from bot.pictures import Picture, message_picture
+from bot.pictures import Picture, message_pictures
 from bot.service import Accepted, Member, Origin
+from bot.views import PicturePicker
 
 if TYPE_CHECKING:
     from bot.client import SvdBot
@@ -82,11 +83,21 @@ class AnimateCog(commands.Cog):
             # Someone's photo is theirs to animate: a clip of it is not the clicker's to post.
             await interaction.response.send_message(NOT_YOUR_MESSAGE, ephemeral=True)
             return
-        picture = message_picture(message, self.bot.http)
-        if picture is None:
+        found = message_pictures(message, self.bot.http)
+        if not found:
             await interaction.response.send_message(NO_PICTURE, ephemeral=True)
-            return
-        await self.animate(interaction, picture)
+        elif len(found) == 1:
+            await self.animate(interaction, found[0].picture)
+        else:
+            picker = PicturePicker(found, self._animate_picked, asked=interaction)
+            await interaction.response.send_message(picker.text, view=picker, ephemeral=True)
+
+    async def _animate_picked(self, interaction: discord.Interaction, picture: Picture) -> None:
+        # A menu's callback: its errors reach no command error handler, so they are answered here.
+        try:
+            await self.animate(interaction, picture)
+        except Exception as exc:
+            await self.bot.reply_error(interaction, exc)
 
     async def animate(
         self,

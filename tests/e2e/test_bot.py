@@ -201,15 +201,28 @@ async def _apps_animate(fake_discord: FakeDiscordServer, tmp_path: Path) -> None
     quota = await fake_discord.interaction("quota", permissions=MEMBER)
     assert "**2** of 3" in await reply_text(quota)
 
-    # A picture the member forwarded (it is in the forward's snapshot, not its attachments),
-    # and one they linked (read from Discord's copy on its media proxy: the link's own host
-    # does not exist), each make a clip too.
+    # A picture the member forwarded is in the forward's snapshot, not its attachments.
     theirs = fake_discord.post(attachments=[("dog.png", picture(seed=5), "image/png")], user=other)
-    forwarded = fake_discord.forward(theirs)
-    linked = fake_discord.post("see", linked_picture=("owl.png", picture(seed=6), "image/png"))
-    for message in (forwarded, linked):
-        handle = await fake_discord.message_command("Animate", message)
-        assert "Got it" in await reply_text(handle)
+    handle = await fake_discord.message_command("Animate", fake_discord.forward(theirs))
+    assert "Got it" in await reply_text(handle)
+    # Several pictures: the member picks one (here the linked one, which is read from Discord's
+    # copy on its media proxy: the link's own host does not exist).
+    album = fake_discord.post(
+        "two and a link",
+        attachments=[("a.png", picture(), "image/png"), ("b.webp", picture(), "image/webp")],
+        linked_picture=("owl.png", picture(seed=6), "image/png"),
+    )
+    asked = await fake_discord.message_command("Animate", album)
+    assert "3 pictures" in await reply_text(asked) and asked.ephemeral
+    menu = asked.original
+    assert menu is not None
+    (select,) = [c for c in menu.iter_components() if c["type"] == 3]
+    labels = [(o["label"], o.get("description")) for o in select["options"]]
+    assert labels == [("1. a.png", "attached"), ("2. b.webp", "attached"), ("3. owl.png", "linked")]
+    pick = await fake_discord.click(menu, select["custom_id"], values=["2"])
+    assert "Got it" in await reply_text(pick) and pick.ephemeral
+    closed = await wait_for_message(fake_discord, lambda m: m.id == menu.id and m.edits > 0, 5)
+    assert "Picked **owl.png**" in closed.content and not closed.components
 
     def new_clips() -> list[FakeMessage]:
         bot_id = fake_discord.bot_user.id

@@ -8,7 +8,8 @@ from typing import Any
 
 import discord
 
-from bot.pictures import LinkedPicture, first_picture, message_picture
+from bot.pictures import FoundPicture, LinkedPicture, is_picture, message_pictures
+from bot.views import PICK_EXPIRED, PicturePicker
 
 HTTP: Any = object()  # only kept by a LinkedPicture, never called here
 
@@ -35,44 +36,85 @@ def linked(kind: str, proxy_url: str = "https://images-ext-1.discordapp.net/x.pn
     }
 
 
-def test_the_first_picture_is_found_by_type_or_else_by_name() -> None:
-    notes, photo, drawing = (
-        attached("notes.txt", "text/plain; charset=utf-8"),
-        attached("photo.JPG", None),  # no type given: its name says
-        attached("drawing.webp", "image/webp"),
-    )
-    assert first_picture([notes, photo, drawing]) is photo
-    assert first_picture([notes, drawing]) is drawing
-    assert first_picture([notes, attached("song.mp3", None)]) is None
+def pictures(message: Any) -> list[tuple[Any, str]]:
+    return [(found.picture, found.source) for found in message_pictures(message, HTTP)]
 
 
-def test_an_attached_picture_comes_before_a_forwarded_one_and_a_link() -> None:
+def test_a_picture_is_known_by_its_type_or_else_by_its_name() -> None:
+    assert is_picture(attached("photo.JPG", None))  # no type given: its name says
+    assert is_picture(attached("drawing", "image/webp"))
+    assert not is_picture(attached("notes.txt", "text/plain; charset=utf-8"))
+    assert not is_picture(attached("song.mp3", None))
+
+
+def test_pictures_come_attached_then_forwarded_then_linked() -> None:
     own, forwarded = attached("own.png", "image/png"), attached("fwd.png", "image/png")
     snapshot = SimpleNamespace(attachments=[forwarded], embeds=[])
-    picked = message(
-        [attached("a.txt", "text/plain"), own], [linked("image")], snapshots=[snapshot]
+    found = pictures(
+        message([attached("a.txt", "text/plain"), own], [linked("image")], snapshots=[snapshot])
     )
-    assert message_picture(picked, HTTP) is own
-
-
-def test_a_forwarded_messages_picture_is_found_in_its_snapshot() -> None:
-    forwarded = attached("fwd.png", "image/png")
-    snapshot = SimpleNamespace(attachments=[forwarded], embeds=[])
-    assert message_picture(message(snapshots=[snapshot]), HTTP) is forwarded
+    assert [(p.filename, source) for p, source in found] == [
+        ("own.png", "attached"),
+        ("fwd.png", "forwarded"),
+        ("cat.png", "linked"),
+    ]
+    assert found[0][0] is own and found[1][0] is forwarded
 
 
 def test_a_linked_picture_is_read_from_discords_proxy_never_the_link() -> None:
     proxy = "https://images-ext-1.discordapp.net/external/abc/https/example.com/cat.png"
-    picture = message_picture(message(embeds=[linked("image", proxy)]), HTTP)
+    ((picture, _),) = pictures(message(embeds=[linked("image", proxy)]))
     assert isinstance(picture, LinkedPicture)
-    assert picture.proxy_url == proxy and picture.size == 0
+    assert picture.proxy_url == proxy and picture.size == 0 and picture.filename == "cat.png"
     # In a forward too.
     snapshot = SimpleNamespace(attachments=[], embeds=[discord.Embed.from_dict(linked("image"))])
-    assert isinstance(message_picture(message(snapshots=[snapshot]), HTTP), LinkedPicture)
+    assert [source for _, source in pictures(message(snapshots=[snapshot]))] == ["linked"]
 
 
 def test_an_article_preview_or_an_animation_link_is_not_a_picture() -> None:
     # A news link's preview image is the site's; a Tenor `gifv`'s thumbnail is one frame of it.
-    assert message_picture(message(embeds=[linked("article"), linked("gifv")]), HTTP) is None
-    assert message_picture(message(embeds=[linked("image", "")]), HTTP) is None
-    assert message_picture(message([attached("a.txt", "text/plain")]), HTTP) is None
+    assert pictures(message(embeds=[linked("article"), linked("gifv")])) == []
+    assert pictures(message(embeds=[linked("image", "")])) == []
+    assert pictures(message([attached("a.txt", "text/plain")])) == []
+
+
+class Asked:
+    """The Apps → Animate interaction the menu answered: records what its message became."""
+
+    def __init__(self) -> None:
+        self.edits: list[dict[str, Any]] = []
+
+    async def edit_original_response(self, **fields: Any) -> None:
+        self.edits.append(fields)
+
+
+def found(count: int) -> list[FoundPicture]:
+    return [FoundPicture(attached(f"p{i}.png", "image/png"), "attached") for i in range(count)]
+
+
+async def test_the_menu_offers_discords_most_and_one_pick_makes_one_clip() -> None:
+    picked: list[str] = []
+
+    async def on_pick(interaction: Any, picture: Any) -> None:
+        picked.append(picture.filename)
+
+    asked = Asked()
+    picker = PicturePicker(found(30), on_pick, asked=asked)  # type: ignore[arg-type]
+    (select,) = picker.children
+    assert isinstance(select, discord.ui.Select) and len(select.options) == 25
+    assert picker.text.startswith("That message has 30 pictures") and "first 25" in picker.text
+    select._values = ["3"]  # what discord.py sets from the interaction's data
+    await select.callback(object())  # type: ignore[arg-type]
+    await select.callback(object())  # type: ignore[arg-type]  # a second pick raced the first
+    assert picked == ["p3.png"]
+    assert asked.edits == [{"content": "Picked **p3.png**.", "view": None}]
+
+
+async def test_an_expired_menu_says_to_use_animate_again() -> None:
+    async def on_pick(interaction: Any, picture: Any) -> None:
+        raise AssertionError("no pick")
+
+    asked = Asked()
+    picker = PicturePicker(found(2), on_pick, asked=asked)  # type: ignore[arg-type]
+    await picker.on_timeout()
+    assert asked.edits == [{"content": PICK_EXPIRED, "view": None}]
