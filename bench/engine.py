@@ -26,6 +26,7 @@ test of this script where there is no GPU); its numbers mean nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import itertools
@@ -41,6 +42,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -334,6 +336,7 @@ def bench_plan(
         resolution=args.resolution,
         plan_settings=settings,
         loader=loader,
+        warm_portrait=args.warm == "both",
     )
     row = Row(plan)
     sync = synchronizer(device)
@@ -357,7 +360,11 @@ def bench_plan(
     slow = plan in ("offload_chunked", "sequential")
     clips = time_clips(engine, row, device, args, slow=slow, warmed_up=plan == "fast")
     checkpoint(row)
-    if plan == "fast":
+    if plan == "fast" and args.warm == "landscape":
+        # Portrait was not compiled at start: a portrait clip would compile, not recompile.
+        row.recompiles = compile_counters()["unique_graphs"] - before["unique_graphs"]
+        row.note += " warmed up (and checked) for landscape only (--warm landscape)"
+    elif plan == "fast":
         # A portrait clip too, then count what dynamo compiled since the warm-up: nothing.
         _w, _h, p_width, p_height = clip_shapes(args.resolution)
         options = AnimateOptions(num_inference_steps=2, seed=7, motion_bucket_id=33)
@@ -506,12 +513,21 @@ def fast_plan_agreement(
     weight_gap = (
         (fast_unet.conv_in.weight.float() - reference.unet.conv_in.weight.float()).abs().max()
     ).item()
-    unet_expected, vae_expected = unet_call(reference.unet), decode(reference.vae)
+    # The eager passes run each shape once: the fast plan's cudnn.benchmark would spend tens of
+    # seconds timing convolution algorithms for them. Restored before the compiled calls, whose
+    # guards saw it on.
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        unet_expected, vae_expected = unet_call(reference.unet), decode(reference.vae)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
     del reference
     free_memory(device)
     unet_fp32 = vae_fp32 = None
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
     try:
         precise = loader(MODEL, torch.float32)
         precise.unet.to(device)
@@ -523,6 +539,7 @@ def fast_plan_agreement(
         print(f"no float32 reference ({type(exc).__name__}): its errors are left out", flush=True)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = benchmark
         precise = None
         free_memory(device)
     before = compile_counters()["unique_graphs"]
@@ -600,26 +617,62 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
         "planner": planner,
         "rows": [],
         "skipped": [],
+        "errors": [],
     }
     rows: list[Row] = []
 
     def checkpoint(current: Row) -> None:
         """Write what is known so far, `current` (the plan being timed) included."""
-        result["rows"] = [r.summary() for r in [*rows, current]]
+        pending = [] if any(r is current for r in rows) else [current]
+        result["rows"] = [r.summary() for r in [*rows, *pending]]
         write(result, args.out)
 
+    write(result, args.out)  # the machine and the build, before anything can go wrong
     for plan in args.plans:
         if time.perf_counter() - started > args.max_seconds:
             result["skipped"].append(plan)
             print(f"skipping {plan}: past --max-seconds")
             continue
         print(f"timing {plan} ...", flush=True)
-        if plan == SEED_RECIPE:
-            row = bench_seed_recipe(loader, device, picture(width, height, seed=0), args)
-        else:
-            row, engine, best = bench_plan(plan, loader, device, args, checkpoint)
-            if plan == "fast":
+        try:
+            bench_one(plan, loader, device, args, (width, height), rows, checkpoint)
+        except Exception as exc:
+            # One plan's failure (a GPU quirk no CPU rehearsal shows) must not cost the others
+            # their figures: the device time is spent either way.
+            traceback.print_exc()
+            result["errors"].append({"plan": plan, "error": f"{type(exc).__name__}: {exc}"})
+            free_memory(device)
+        result["rows"] = [r.summary() for r in rows]
+        write(result, args.out)
+        print(table(rows), flush=True)
+    return result
+
+
+def bench_one(
+    plan: str,
+    loader: CopyLoader,
+    device: str,
+    args: argparse.Namespace,
+    size: tuple[int, int],
+    rows: list[Row],
+    checkpoint: Callable[[Row], None],
+) -> None:
+    """Add one plan's rows to `rows` as they are done (a later step's failure keeps them): the
+    seed recipe's, or a plan's (with its agreement check under the fast plan) and its draft's."""
+    if plan == SEED_RECIPE:
+        rows.append(bench_seed_recipe(loader, device, picture(*size, seed=0), args))
+        return
+    row, engine, best = bench_plan(plan, loader, device, args, checkpoint)
+    rows.append(row)
+    try:
+        if plan == "fast":
+            checkpoint(row)
+            try:
                 agreement = fast_plan_agreement(engine, loader, device, args)
+            except Exception as exc:
+                traceback.print_exc()
+                row.note += f" the agreement check failed ({type(exc).__name__}: {exc})!"
+            else:
                 row.unet_relative_error = agreement.unet_relative_error
                 row.vae_relative_error = agreement.vae_relative_error
                 row.fp32_errors = agreement.fp32_errors
@@ -628,19 +681,14 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
                     row.note += f" weights differ from the reference by {agreement.weight_gap:g}!"
                 if agreement.graphs_compiled:
                     row.note += f" the check compiled {agreement.graphs_compiled} graphs!"
-                checkpoint(row)
-            if args.draft_interval > 1 and plan in ("fast", "full"):
-                # On the same engine: a compiled plan's draft graphs were warmed up with it.
-                rows.append(row)
-                row = bench_draft(plan, engine, best, device, args)
-            engine.close()
-            del engine
-            free_memory(device)
-        rows.append(row)
-        result["rows"] = [r.summary() for r in rows]
-        write(result, args.out)
-        print(table(rows), flush=True)
-    return result
+            checkpoint(row)
+        if args.draft_interval > 1 and plan in ("fast", "full"):
+            # On the same engine: a compiled plan's draft graphs were warmed up with it.
+            rows.append(bench_draft(plan, engine, best, device, args))
+    finally:
+        engine.close()
+        del engine
+        free_memory(device)
 
 
 # --- the CPU overhead benchmark ----------------------------------------------------------------
@@ -834,6 +882,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="also time draft quality at this cache interval (3 is /animate's) on fast and full",
     )
+    parser.add_argument(
+        "--warm",
+        choices=("both", "landscape"),
+        default="both",
+        help="the fast plan's start-up compile: both orientations (as the bot), or landscape "
+        "only (half the compile time; the timed clips are landscape)",
+    )
     parser.add_argument("--max-seconds", type=float, default=540.0, help="start no plan after")
     parser.add_argument("--log-recompiles", action="store_true", help="torch's recompile log")
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default: none)")
@@ -888,6 +943,9 @@ def stop_on_sigterm() -> None:
 
     def stop(_signum: int, _frame: Any) -> None:
         print("stopped by SIGTERM (time limit): the results so far are in --out", flush=True)
+        # Where a compile cut short spent its time, for the next run's plan.
+        with contextlib.suppress(Exception):
+            print(torch._dynamo.utils.compile_times(repr="str"), flush=True)
         os._exit(3)
 
     signal.signal(signal.SIGTERM, stop)
@@ -915,6 +973,9 @@ def main(argv: list[str] | None = None) -> int:
             f"FAILED: {', '.join(failures)} (relative error >= {bound:g} or NaN, recompiles, "
             "or fell back to another plan)"
         )
+        return 1
+    if result["errors"]:
+        print(f"FAILED: {', '.join(e['plan'] for e in result['errors'])} raised (see above)")
         return 1
     return 0
 

@@ -3,12 +3,14 @@
 #
 #   bash bench/gpu_session.sh wheels     # here, once: what the GPU machine lacks, into .whl/
 #   bash bench/gpu_session.sh run        # there: device.run with carry [".whl"], timeout_s 600
-#   bash bench/gpu_session.sh low        # there, if time is left: the low-memory plan (~3 min)
+#   BUDGET_SECONDS=N bash bench/gpu_session.sh low   # there, if time is left: the low-memory
+#                                        # plan; N: the device time left (status) less a minute
 #
 # The GPU machine has torch, transformers, accelerate, imageio and Pillow, but not diffusers or
 # imageio-ffmpeg; `wheels` downloads those (x86-64, Python 3.12) into the git-ignored .whl/.
 # `run` measures, most needed first, each step given what is left of BUDGET_SECONDS (540):
-#   1. bench.engine --gpu: the seed recipe, then the fast plan (compiled) and its draft: seed
+#   1. bench.engine --gpu: the seed recipe, then the fast plan (compiled for landscape) and its
+#      draft, each plan's failure kept from the others (the run then exits 1): seed
 #      first, so the fast plan's process-wide switches (cudnn.benchmark, inductor settings)
 #      cannot speed it up; the fast plan's compile time is the unknown, so it may take it all;
 #   2. bench.throughput on the full plan (eager; in a new process, the switches are off):
@@ -54,8 +56,10 @@ run)
     # --max-seconds: start no plan after it; the timeout stops a compile that overruns.
     # The fast plan's figures matter most and its compile is the unknown: it may use it all.
     # -k: a process deaf to SIGTERM inside a long CUDA call is killed, and the rest still runs.
+    # --warm landscape: the timed clips are landscape, and compiling portrait too would double
+    # the warm-up that may not fit (the bot warms both; the CPU tests check portrait's).
     timeout -k 10 $(($(left) - 20)) python3 -m bench.engine --gpu --plans seed,fast \
-        --compile-mode default --draft-interval 3 --repeats 2 --max-seconds 200 \
+        --compile-mode default --draft-interval 3 --repeats 2 --max-seconds 200 --warm landscape \
         --compile-cache .compile-cache --out "$out/engine.json" 2>&1 | tee "$out/engine.log"
     if [ "$(left)" -gt 160 ]; then
         timeout -k 10 $(($(left) - 20)) python3 -m bench.throughput --arch xt --device cuda \

@@ -44,7 +44,14 @@ def bench(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_gpu_benchmark_runs_through_on_the_tiny_model(tmp_path: Path) -> None:
     out = tmp_path / "engine.json"
     # dynamo's capture and guards, as on the GPU, without minutes of C++ compiling.
-    done = bench(out, "--compile-backend=eager", "--plans=seed,fast", "--draft-interval=3")
+    # --warm=landscape, as the GPU session runs it (the engine's tests warm both orientations).
+    done = bench(
+        out,
+        "--compile-backend=eager",
+        "--plans=seed,fast",
+        "--draft-interval=3",
+        "--warm=landscape",
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"seed", "fast", "fast draft/3"}
@@ -59,6 +66,7 @@ def test_the_gpu_benchmark_runs_through_on_the_tiny_model(tmp_path: Path) -> Non
     # The agreement check runs the graphs the clips ran, so it compiles nothing of its own.
     assert "compiled" not in fast["note"] and "differ" not in fast["note"], fast["note"]
     assert fast["compile_seconds"] > 0 and len(fast["clip_seconds"]) == 1
+    assert "landscape only" in fast["note"]
 
 
 @pytest.mark.slow
@@ -73,3 +81,18 @@ def test_a_fast_plan_that_could_not_compile_fails_the_run_instead_of_passing_as_
     assert done.returncode == 1 and "fell back" in done.stdout
     (fast,) = json.loads(out.read_text())["rows"]
     assert fast["name"] == "fast" and fast["fell_back_to"] == "full"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_one_plans_failure_keeps_the_other_plans_figures(tmp_path: Path) -> None:
+    # A GPU-only failure in one step must not cost the rest of the device time's figures: here
+    # the full plan's draft is asked for an interval the engine refuses.
+    out = tmp_path / "engine.json"
+    done = bench(out, "--plans=full,seed", "--draft-interval=99")
+    assert done.returncode == 1 and "full raised" in done.stdout
+    result = json.loads(out.read_text())
+    assert [row["name"] for row in result["rows"]] == ["full", "seed"]
+    assert all(len(row["clip_seconds"]) == 1 for row in result["rows"])
+    ((error),) = result["errors"]
+    assert error["plan"] == "full" and "cache_interval" in error["error"]
