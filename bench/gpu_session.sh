@@ -15,7 +15,8 @@
 #      cannot speed it up; the fast plan's compile time is the unknown, so it may take it all;
 #   2. bench.throughput on the full plan (eager; in a new process, the switches are off):
 #      clips per hour with and without the encode overlap, and the full plan's seconds per clip;
-#      only with 160 s left (build ~25 s + five clips), else it would be killed before it writes.
+#      only with 200 s left (build ~25 s + five eager clips of ~30 s), else it would be killed
+#      before its sequential half writes.
 # bench.engine writes its JSON as figures come in (a row saying "loading (and compiling)" marks a
 # compile the timeout stopped; the log has the time per shape), so a stopped run keeps them; a
 # fast plan that could not compile is marked "fell back" and fails the run. bench.throughput
@@ -61,7 +62,7 @@ run)
     timeout -k 10 $(($(left) - 20)) python3 -m bench.engine --gpu --plans seed,fast \
         --compile-mode default --draft-interval 3 --repeats 2 --max-seconds 200 --warm landscape \
         --compile-cache .compile-cache --out "$out/engine.json" 2>&1 | tee "$out/engine.log"
-    if [ "$(left)" -gt 160 ]; then
+    if [ "$(left)" -gt 200 ]; then
         timeout -k 10 $(($(left) - 20)) python3 -m bench.throughput --arch xt --device cuda \
             --plan full --clips 2 --out "$out/throughput.json" 2>&1 | tee "$out/throughput.log"
     else
