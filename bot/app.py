@@ -31,6 +31,7 @@ from generation.results import Engine
 from generation.worker import LocalJobQueue
 from storage.database import Database
 from storage.jobs import JobStore
+from storage.member_defaults import MemberDefaultsStore
 from storage.quotas import QuotaStore
 from storage.settings import GuildSettingsStore
 
@@ -156,6 +157,7 @@ async def build_app(
             jobs=jobs,
             quotas=quotas,
             guilds=guilds,
+            defaults=MemberDefaultsStore(database),
             queue=queue,
             frames_for=frames_for,
             metrics=metrics,

@@ -88,8 +88,10 @@ class SvdBot(commands.Bot):
     async def setup_hook(self) -> None:
         from bot.cogs.admin import QuotaAdmin
         from bot.cogs.animate import AnimateCog
+        from bot.cogs.defaults import DefaultsCog
 
         await self.add_cog(AnimateCog(self))
+        await self.add_cog(DefaultsCog(self))
         await self.add_cog(QuotaAdmin(self))
         self.add_dynamic_items(ClipButton)
         if not self.config.serve:

@@ -12,6 +12,7 @@ from generation.options import AnimateOptions
 from storage.audit import AuditEntry
 from storage.errors import discord_timestamp
 from storage.jobs import JobRecord, JobState
+from storage.member_defaults import MemberDefaults
 from storage.quota_rules import clips, counts_for
 from storage.quotas import QuotaStatus
 
@@ -177,6 +178,35 @@ def quota_text(status: QuotaStatus, *, subject: str = "You") -> str:
     if status.next_available_at is not None and (status.remaining or 0) < status.limit:
         text += f" Next clip back {relative_time(status.next_available_at)}."
     return text
+
+
+def defaults_text(options: AnimateOptions, mine: MemberDefaults, *, saved: bool) -> str:
+    """What a clip gets when the member types nothing (`options`), each of their own marked."""
+
+    def yours(value: str, own: bool) -> str:
+        return f"{value} (yours)" if own else value
+
+    motion = f"motion `{options.motion_bucket_id}`"
+    if options.preset is not None:
+        motion += f" (preset `{options.preset}`)"
+    parts = [
+        yours(motion, mine.preset is not None or mine.motion_bucket_id is not None),
+        yours(f"format `{options.format}`", mine.format is not None),
+        yours(f"fps `{options.fps}`", mine.fps is not None),
+        yours(f"quality `{options.quality}`", mine.quality is not None),
+        f"steps `{options.num_inference_steps}`",
+    ]
+    head = "✅ Saved. " if saved else ""
+    text = f"{head}⚙️ With nothing typed, your clips here get: {' · '.join(parts)}."
+    if mine.chosen():
+        return (
+            f"{text}\nYours apply in every server I'm in, to `/animate` and Apps → **Animate**; "
+            "what you type in `/animate` still wins. `/defaults reset:True` forgets them."
+        )
+    return (
+        f"{text}\nSet your own for `/animate` and Apps → **Animate** with `/defaults`, "
+        "e.g. `/defaults format:gif preset:dramatic`."
+    )
 
 
 MODERATOR_ROLE_HINT = (

@@ -31,6 +31,7 @@ from generation.options import MOTION_RANGE, QUALITY_CACHE_INTERVALS, AnimateOpt
 from generation.results import EncodedClip
 from storage.errors import JobNotFound, QuotaExceeded
 from storage.jobs import JobRecord, JobState, JobStore
+from storage.member_defaults import MemberDefaults, MemberDefaultsStore
 from storage.quotas import QuotaStatus, QuotaStore
 from storage.settings import GuildSettings, GuildSettingsStore
 
@@ -154,6 +155,7 @@ class AnimateService:
         jobs: JobStore,
         quotas: QuotaStore,
         guilds: GuildSettingsStore,
+        defaults: MemberDefaultsStore,
         queue: JobQueue,
         frames_for: Callable[[str | None], int],
         clock: Callable[[], float] = time.monotonic,
@@ -165,6 +167,7 @@ class AnimateService:
         self._jobs = jobs
         self._quotas = quotas
         self._guilds = guilds
+        self._defaults = defaults
         self._queue = queue
         self._frames_for = frames_for
         self._presenter: Presenter | None = None
@@ -182,18 +185,29 @@ class AnimateService:
         self,
         guild_id: int,
         *,
+        user_id: int | None = None,
         preset: str | None = None,
         quality: str | None = None,
         **given: Any,
     ) -> AnimateOptions:
-        """Options from what the member typed, the guild's defaults and its step cap."""
+        """Options from what the member typed, then their own defaults (`user_id`), then the
+        guild's, within its step cap."""
         settings = await self._guilds.get(guild_id)
         given = {k: v for k, v in given.items() if v is not None}
+        if user_id is not None:
+            mine = await self._defaults.get(user_id)
+            if preset is None and "motion_bucket_id" not in given:
+                # Motion comes as one: a typed preset or motion replaces the member's default
+                # motion whole (a default preset's noise included).
+                preset = mine.preset
+                if mine.motion_bucket_id is not None:
+                    given["motion_bucket_id"] = mine.motion_bucket_id
+            quality = quality or mine.quality
+            for name in ("format", "fps"):
+                if getattr(mine, name) is not None:
+                    given.setdefault(name, getattr(mine, name))
         if quality is not None:
-            if quality not in QUALITY_CACHE_INTERVALS:
-                names = " or ".join(QUALITY_CACHE_INTERVALS)
-                raise InvalidOptions("quality", f"`quality` must be {names}.")
-            given["cache_interval"] = QUALITY_CACHE_INTERVALS[quality]
+            given["cache_interval"] = _cache_interval(quality)
         given.setdefault("format", settings.default_format)
         steps = given.get("num_inference_steps")
         if steps is not None and steps > settings.max_steps:
@@ -209,6 +223,20 @@ class AnimateService:
             options = AnimateOptions(**given)
         # Not typed: the default steps follow the server's cap too.
         return _within_step_cap(options, settings.max_steps)
+
+    async def my_defaults(self, user_id: int) -> MemberDefaults:
+        return await self._defaults.get(user_id)
+
+    async def set_my_defaults(
+        self, user_id: int, *, reset: bool = False, **changes: Any
+    ) -> MemberDefaults:
+        """Change a member's own defaults (those given; all of them go first with `reset`).
+        Checked as /animate checks its options, so a default can always be used."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "quality" in changes:
+            _cache_interval(changes["quality"])
+        AnimateOptions(**{k: v for k, v in changes.items() if k != "quality"})
+        return await self._defaults.update(user_id, reset=reset, **changes)
 
     async def submit(
         self, member: Member, image_bytes: bytes, options: AnimateOptions, origin: Origin
@@ -899,6 +927,13 @@ def moved_motion(motion: int, variation: Variation) -> int:
     low, high = MOTION_RANGE
     delta = MOTION_STEP if variation == "more" else -MOTION_STEP
     return min(high, max(low, motion + delta))
+
+
+def _cache_interval(quality: str) -> int:
+    if quality not in QUALITY_CACHE_INTERVALS:
+        names = " or ".join(QUALITY_CACHE_INTERVALS)
+        raise InvalidOptions("quality", f"`quality` must be {names}.")
+    return QUALITY_CACHE_INTERVALS[quality]
 
 
 def _within_step_cap(options: AnimateOptions, max_steps: int) -> AnimateOptions:

@@ -171,6 +171,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             "WHERE input_path IS NOT NULL OR output_path IS NOT NULL",
         ),
     ),
+    Migration(
+        6,
+        "members' own defaults for /animate",
+        (
+            # One row per member, in every server the bot serves (a member's taste in format
+            # or motion is theirs, not a server's); NULL: no default of their own for that one.
+            """
+            CREATE TABLE member_defaults (
+                user_id INTEGER PRIMARY KEY,
+                preset TEXT CHECK (preset IN ('subtle', 'normal', 'dramatic')),
+                motion_bucket_id INTEGER CHECK (motion_bucket_id BETWEEN 0 AND 255),
+                format TEXT CHECK (format IN ('mp4', 'gif')),
+                fps INTEGER CHECK (fps BETWEEN 1 AND 30),
+                quality TEXT CHECK (quality IN ('best', 'draft')),
+                updated_at_us INTEGER NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

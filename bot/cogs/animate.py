@@ -77,8 +77,9 @@ class AnimateCog(commands.Cog):
     async def animate_message(
         self, interaction: discord.Interaction, message: discord.Message
     ) -> None:
-        """The member's own message's first picture (attached, forwarded or linked), with the
-        default settings. A forward is theirs: they chose to share that picture here."""
+        """A picture of the member's own message (attached, forwarded or linked; they pick one
+        of several), with their defaults (`/defaults`). A forward is theirs: they chose to
+        share that picture here."""
         if message.author.id != interaction.user.id:
             # Someone's photo is theirs to animate: a clip of it is not the clicker's to post.
             await interaction.response.send_message(NOT_YOUR_MESSAGE, ephemeral=True)
@@ -126,6 +127,7 @@ class AnimateCog(commands.Cog):
             await member_of(interaction, service)  # raises NotInGuild with the message
         options = await service.build_options(
             interaction.guild_id or 0,
+            user_id=interaction.user.id,
             preset=preset,
             motion_bucket_id=motion,
             format=format,
@@ -219,7 +221,7 @@ Fps = app_commands.Range[int, 1, 30]
 Steps = app_commands.Range[int, 1, 50]
 Seed = app_commands.Range[int, 0, 2**32 - 1]
 
-_DESCRIPTIONS = {
+OPTION_DESCRIPTIONS = {
     "image": "The picture to animate (PNG, JPEG, WebP, GIF, HEIC or AVIF)",
     "motion": "How much it moves: 0 (still) to 255 (wild); 127 by default",
     "preset": "Motion without numbers: subtle, normal or dramatic",
@@ -231,7 +233,7 @@ _DESCRIPTIONS = {
     "quality": "best (default), or draft: faster, with a little less detail",
     "model": "Which model to use",
 }
-_QUALITY_CHOICES = [
+QUALITY_CHOICES = [
     app_commands.Choice(name="best (default)", value="best"),
     app_commands.Choice(name="draft: faster, a little less detail", value="draft"),
 ]
@@ -245,7 +247,7 @@ def build_animate_command(
     # refused as "not available".
     model_of = {_model_value(m): m for m in models}
 
-    @app_commands.choices(quality=_QUALITY_CHOICES)
+    @app_commands.choices(quality=QUALITY_CHOICES)
     async def animate(
         interaction: discord.Interaction,
         image: discord.Attachment,
@@ -274,7 +276,7 @@ def build_animate_command(
         )
 
     callback: Any = animate
-    descriptions = dict(_DESCRIPTIONS)
+    descriptions = dict(OPTION_DESCRIPTIONS)
     if len(models) > 1:
         choices = [
             app_commands.Choice(name=_model_label(m), value=_model_value(m)) for m in models[:25]

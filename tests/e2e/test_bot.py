@@ -201,10 +201,25 @@ async def _apps_animate(fake_discord: FakeDiscordServer, tmp_path: Path) -> None
     quota = await fake_discord.interaction("quota", permissions=MEMBER)
     assert "**2** of 3" in await reply_text(quota)
 
-    # A picture the member forwarded is in the forward's snapshot, not its attachments.
+    # A picture the member forwarded is in the forward's snapshot, not its attachments; and
+    # Apps → Animate, which has no options, uses the member's own defaults.
+    saved = await fake_discord.interaction(
+        "defaults", {"format": "gif", "quality": "draft"}, permissions=MEMBER
+    )
+    assert "format `gif` (yours)" in await reply_text(saved)
     theirs = fake_discord.post(attachments=[("dog.png", picture(seed=5), "image/png")], user=other)
     handle = await fake_discord.message_command("Animate", fake_discord.forward(theirs))
     assert "Got it" in await reply_text(handle)
+    as_set = await wait_for_message(
+        fake_discord,
+        lambda m: (
+            m.author_id == fake_discord.bot_user.id and bool(m.attachments) and m.id != clip.id
+        ),
+        CLIP_TIMEOUT,
+    )
+    assert as_set.attachments[0].filename.endswith(".gif")
+    assert "quality `draft`" in as_set.content
+    await fake_discord.interaction("defaults", {"reset": True}, permissions=MEMBER)
     # Several pictures: the member picks one (here the linked one, which is read from Discord's
     # copy on its media proxy: the link's own host does not exist).
     album = fake_discord.post(

@@ -136,3 +136,18 @@ def test_a_failure_always_says_the_member_was_not_charged_once() -> None:
     said = messages.failed_text(job, "Discord refused it. You were not charged; try again.")
     assert said.count("not charged") == 1
     assert messages.duration(59.6) == "about 1 min"  # not "about 60 s"
+
+
+def test_defaults_text_says_what_a_clip_gets_and_which_are_the_members_own() -> None:
+    from generation.options import AnimateOptions
+    from storage.member_defaults import MemberDefaults
+
+    none = messages.defaults_text(AnimateOptions(), MemberDefaults(1), saved=False)
+    assert "motion `127` · format `mp4` · fps `7` · quality `best` · steps `25`" in none
+    assert "(yours)" not in none and "Saved" not in none and "`/defaults format:gif" in none
+    mine = MemberDefaults(1, preset="dramatic", format="gif")
+    options = AnimateOptions.from_preset("dramatic", format="gif", num_inference_steps=10)
+    text = messages.defaults_text(options, mine, saved=True)
+    assert text.startswith("✅ Saved.")
+    assert "motion `190` (preset `dramatic`) (yours) · format `gif` (yours) · fps `7` ·" in text
+    assert "steps `10`" in text and "every server" in text and "reset:True" in text

@@ -36,6 +36,7 @@ from generation.worker import LocalJobQueue
 from storage.database import Database
 from storage.errors import QuotaExceeded
 from storage.jobs import JobRecord, JobState, JobStore
+from storage.member_defaults import MemberDefaultsStore
 from storage.quotas import QuotaStore
 from storage.settings import GuildSettingsStore
 
@@ -135,6 +136,7 @@ async def rig(
             jobs=jobs,
             quotas=quotas,
             guilds=guilds,
+            defaults=MemberDefaultsStore(db),
             queue=queue,
             frames_for=engine.frames_for,
             clock=clock,
@@ -453,6 +455,61 @@ async def test_draft_quality_is_feature_caching_and_anything_else_is_refused(
         with pytest.raises(InvalidOptions) as info:
             await r.service.build_options(1, quality="ultra")
         assert "best or draft" in info.value.user_message
+
+
+async def test_a_members_own_defaults_fill_what_they_did_not_type(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        await r.service.guilds.update(1, 99, default_format="mp4")
+        await r.service.set_my_defaults(ALICE.user_id, preset="dramatic", format="gif", fps=12)
+        await r.service.set_my_defaults(ALICE.user_id, quality="draft")  # the others stay
+        mine = await r.service.build_options(1, user_id=ALICE.user_id)
+        assert (mine.preset, mine.motion_bucket_id, mine.noise_aug_strength) == (
+            "dramatic",
+            190,
+            0.1,
+        )
+        assert (mine.format, mine.fps, mine.quality) == ("gif", 12, "draft")
+        # What they type wins; a typed motion or preset replaces the default motion whole.
+        typed = await r.service.build_options(
+            1, user_id=ALICE.user_id, motion_bucket_id=40, format="mp4", quality="best"
+        )
+        assert (typed.preset, typed.motion_bucket_id, typed.noise_aug_strength) == (None, 40, 0.02)
+        assert (typed.format, typed.fps, typed.quality) == ("mp4", 12, "best")
+        subtle = await r.service.build_options(1, user_id=ALICE.user_id, preset="subtle")
+        assert (subtle.preset, subtle.motion_bucket_id) == ("subtle", 70)
+        # Someone else's, and no one's: the server's format.
+        other = await r.service.build_options(1, user_id=ALICE.user_id + 1)
+        assert other == await r.service.build_options(1) and other.format == "mp4"
+        # A default motion number is kept with a default preset's noise.
+        await r.service.set_my_defaults(ALICE.user_id, motion_bucket_id=200)
+        both = await r.service.build_options(1, user_id=ALICE.user_id)
+        assert (both.motion_bucket_id, both.noise_aug_strength) == (200, 0.1)
+        # Reset: back to everyone's defaults, and no row left behind.
+        cleared = await r.service.set_my_defaults(ALICE.user_id, reset=True)
+        assert cleared.chosen() == {}
+        assert await r.service.build_options(1, user_id=ALICE.user_id) == other
+        assert (await r.service.my_defaults(ALICE.user_id)).chosen() == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"fps": 0}, "`fps` must be a whole number from 1 to 30"),
+        ({"motion_bucket_id": 300}, "from 0 to 255"),
+        ({"quality": "ultra"}, "best or draft"),
+        ({"preset": "wild"}, "subtle, normal, dramatic"),
+        ({"format": "webm"}, "`mp4` or `gif`"),
+    ],
+)
+async def test_a_default_out_of_range_is_refused_and_nothing_changes(
+    tmp_path: Path, change: dict[str, Any], says: str
+) -> None:
+    async with rig(tmp_path) as r:
+        await r.service.set_my_defaults(ALICE.user_id, fps=9)
+        with pytest.raises(InvalidOptions) as info:
+            await r.service.set_my_defaults(ALICE.user_id, **{"quality": "draft", **change})
+        assert says in info.value.user_message
+        assert (await r.service.my_defaults(ALICE.user_id)).chosen() == {"fps": 9}
 
 
 async def test_an_undeliverable_clip_stays_on_disk_uncharged(tmp_path: Path) -> None:

@@ -1,0 +1,62 @@
+"""/defaults: a member's own defaults for /animate and Apps → Animate."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import messages
+from bot.cogs.animate import OPTION_DESCRIPTIONS, QUALITY_CHOICES, Format, Fps, Motion, Preset
+from bot.interactions import TimelyReply, member_of
+
+if TYPE_CHECKING:
+    from bot.client import SvdBot
+
+
+class DefaultsCog(commands.Cog):
+    def __init__(self, bot: SvdBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(
+        name="defaults", description="Your own defaults for /animate and Apps → Animate"
+    )
+    @app_commands.guild_only()
+    @app_commands.describe(
+        preset=OPTION_DESCRIPTIONS["preset"],
+        motion=OPTION_DESCRIPTIONS["motion"],
+        format=OPTION_DESCRIPTIONS["format"],
+        fps=OPTION_DESCRIPTIONS["fps"],
+        quality=OPTION_DESCRIPTIONS["quality"],
+        reset="Forget your defaults first (then set any given here)",
+    )
+    @app_commands.choices(quality=QUALITY_CHOICES)
+    async def defaults(
+        self,
+        interaction: discord.Interaction,
+        preset: Preset | None = None,
+        motion: Motion | None = None,
+        format: Format | None = None,
+        fps: Fps | None = None,
+        quality: str | None = None,
+        reset: bool = False,
+    ) -> None:
+        service = self.bot.service
+        async with TimelyReply(interaction) as reply:
+            member = await member_of(interaction, service)
+            changes = {
+                "preset": preset,
+                "motion_bucket_id": motion,
+                "format": format,
+                "fps": fps,
+                "quality": quality,
+            }
+            saved = reset or any(value is not None for value in changes.values())
+            if saved:
+                mine = await service.set_my_defaults(member.user_id, reset=reset, **changes)
+            else:
+                mine = await service.my_defaults(member.user_id)
+            options = await service.build_options(member.guild_id, user_id=member.user_id)
+            await reply.send(messages.defaults_text(options, mine, saved=saved))
