@@ -52,7 +52,7 @@ class LinkedPicture:
 @dataclass(frozen=True)
 class FoundPicture:
     picture: Picture
-    source: str  # how the message holds it: "attached", "forwarded" or "linked"
+    source: str  # how the message holds it: "attached", "forwarded", "linked"...
 
 
 def is_picture(attachment: discord.Attachment) -> bool:
@@ -63,16 +63,20 @@ def is_picture(attachment: discord.Attachment) -> bool:
     )
 
 
-def _linked(embed: discord.Embed, http: discord.http.HTTPClient) -> LinkedPicture | None:
-    # Only a link to a picture: an article's preview image is not what the member posted, and
-    # a `gifv` (Tenor, Giphy) is an animation whose thumbnail is a single frame of it.
-    if embed.type != "image":
+def _linked(embed: discord.Embed, http: discord.http.HTTPClient) -> FoundPicture | None:
+    # Only a link to a picture, or to a GIF (Tenor, Giphy: a `gifv`, whose thumbnail is its
+    # first frame, as an attached GIF's first frame is what gets animated). An article's
+    # preview image is the site's, not what the member posted.
+    if embed.type not in ("image", "gifv"):
         return None
     proxy_url = embed.thumbnail.proxy_url or embed.image.proxy_url
     if not proxy_url:
         return None
     name = urlsplit(embed.url or proxy_url).path.rstrip("/").rsplit("/", 1)[-1]
-    return LinkedPicture(proxy_url=proxy_url, filename=unquote(name) or "picture", http=http)
+    picture = LinkedPicture(proxy_url=proxy_url, filename=unquote(name) or "picture", http=http)
+    return FoundPicture(
+        picture, "linked GIF, its first frame" if embed.type == "gifv" else "linked"
+    )
 
 
 def message_pictures(message: discord.Message, http: discord.http.HTTPClient) -> list[FoundPicture]:
@@ -84,5 +88,5 @@ def message_pictures(message: discord.Message, http: discord.http.HTTPClient) ->
     for embed in [*message.embeds, *(e for s in snapshots for e in s.embeds)]:
         linked = _linked(embed, http)
         if linked is not None:
-            found.append(FoundPicture(linked, "linked"))
+            found.append(linked)
     return found

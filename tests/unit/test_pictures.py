@@ -71,9 +71,16 @@ def test_a_linked_picture_is_read_from_discords_proxy_never_the_link() -> None:
     assert [source for _, source in pictures(message(snapshots=[snapshot]))] == ["linked"]
 
 
-def test_an_article_preview_or_an_animation_link_is_not_a_picture() -> None:
-    # A news link's preview image is the site's; a Tenor `gifv`'s thumbnail is one frame of it.
-    assert pictures(message(embeds=[linked("article"), linked("gifv")])) == []
+def test_a_linked_gif_gives_its_first_frame_and_says_so() -> None:
+    # A Tenor link unfurls as a `gifv` whose thumbnail is its first frame: as for an attached
+    # GIF, the first frame is what gets animated.
+    ((picture, source),) = pictures(message(embeds=[linked("gifv")]))
+    assert isinstance(picture, LinkedPicture) and source == "linked GIF, its first frame"
+
+
+def test_an_article_preview_is_not_a_picture() -> None:
+    # A news link's preview image is the site's, not what the member posted.
+    assert pictures(message(embeds=[linked("article"), linked("link")])) == []
     assert pictures(message(embeds=[linked("image", "")])) == []
     assert pictures(message([attached("a.txt", "text/plain")])) == []
 
