@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
+import aiohttp
 import discord
+
+from generation.errors import InvalidImage
 
 _PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".heic", ".heif", ".avif")
 
@@ -40,13 +43,38 @@ class LinkedPicture:
 
     proxy_url: str
     filename: str  # the link's last part, to name it in a choice
-    http: discord.http.HTTPClient
-    # Discord gives no size for a linked file; the service checks the bytes it reads.
+    http: discord.http.HTTPClient  # for discord.py's proxy settings
+    # Discord gives no size for a linked file: the download stops past this many bytes.
+    max_bytes: int
     size: int = 0
     content_type: str | None = None
 
     async def read(self) -> bytes:
-        return await self.http.get_from_cdn(self.proxy_url)
+        """The bytes, or `InvalidImage` as soon as there are more than `max_bytes` of them."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                self.proxy_url, proxy=self.http.proxy, proxy_auth=self.http.proxy_auth
+            ) as response,
+        ):
+            if response.status != 200:
+                raise discord.HTTPException(response, "the linked picture could not be read")
+            if (response.content_length or 0) > self.max_bytes:
+                raise self._too_large()
+            data = bytearray()
+            async for chunk in response.content.iter_chunked(1 << 16):
+                data += chunk
+                if len(data) > self.max_bytes:
+                    raise self._too_large()
+            return bytes(data)
+
+    def _too_large(self) -> InvalidImage:
+        mib = self.max_bytes / 2**20
+        limit = f"{mib:.0f}" if mib >= 1 else f"{mib:.2f}"
+        return InvalidImage(
+            f"That picture is over {limit} MiB, the most I accept. Please send a smaller one "
+            "(a JPEG is usually much smaller than a PNG)."
+        )
 
 
 @dataclass(frozen=True)
@@ -63,7 +91,9 @@ def is_picture(attachment: discord.Attachment) -> bool:
     )
 
 
-def _linked(embed: discord.Embed, http: discord.http.HTTPClient) -> FoundPicture | None:
+def _linked(
+    embed: discord.Embed, http: discord.http.HTTPClient, max_bytes: int
+) -> FoundPicture | None:
     # Only a link to a picture, or to a GIF (Tenor, Giphy: a `gifv`, whose thumbnail is its
     # first frame, as an attached GIF's first frame is what gets animated). An article's
     # preview image is the site's, not what the member posted.
@@ -73,20 +103,25 @@ def _linked(embed: discord.Embed, http: discord.http.HTTPClient) -> FoundPicture
     if not proxy_url:
         return None
     name = urlsplit(embed.url or proxy_url).path.rstrip("/").rsplit("/", 1)[-1]
-    picture = LinkedPicture(proxy_url=proxy_url, filename=unquote(name) or "picture", http=http)
+    picture = LinkedPicture(
+        proxy_url=proxy_url, filename=unquote(name) or "picture", http=http, max_bytes=max_bytes
+    )
     return FoundPicture(
         picture, "linked GIF, its first frame" if embed.type == "gifv" else "linked"
     )
 
 
-def message_pictures(message: discord.Message, http: discord.http.HTTPClient) -> list[FoundPicture]:
-    """The message's pictures in the order a member sees them: attached, forwarded, linked."""
+def message_pictures(
+    message: discord.Message, http: discord.http.HTTPClient, *, max_bytes: int
+) -> list[FoundPicture]:
+    """The message's pictures in the order a member sees them: attached, forwarded, linked
+    (whose download stops past `max_bytes`)."""
     snapshots = message.message_snapshots
     found = [FoundPicture(a, "attached") for a in message.attachments if is_picture(a)]
     for snapshot in snapshots:
         found += [FoundPicture(a, "forwarded") for a in snapshot.attachments if is_picture(a)]
     for embed in [*message.embeds, *(e for s in snapshots for e in s.embeds)]:
-        linked = _linked(embed, http)
+        linked = _linked(embed, http, max_bytes)
         if linked is not None:
             found.append(linked)
     return found

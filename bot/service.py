@@ -27,7 +27,7 @@ from generation.eta import job_cost
 from generation.images import ImageLimits, fit_image, load_image
 from generation.jobs import EventKind, JobEvent, JobQueue, JobRequest, QueueSnapshot
 from generation.metrics import Metrics
-from generation.options import MOTION_RANGE, QUALITY_CACHE_INTERVALS, AnimateOptions
+from generation.options import MOTION_RANGE, PRESETS, QUALITY_CACHE_INTERVALS, AnimateOptions
 from generation.results import EncodedClip
 from storage.errors import JobNotFound, QuotaExceeded
 from storage.jobs import JobRecord, JobState, JobStore
@@ -198,8 +198,9 @@ class AnimateService:
             mine = await self._defaults.get(user_id)
             if preset is None and "motion_bucket_id" not in given:
                 # Motion comes as one: a typed preset or motion replaces the member's default
-                # motion whole (a default preset's noise included).
-                preset = mine.preset
+                # motion whole (a default preset's noise included). A preset the host no longer
+                # offers is no default at all, rather than every clip refused.
+                preset = mine.preset if mine.preset in PRESETS else None
                 if mine.motion_bucket_id is not None:
                     given["motion_bucket_id"] = mine.motion_bucket_id
             quality = quality or mine.quality
@@ -236,6 +237,12 @@ class AnimateService:
         if "quality" in changes:
             _cache_interval(changes["quality"])
         AnimateOptions(**{k: v for k, v in changes.items() if k != "quality"})
+        # Motion is one default, as in /animate: a preset set alone replaces a motion number
+        # set earlier, and a motion set alone replaces a preset (and its noise).
+        if "preset" in changes:
+            changes.setdefault("motion_bucket_id", None)
+        elif "motion_bucket_id" in changes:
+            changes["preset"] = None
         return await self._defaults.update(user_id, reset=reset, **changes)
 
     async def submit(

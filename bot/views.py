@@ -6,6 +6,7 @@ after a restart is still understood without any view having been re-attached.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -89,6 +90,7 @@ MAX_PICTURE_CHOICES = 25
 PICK_TIMEOUT_SECONDS = 600.0
 PICK_ONE = "That message has {count} pictures. Which one shall I animate?"
 PICK_EXPIRED = "This menu has expired. Use **Animate** on the message again."
+PICKED_ALREADY = "You already picked a picture from this menu. Use **Animate** again for another."
 
 
 class PicturePicker(discord.ui.View):
@@ -132,14 +134,23 @@ class PicturePicker(discord.ui.View):
 
     async def _picked(self, interaction: discord.Interaction) -> None:
         if self.is_finished():  # a second pick raced the first
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.response.send_message(PICKED_ALREADY, ephemeral=True)
             return
         self.stop()
         chosen = self._found[int(self._select.values[0])].picture
-        # The clip first: its answer must reach Discord within 3 s of the pick.
-        await self._on_pick(interaction, chosen)
+        # The menu closes while the clip is asked for (whose answer must reach Discord within
+        # 3 s of the pick, so it does not wait for this), not after its download.
+        closing = asyncio.ensure_future(self._close(chosen.filename))
+        try:
+            await self._on_pick(interaction, chosen)
+        finally:
+            await closing
+
+    async def _close(self, filename: str) -> None:
         with contextlib.suppress(discord.HTTPException):
             await self._asked.edit_original_response(
-                content=f"Picked **{discord.utils.escape_markdown(chosen.filename)}**.", view=None
+                content=f"Picked **{discord.utils.escape_markdown(filename)}**.", view=None
             )
 
     async def on_timeout(self) -> None:

@@ -180,7 +180,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             """
             CREATE TABLE member_defaults (
                 user_id INTEGER PRIMARY KEY,
-                preset TEXT CHECK (preset IN ('subtle', 'normal', 'dramatic')),
+                preset TEXT,  -- a name the service checks: presets may come and go
                 motion_bucket_id INTEGER CHECK (motion_bucket_id BETWEEN 0 AND 255),
                 format TEXT CHECK (format IN ('mp4', 'gif')),
                 fps INTEGER CHECK (fps BETWEEN 1 AND 30),

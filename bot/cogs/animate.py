@@ -84,7 +84,8 @@ class AnimateCog(commands.Cog):
             # Someone's photo is theirs to animate: a clip of it is not the clicker's to post.
             await interaction.response.send_message(NOT_YOUR_MESSAGE, ephemeral=True)
             return
-        found = message_pictures(message, self.bot.http)
+        limit = self.bot.config.image_limits.max_bytes
+        found = message_pictures(message, self.bot.http, max_bytes=limit)
         if not found:
             await interaction.response.send_message(NO_PICTURE, ephemeral=True)
         elif len(found) == 1:
@@ -146,8 +147,8 @@ class AnimateCog(commands.Cog):
             # The type only: a connection error's text holds the signed URL.
             log.info("attachment download failed: %s", type(exc).__name__)
             await interaction.edit_original_response(
-                content="I couldn't download your picture (the link may have expired). "
-                "Please upload it again."
+                content="I couldn't download your picture (its link may have expired). "
+                "Please post or upload it again."
             )
             return
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import discord
+import pytest
 
 from bot.pictures import FoundPicture, LinkedPicture, is_picture, message_pictures
-from bot.views import PICK_EXPIRED, PicturePicker
+from bot.views import PICK_EXPIRED, PICKED_ALREADY, PicturePicker
 
 HTTP: Any = object()  # only kept by a LinkedPicture, never called here
 
@@ -37,7 +39,10 @@ def linked(kind: str, proxy_url: str = "https://images-ext-1.discordapp.net/x.pn
 
 
 def pictures(message: Any) -> list[tuple[Any, str]]:
-    return [(found.picture, found.source) for found in message_pictures(message, HTTP)]
+    return [
+        (found.picture, found.source)
+        for found in message_pictures(message, HTTP, max_bytes=1 << 20)
+    ]
 
 
 def test_a_picture_is_known_by_its_type_or_else_by_its_name() -> None:
@@ -95,6 +100,17 @@ class Asked:
         self.edits.append(fields)
 
 
+class Late:
+    """A pick's interaction: records its answer."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+        self.response = self
+
+    async def send_message(self, content: str, **fields: Any) -> None:
+        self.said.append(content)
+
+
 def found(count: int) -> list[FoundPicture]:
     return [FoundPicture(attached(f"p{i}.png", "image/png"), "attached") for i in range(count)]
 
@@ -112,8 +128,10 @@ async def test_the_menu_offers_discords_most_and_one_pick_makes_one_clip() -> No
     assert picker.text.startswith("That message has 30 pictures") and "first 25" in picker.text
     select._values = ["3"]  # what discord.py sets from the interaction's data
     await select.callback(object())  # type: ignore[arg-type]
-    await select.callback(object())  # type: ignore[arg-type]  # a second pick raced the first
-    assert picked == ["p3.png"]
+    # A second pick raced the first: told so, and no second clip.
+    late = Late()
+    await select.callback(late)  # type: ignore[arg-type]
+    assert picked == ["p3.png"] and late.said == [PICKED_ALREADY]
     assert asked.edits == [{"content": "Picked **p3.png**.", "view": None}]
 
 
@@ -125,3 +143,50 @@ async def test_an_expired_menu_says_to_use_animate_again() -> None:
     picker = PicturePicker(found(2), on_pick, asked=asked)  # type: ignore[arg-type]
     await picker.on_timeout()
     assert asked.edits == [{"content": PICK_EXPIRED, "view": None}]
+
+
+async def test_a_linked_pictures_download_stops_past_the_limit() -> None:
+    # Discord gives no size for a linked file: a huge one must not be read whole into memory.
+    import socket
+
+    from aiohttp import web
+
+    from generation.errors import InvalidImage
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        size = int(request.match_info["size"])
+        response = web.StreamResponse()
+        if request.query.get("length"):
+            response.content_length = size
+        await response.prepare(request)
+        sent = 0
+        while sent < size or size == 0:  # 0: a stream with no end
+            await response.write(b"x" * 1000)
+            sent += 1000
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{size}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    http: Any = SimpleNamespace(proxy=None, proxy_auth=None)
+    try:
+
+        def linked(path: str) -> LinkedPicture:
+            url = f"http://127.0.0.1:{port}/{path}"
+            return LinkedPicture(proxy_url=url, filename="x.png", http=http, max_bytes=10_000)
+
+        assert await linked("10000").read() == b"x" * 10_000
+        with pytest.raises(InvalidImage) as info:
+            # No length given, and no end: only stopping past the limit returns at all.
+            await asyncio.wait_for(linked("0").read(), 10)
+        assert "over 0.01 MiB" in info.value.user_message and "smaller" in info.value.user_message
+        with pytest.raises(InvalidImage):
+            await linked("5000000?length=1").read()  # refused from its length alone
+    finally:
+        await runner.cleanup()

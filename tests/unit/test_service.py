@@ -480,10 +480,28 @@ async def test_a_members_own_defaults_fill_what_they_did_not_type(tmp_path: Path
         # Someone else's, and no one's: the server's format.
         other = await r.service.build_options(1, user_id=ALICE.user_id + 1)
         assert other == await r.service.build_options(1) and other.format == "mp4"
-        # A default motion number is kept with a default preset's noise.
+        # Motion is one default: a motion set later replaces the preset (and its noise), a
+        # preset set later the motion; both given at once, the number tunes the preset.
         await r.service.set_my_defaults(ALICE.user_id, motion_bucket_id=200)
-        both = await r.service.build_options(1, user_id=ALICE.user_id)
-        assert (both.motion_bucket_id, both.noise_aug_strength) == (200, 0.1)
+        number = await r.service.build_options(1, user_id=ALICE.user_id)
+        assert (number.preset, number.motion_bucket_id, number.noise_aug_strength) == (
+            None,
+            200,
+            0.02,
+        )
+        await r.service.set_my_defaults(ALICE.user_id, preset="subtle")
+        named = await r.service.build_options(1, user_id=ALICE.user_id)
+        assert (named.preset, named.motion_bucket_id) == ("subtle", 70)
+        await r.service.set_my_defaults(ALICE.user_id, preset="dramatic", motion_bucket_id=150)
+        tuned = await r.service.build_options(1, user_id=ALICE.user_id)
+        assert (tuned.preset, tuned.motion_bucket_id, tuned.noise_aug_strength) == (
+            "dramatic",
+            150,
+            0.1,
+        )
+        # A preset a later version no longer offers is no default, not every clip refused.
+        await r.service._defaults.update(ALICE.user_id, preset="retired", motion_bucket_id=None)
+        assert (await r.service.build_options(1, user_id=ALICE.user_id)).preset is None
         # Reset: back to everyone's defaults, and no row left behind.
         cleared = await r.service.set_my_defaults(ALICE.user_id, reset=True)
         assert cleared.chosen() == {}
