@@ -339,10 +339,27 @@ def bench_plan(
         warm_portrait=args.warm == "both",
     )
     row = Row(plan)
-    sync = synchronizer(device)
     # Before the load: a compile cut short by the time limit still leaves a trace.
     row.note = "loading (and compiling) when the run was stopped"
     checkpoint(row)
+    try:
+        return _time_plan(plan, engine, row, device, args, checkpoint)
+    except BaseException:
+        # The caller keeps the row (its load and compile figures); the GPU memory goes now,
+        # before the next plan loads (the traceback would keep the engine alive).
+        engine.close()
+        raise
+
+
+def _time_plan(
+    plan: str,
+    engine: SVDEngine,
+    row: Row,
+    device: str,
+    args: argparse.Namespace,
+    checkpoint: Callable[[Row], None],
+) -> tuple[Row, SVDEngine, list[np.ndarray]]:
+    sync = synchronizer(device)
     started = time.perf_counter()
     engine.load()
     sync()
@@ -620,12 +637,18 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
         "errors": [],
     }
     rows: list[Row] = []
+    timing: list[Row] = []  # the row being timed, once checkpointed
 
     def checkpoint(current: Row) -> None:
         """Write what is known so far, `current` (the plan being timed) included."""
+        timing[:] = [current]
         pending = [] if any(r is current for r in rows) else [current]
         result["rows"] = [r.summary() for r in [*rows, *pending]]
         write(result, args.out)
+
+    def failed(plan: str, exc: BaseException) -> None:
+        traceback.print_exc()
+        result["errors"].append({"plan": plan, "error": f"{type(exc).__name__}: {exc}"})
 
     write(result, args.out)  # the machine and the build, before anything can go wrong
     for plan in args.plans:
@@ -634,14 +657,18 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
             print(f"skipping {plan}: past --max-seconds")
             continue
         print(f"timing {plan} ...", flush=True)
+        timing.clear()
         try:
-            bench_one(plan, loader, device, args, (width, height), rows, checkpoint)
+            bench_one(plan, loader, device, args, (width, height), rows, checkpoint, failed)
         except Exception as exc:
             # One plan's failure (a GPU quirk no CPU rehearsal shows) must not cost the others
-            # their figures: the device time is spent either way.
-            traceback.print_exc()
-            result["errors"].append({"plan": plan, "error": f"{type(exc).__name__}: {exc}"})
-            free_memory(device)
+            # their figures, nor its own so far (a compile time): the device time is spent.
+            failed(plan, exc)
+            for row in timing:
+                if all(r is not row for r in rows):
+                    row.note += f" FAILED: {type(exc).__name__} (see errors)"
+                    rows.append(row)
+        free_memory(device)  # after the except block: its traceback held the plan's tensors
         result["rows"] = [r.summary() for r in rows]
         write(result, args.out)
         print(table(rows), flush=True)
@@ -656,9 +683,11 @@ def bench_one(
     size: tuple[int, int],
     rows: list[Row],
     checkpoint: Callable[[Row], None],
+    failed: Callable[[str, BaseException], None],
 ) -> None:
     """Add one plan's rows to `rows` as they are done (a later step's failure keeps them): the
-    seed recipe's, or a plan's (with its agreement check under the fast plan) and its draft's."""
+    seed recipe's, or a plan's (with its agreement check under the fast plan, whose failure is
+    reported to `failed` and the draft still timed) and its draft's."""
     if plan == SEED_RECIPE:
         rows.append(bench_seed_recipe(loader, device, picture(*size, seed=0), args))
         return
@@ -670,7 +699,7 @@ def bench_one(
             try:
                 agreement = fast_plan_agreement(engine, loader, device, args)
             except Exception as exc:
-                traceback.print_exc()
+                failed(f"{plan} agreement check", exc)
                 row.note += f" the agreement check failed ({type(exc).__name__}: {exc})!"
             else:
                 row.unet_relative_error = agreement.unet_relative_error

@@ -46,9 +46,15 @@ run | low)
 low)
     # The second run, if the session's device time leaves one (about 3 minutes): the plan under
     # 8 GiB against the full plan, one clip each (the slow plans take no warm-up).
-    timeout -k 10 $((${BUDGET_SECONDS:-240} - 20)) python3 -m bench.engine --gpu \
+    low_budget=$((${BUDGET_SECONDS:-240} - 20))
+    if [ "$low_budget" -lt 60 ]; then
+        echo "gpu_session: ${low_budget} s is too little for the low-memory plans" >&2
+        exit 2
+    fi
+    timeout -k 10 "$low_budget" python3 -m bench.engine --gpu \
         --plans full,offload_chunked --repeats 1 --warmup 0 --max-seconds 120 \
         --out "$out/engine-low.json" 2>&1 | tee "$out/engine-low.log"
+    exit "${PIPESTATUS[0]}"
     ;;
 run)
     budget=${BUDGET_SECONDS:-540}
@@ -62,13 +68,15 @@ run)
     timeout -k 10 $(($(left) - 20)) python3 -m bench.engine --gpu --plans seed,fast \
         --compile-mode default --draft-interval 3 --repeats 2 --max-seconds 200 --warm landscape \
         --compile-cache .compile-cache --out "$out/engine.json" 2>&1 | tee "$out/engine.log"
+    status=${PIPESTATUS[0]}  # bench.engine's (1: a check failed or a plan raised), not tee's
     if [ "$(left)" -gt 200 ]; then
         timeout -k 10 $(($(left) - 20)) python3 -m bench.throughput --arch xt --device cuda \
             --plan full --clips 2 --out "$out/throughput.json" 2>&1 | tee "$out/throughput.log"
     else
         echo "gpu_session: $(left) s left, too few for bench.throughput; run it next time"
     fi
-    echo "gpu_session: done in $((SECONDS - started)) s"
+    echo "gpu_session: done in $((SECONDS - started)) s; bench.engine exited $status"
+    exit "$status"
     ;;
 *)
     echo "usage: bash bench/gpu_session.sh wheels|run|low" >&2

@@ -85,14 +85,29 @@ def test_a_fast_plan_that_could_not_compile_fails_the_run_instead_of_passing_as_
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_one_plans_failure_keeps_the_other_plans_figures(tmp_path: Path) -> None:
-    # A GPU-only failure in one step must not cost the rest of the device time's figures: here
-    # the full plan's draft is asked for an interval the engine refuses.
+@pytest.mark.parametrize(
+    ("fault", "says"),
+    [
+        # The engine refuses the full plan's draft interval: after its own row was done.
+        ("--draft-interval=99", "cache_interval"),
+        # ... or the plan's clips' steps: after its load, before its clips (the seed recipe,
+        # plain diffusers, takes them).
+        ("--steps=51", "num_inference_steps"),
+    ],
+)
+def test_one_plans_failure_keeps_the_other_plans_figures_and_its_own(
+    tmp_path: Path, fault: str, says: str
+) -> None:
+    # A GPU-only failure in one step must not cost the rest of the device time's figures, nor
+    # what the failing plan measured before it (on a GPU: the compile time).
     out = tmp_path / "engine.json"
-    done = bench(out, "--plans=full,seed", "--draft-interval=99")
+    done = bench(out, "--plans=full,seed", fault)
     assert done.returncode == 1 and "full raised" in done.stdout
     result = json.loads(out.read_text())
-    assert [row["name"] for row in result["rows"]] == ["full", "seed"]
-    assert all(len(row["clip_seconds"]) == 1 for row in result["rows"])
+    rows = {row["name"]: row for row in result["rows"]}
+    assert list(rows) == ["full", "seed"]
+    assert rows["full"]["load_seconds"] > 0 and len(rows["seed"]["clip_seconds"]) == 1
     ((error),) = result["errors"]
-    assert error["plan"] == "full" and "cache_interval" in error["error"]
+    assert error["plan"] == "full" and says in error["error"]
+    if fault.startswith("--steps"):
+        assert "FAILED" in rows["full"]["note"] and rows["full"]["clip_seconds"] == []
