@@ -8,6 +8,7 @@ address a member typed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
@@ -32,6 +33,8 @@ class Picture(Protocol):
     @property
     def filename(self) -> str: ...
 
+    def is_spoiler(self) -> bool: ...
+
     async def read(self) -> bytes: ...
 
 
@@ -46,8 +49,13 @@ class LinkedPicture:
     http: discord.http.HTTPClient  # for discord.py's proxy settings
     # Discord gives no size for a linked file: the download stops past this many bytes.
     max_bytes: int
+    # The link was posted inside ||spoiler bars||.
+    spoiler: bool = False
     size: int = 0
     content_type: str | None = None
+
+    def is_spoiler(self) -> bool:
+        return self.spoiler
 
     async def read(self) -> bytes:
         """The bytes, or `InvalidImage` as soon as there are more than `max_bytes` of them."""
@@ -91,8 +99,11 @@ def is_picture(attachment: discord.Attachment) -> bool:
     )
 
 
+_SPOILER = re.compile(r"\|\|(.+?)\|\|", re.DOTALL)
+
+
 def _linked(
-    embed: discord.Embed, http: discord.http.HTTPClient, max_bytes: int
+    embed: discord.Embed, content: str, http: discord.http.HTTPClient, max_bytes: int
 ) -> FoundPicture | None:
     # Only a link to a picture, or to a GIF (Tenor, Giphy: a `gifv`, whose thumbnail is its
     # first frame, as an attached GIF's first frame is what gets animated). An article's
@@ -103,8 +114,13 @@ def _linked(
     if not proxy_url:
         return None
     name = urlsplit(embed.url or proxy_url).path.rstrip("/").rsplit("/", 1)[-1]
+    spoiler = bool(embed.url) and any(embed.url in hidden for hidden in _SPOILER.findall(content))
     picture = LinkedPicture(
-        proxy_url=proxy_url, filename=unquote(name) or "picture", http=http, max_bytes=max_bytes
+        proxy_url=proxy_url,
+        filename=unquote(name) or "picture",
+        http=http,
+        max_bytes=max_bytes,
+        spoiler=spoiler,
     )
     return FoundPicture(
         picture, "linked GIF, its first frame" if embed.type == "gifv" else "linked"
@@ -120,8 +136,10 @@ def message_pictures(
     found = [FoundPicture(a, "attached") for a in message.attachments if is_picture(a)]
     for snapshot in snapshots:
         found += [FoundPicture(a, "forwarded") for a in snapshot.attachments if is_picture(a)]
-    for embed in [*message.embeds, *(e for s in snapshots for e in s.embeds)]:
-        linked = _linked(embed, http, max_bytes)
+    linked_in = [(e, message.content) for e in message.embeds]
+    linked_in += [(e, s.content) for s in snapshots for e in s.embeds]
+    for embed, content in linked_in:
+        linked = _linked(embed, content, http, max_bytes)
         if linked is not None:
             found.append(linked)
     return found

@@ -64,7 +64,9 @@ def _nonce(job: JobRecord) -> str:
 
 
 def _clip_name(job: JobRecord, path: Path) -> str:
-    return f"clip-{job.job_id[:8]}{path.suffix}"
+    # Discord blurs a file whose name starts with SPOILER_ until it is clicked.
+    spoiler = "SPOILER_" if job.spoiler else ""
+    return f"{spoiler}clip-{job.job_id[:8]}{path.suffix}"
 
 
 def _not_postable_there(exc: discord.HTTPException) -> str | None:

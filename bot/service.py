@@ -246,9 +246,16 @@ class AnimateService:
         return await self._defaults.update(user_id, reset=reset, **changes)
 
     async def submit(
-        self, member: Member, image_bytes: bytes, options: AnimateOptions, origin: Origin
+        self,
+        member: Member,
+        image_bytes: bytes,
+        options: AnimateOptions,
+        origin: Origin,
+        *,
+        spoiler: bool = False,
     ) -> Accepted:
-        """Check the image, reserve a clip, store the input, record and queue the job.
+        """Check the image, reserve a clip, store the input, record and queue the job;
+        `spoiler`: the picture was marked as one, so its clip is posted as one.
 
         Raises a `GenerationError` (bad image, queue full...) or `QuotaExceeded`; in every such
         case nothing is charged.
@@ -265,7 +272,9 @@ class AnimateService:
         async with self._decoding:
             notes = await asyncio.to_thread(self._prepare_input, image_bytes, input_path)
         try:
-            return await self._enqueue(member, job_id, input_path, options, origin, notes)
+            return await self._enqueue(
+                member, job_id, input_path, options, origin, notes, spoiler=spoiler
+            )
         except BaseException:
             input_path.unlink(missing_ok=True)
             raise
@@ -304,7 +313,9 @@ class AnimateService:
         input_path = self._config.inputs_dir / f"{job_id}.png"
         await asyncio.to_thread(_copy_file, Path(source.input_path or ""), input_path)
         try:
-            return await self._enqueue(member, job_id, input_path, options, origin, ())
+            return await self._enqueue(
+                member, job_id, input_path, options, origin, (), spoiler=source.spoiler
+            )
         except BaseException:
             input_path.unlink(missing_ok=True)
             raise
@@ -336,6 +347,8 @@ class AnimateService:
         options: AnimateOptions,
         origin: Origin,
         notes: tuple[str, ...],
+        *,
+        spoiler: bool,
     ) -> Accepted:
         # Fix the seed now so the record (and a retry after a restart) reproduces the same clip.
         options = options.with_seed(options.seed)
@@ -358,6 +371,7 @@ class AnimateService:
             input_path=str(input_path),
             max_bytes=origin.max_bytes,
             cost_units=cost_units,
+            spoiler=spoiler,
         )
         try:
             await self._jobs.create(record)

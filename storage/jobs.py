@@ -92,6 +92,8 @@ class JobRecord:
     cost_units: int | None = None
     # How often Discord has refused the finished clip (the member is told at the first).
     delivery_tries: int = 0
+    # The picture was marked as a spoiler: so is the clip (and its re-rolls).
+    spoiler: bool = False
 
 
 _TIMES = ("created_at", "started_at", "finished_at")
@@ -342,5 +344,7 @@ def _from_row(row: Any) -> JobRecord:
             value = json.loads(value)
         elif f.name == "state":
             value = JobState(value)
+        elif f.name == "spoiler":
+            value = bool(value)
         values[f.name] = value
     return JobRecord(**values)

@@ -190,6 +190,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        7,
+        "clips of a picture marked as a spoiler are posted as spoilers",
+        (
+            "ALTER TABLE jobs ADD COLUMN spoiler INTEGER NOT NULL DEFAULT 0 "
+            "CHECK (spoiler IN (0, 1))",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

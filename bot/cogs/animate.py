@@ -152,8 +152,10 @@ class AnimateCog(commands.Cog):
             )
             return
 
+        spoiler = image.is_spoiler()
+
         async def submit(member: Member, origin: Origin) -> Accepted:
-            return await service.submit(member, data, options, origin)
+            return await service.submit(member, data, options, origin, spoiler=spoiler)
 
         await queue_from_interaction(interaction, service, submit)
 

@@ -226,6 +226,7 @@ async def _apps_animate(fake_discord: FakeDiscordServer, tmp_path: Path) -> None
         "two and a link",
         attachments=[("a.png", picture(), "image/png"), ("b.webp", picture(), "image/webp")],
         linked_picture=("owl.png", picture(seed=6), "image/png"),
+        spoiler_link=True,
     )
     asked = await fake_discord.message_command("Animate", album)
     assert "3 pictures" in await reply_text(asked) and asked.ephemeral
@@ -251,6 +252,9 @@ async def _apps_animate(fake_discord: FakeDiscordServer, tmp_path: Path) -> None
     for made in new_clips():
         assert frames_of(made, tmp_path).shape[0] == TINY_FRAMES
         assert f"<@{fake_discord.user.id}>" in made.content
+    # The owl was linked inside ||spoiler bars||: its clip is a spoiler too; the dog's is not.
+    names = sorted(m.attachments[0].filename for m in new_clips())
+    assert names[0].startswith("SPOILER_clip-") and names[1].startswith("clip-"), names
 
 
 async def test_draft_quality_makes_a_full_clip_and_says_so(

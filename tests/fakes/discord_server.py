@@ -393,11 +393,13 @@ class FakeDiscordServer:
         channel: FakeChannel | None = None,
         attachments: Iterable[tuple[str, bytes, str]] = (),
         linked_picture: tuple[str, bytes, str] | None = None,
+        spoiler_link: bool = False,
     ) -> FakeMessage:
         """A user posts a message (with files: (name, bytes, content type)) in the channel, as
         the Discord client does. `linked_picture` (name, bytes, type): the message links a
         picture elsewhere, which Discord unfurls into an `image` embed whose proxy address the
-        fake's media proxy serves. Not dispatched: the bot reads no messages."""
+        fake's media proxy serves (`spoiler_link`: posted inside ||spoiler bars||). Not
+        dispatched: the bot reads no messages."""
         where = channel or self.channel
         files = [
             UploadedFile(form_field=f"files[{index}]", filename=name, data=data, content_type=kind)
@@ -405,7 +407,8 @@ class FakeDiscordServer:
         ]
         if linked_picture is not None:
             link = f"https://pictures.example/{linked_picture[0]}"
-            content = f"{content} {link}".strip()
+            shown = f"||{link}||" if spoiler_link else link
+            content = f"{content} {shown}".strip()
         message = self.world.messages.create(
             channel_id=where.id,
             guild_id=where.guild_id,

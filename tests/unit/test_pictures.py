@@ -24,6 +24,7 @@ def message(
     attachments: Sequence[Any] = (), embeds: Sequence[dict[str, Any]] = (), **more: Any
 ) -> Any:
     return SimpleNamespace(
+        content=more.get("content", ""),
         attachments=list(attachments),
         embeds=[discord.Embed.from_dict(e) for e in embeds],
         message_snapshots=more.get("snapshots", []),
@@ -54,7 +55,7 @@ def test_a_picture_is_known_by_its_type_or_else_by_its_name() -> None:
 
 def test_pictures_come_attached_then_forwarded_then_linked() -> None:
     own, forwarded = attached("own.png", "image/png"), attached("fwd.png", "image/png")
-    snapshot = SimpleNamespace(attachments=[forwarded], embeds=[])
+    snapshot = SimpleNamespace(content="", attachments=[forwarded], embeds=[])
     found = pictures(
         message([attached("a.txt", "text/plain"), own], [linked("image")], snapshots=[snapshot])
     )
@@ -72,7 +73,9 @@ def test_a_linked_picture_is_read_from_discords_proxy_never_the_link() -> None:
     assert isinstance(picture, LinkedPicture)
     assert picture.proxy_url == proxy and picture.size == 0 and picture.filename == "cat.png"
     # In a forward too.
-    snapshot = SimpleNamespace(attachments=[], embeds=[discord.Embed.from_dict(linked("image"))])
+    snapshot = SimpleNamespace(
+        content="", attachments=[], embeds=[discord.Embed.from_dict(linked("image"))]
+    )
     assert [source for _, source in pictures(message(snapshots=[snapshot]))] == ["linked"]
 
 
@@ -81,6 +84,18 @@ def test_a_linked_gif_gives_its_first_frame_and_says_so() -> None:
     # GIF, the first frame is what gets animated.
     ((picture, source),) = pictures(message(embeds=[linked("gifv")]))
     assert isinstance(picture, LinkedPicture) and source == "linked GIF, its first frame"
+
+
+def test_a_link_inside_spoiler_bars_is_a_spoiler() -> None:
+    url = "https://example.com/cat.png"
+    for content, spoiler in [
+        (f"look ||{url}||", True),
+        (f"||this one: {url} ||", True),
+        (f"{url} ||and a secret||", False),
+        (url, False),
+    ]:
+        ((picture, _),) = pictures(message(embeds=[linked("image")], content=content))
+        assert picture.is_spoiler() is spoiler, content
 
 
 def test_an_article_preview_is_not_a_picture() -> None:

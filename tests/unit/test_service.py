@@ -457,6 +457,19 @@ async def test_draft_quality_is_feature_caching_and_anything_else_is_refused(
         assert "best or draft" in info.value.user_message
 
 
+async def test_a_spoiler_pictures_clip_and_its_re_rolls_are_spoilers(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        made = await r.service.submit(
+            ALICE, png(), AnimateOptions(num_inference_steps=2), ORIGIN, spoiler=True
+        )
+        plain = await r.service.submit(ALICE, png(), AnimateOptions(num_inference_steps=2), ORIGIN)
+        await _wait_for_state(r.jobs, made.job.job_id, JobState.DELIVERED)
+        stored = await r.jobs.get(made.job.job_id)
+        assert stored is not None and stored.spoiler is True
+        again = await r.service.vary(ALICE, made.job.job_id, "more", ORIGIN)
+        assert again.job.spoiler is True and plain.job.spoiler is False
+
+
 async def test_a_members_own_defaults_fill_what_they_did_not_type(tmp_path: Path) -> None:
     async with rig(tmp_path) as r:
         await r.service.guilds.update(1, 99, default_format="mp4")
