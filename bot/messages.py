@@ -114,6 +114,17 @@ def done_text(job: JobRecord, event: JobEvent) -> str:
     return truncate("\n".join(lines))
 
 
+def clip_alt_text(job: JobRecord) -> str:
+    """The clip's description for screen readers (Discord's alt text, 1024 characters at most):
+    what it is, not the buttons' or settings' markdown."""
+    options = AnimateOptions.from_dict(job.options)
+    made = "a draft clip" if options.quality == "draft" else "a short clip"
+    return (
+        f"Video: {made} animated from a still picture by Stable Video Diffusion, "
+        f"motion {options.motion_bucket_id} of 255, seed {job.seed or options.seed}."
+    )
+
+
 def failed_text(job: JobRecord, message: str) -> str:
     # Every failure is refunded; say so unless the reason already does.
     charged = "" if "not charged" in message else " You were not charged."

@@ -63,6 +63,13 @@ def _nonce(job: JobRecord) -> str:
     return job.job_id[:25]
 
 
+def _clip_file(job: JobRecord, path: Path) -> discord.File:
+    """The clip as an upload, with alt text for members who use a screen reader."""
+    return discord.File(
+        path, filename=_clip_name(job, path), description=messages.clip_alt_text(job)
+    )
+
+
 def _clip_name(job: JobRecord, path: Path) -> str:
     # Discord blurs a file whose name starts with SPOILER_ until it is clicked.
     spoiler = "SPOILER_" if job.spoiler else ""
@@ -249,9 +256,7 @@ class DiscordPresenter:
         view = clip_view(job.job_id, motion=job.options.get("motion_bucket_id"))
 
         async def post(clip: Path) -> Any:
-            return await self._send(
-                job, text, view=view, file=(clip, _clip_name(job, clip)), nonce=_nonce(job)
-            )
+            return await self._send(job, text, view=view, file=clip, nonce=_nonce(job))
 
         started = time.monotonic()
         try:
@@ -369,7 +374,7 @@ class DiscordPresenter:
         async def post(clip: Path) -> Any:
             return await followup.send(
                 messages.done_text(job, event),
-                file=discord.File(clip, filename=_clip_name(job, clip)),
+                file=_clip_file(job, clip),
                 view=view,
                 allowed_mentions=_only_the_member(job),
                 wait=True,
@@ -388,7 +393,7 @@ class DiscordPresenter:
             # No buttons: Re-roll and Delete act on a server, and a DM has none.
             return await channel.send(
                 messages.dm_clip_text(job, event, why),
-                file=discord.File(clip, filename=_clip_name(job, clip)),
+                file=_clip_file(job, clip),
             )
 
         try:
@@ -462,13 +467,13 @@ class DiscordPresenter:
         text: str,
         *,
         view: discord.ui.View | None = None,
-        file: tuple[Path, str] | None = None,
+        file: Path | None = None,
         nonce: str | None = None,
         mentions: discord.AllowedMentions | None = None,
     ) -> discord.Message:
         """Send through the interaction's webhook, or the channel once the token is dead.
 
-        `file` is (path, name to show); each try opens it afresh, since discord.py closes a
+        `file`: the clip; each try opens it afresh, since discord.py closes a
         `discord.File` once it has been sent, even when the request failed. `nonce` goes with
         a channel message with `enforce_nonce`: for a few minutes Discord answers a repeat of
         the same message with the first one instead of posting it twice. (discord.py picks a
@@ -480,14 +485,14 @@ class DiscordPresenter:
         webhook = self._webhook(job)
         if webhook is not None:
             if file is not None:
-                kwargs["file"] = discord.File(file[0], filename=file[1])
+                kwargs["file"] = _clip_file(job, file)
             try:
                 return await webhook.send(text, wait=True, **kwargs)
             except discord.HTTPException as exc:
                 if not self._token_died(job, exc):
                     raise
         if file is not None:
-            kwargs["file"] = discord.File(file[0], filename=file[1])
+            kwargs["file"] = _clip_file(job, file)
         channel = self._client.get_partial_messageable(job.channel_id)
         # Not a reply to the progress message: the outcome replaces it (a reply would point at
         # "Original message was deleted"), and the mention notifies the member.

@@ -190,6 +190,9 @@ async def _apps_animate(fake_discord: FakeDiscordServer, tmp_path: Path) -> None
     clip = await clip_message(fake_discord, fake_discord.user.id)
     assert frames_of(clip, tmp_path).shape[0] == TINY_FRAMES
     assert "steps `3`" in clip.content
+    # Alt text for screen readers.
+    alt = clip.attachments[0].description or ""
+    assert alt.startswith("Video: a short clip animated") and "motion 127 of 255" in alt
     # Someone else's picture is theirs to animate; a message without one says what to do.
     # Neither costs a clip.
     other = fake_discord.add_user("other")

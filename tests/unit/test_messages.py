@@ -151,3 +151,20 @@ def test_defaults_text_says_what_a_clip_gets_and_which_are_the_members_own() -> 
     assert text.startswith("✅ Saved.")
     assert "motion `190` (preset `dramatic`) (yours) · format `gif` (yours) · fps `7` ·" in text
     assert "steps `10`" in text and "every server" in text and "reset:True" in text
+
+
+def test_a_clips_alt_text_says_what_it_is_in_plain_words() -> None:
+    job = JobRecord(
+        job_id="a" * 32,
+        guild_id=1,
+        channel_id=2,
+        user_id=3,
+        options={"motion_bucket_id": 190, "cache_interval": 3, "seed": 42},
+        seed=42,
+    )
+    text = messages.clip_alt_text(job)
+    assert text == (
+        "Video: a draft clip animated from a still picture by Stable Video Diffusion, "
+        "motion 190 of 255, seed 42."
+    )
+    assert len(text) <= 1024 and "`" not in text
