@@ -15,6 +15,7 @@ from storage.jobs import JobRecord, JobState
 from storage.member_defaults import MemberDefaults
 from storage.quota_rules import clips, counts_for
 from storage.quotas import QuotaStatus
+from storage.usage import GuildUsage
 
 BAR_WIDTH = 16
 # Discord's limit on a message's content.
@@ -218,6 +219,35 @@ def defaults_text(options: AnimateOptions, mine: MemberDefaults, *, saved: bool)
         f"{text}\nSet your own for `/animate` and Apps → **Animate** with `/defaults`, "
         "e.g. `/defaults format:gif preset:dramatic`."
     )
+
+
+USAGE_SPANS = {1: "the last 24 hours", 7: "the last 7 days", 30: "the last 30 days"}
+
+
+def usage_text(usage: GuildUsage, days: int) -> str:
+    """A server's usage for its moderators: how clips ended, typical times, who made most."""
+    span = USAGE_SPANS.get(days, f"the last {days} days")
+    if usage.asked == 0:
+        return f"📊 No clips were asked for here in {span}."
+    members = f"{usage.members} member{'s' if usage.members != 1 else ''}"
+    posted = "clip" if usage.posted == 1 else "clips"
+    text = f"📊 In {span}: **{usage.posted}** {posted} posted"
+    text += f" for {members}" if usage.posted else ""
+    others = [
+        f"{usage.failed} failed (refunded)" if usage.failed else "",
+        f"{usage.cancelled} cancelled" if usage.cancelled else "",
+        f"{usage.pending} waiting or being made" if usage.pending else "",
+    ]
+    text += "".join(f"; {part}" for part in others if part) + "."
+    if usage.wait_seconds is not None and usage.make_seconds is not None:
+        text += (
+            f"\nTypical wait {duration(usage.wait_seconds).removeprefix('about ')}, "
+            f"making {duration(usage.make_seconds).removeprefix('about ')} (medians)."
+        )
+    if usage.top:
+        ranked = " · ".join(f"{mention(user)} {count}" for user, count in usage.top)
+        text += f"\nMost clips: {ranked}"
+    return text
 
 
 MODERATOR_ROLE_HINT = (

@@ -34,6 +34,7 @@ from storage.jobs import JobRecord, JobState, JobStore
 from storage.member_defaults import MemberDefaults, MemberDefaultsStore
 from storage.quotas import QuotaStatus, QuotaStore
 from storage.settings import GuildSettings, GuildSettingsStore
+from storage.usage import GuildUsage
 
 log = logging.getLogger(__name__)
 
@@ -421,6 +422,12 @@ class AnimateService:
     @property
     def guilds(self) -> GuildSettingsStore:
         return self._guilds
+
+    async def usage(self, guild_id: int, days: int, now: datetime | None = None) -> GuildUsage:
+        """The guild's clips asked for in the last `days` days (history is kept
+        KEEP_HISTORY_DAYS, so a longer span reads only what is left)."""
+        since = (now or datetime.now(UTC)) - timedelta(days=days)
+        return await self._jobs.usage(guild_id, since)
 
     # ------------------------------------------------------------ member views
 

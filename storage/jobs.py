@@ -1,11 +1,13 @@
 """Jobs in SQLite: every job, and every state it goes through, written before the bot moves on.
 It is what the bot resumes from after a restart (`unfinished`), what `/queue` and `/history`
-show, and where waiting-time estimates learn from (`recent_durations`).
+show, where waiting-time estimates learn from (`recent_durations`), and what a server's
+moderators read of its usage (`usage`).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
@@ -17,6 +19,7 @@ import aiosqlite
 from storage.clock import Clock, datetime_or_none, from_micros, micros_or_none, to_micros, utc_now
 from storage.database import Database
 from storage.errors import IllegalTransition, JobExists, JobNotFound
+from storage.usage import GuildUsage
 
 
 class JobState(StrEnum):
@@ -228,6 +231,48 @@ class JobStore:
             (max(0, limit),),
         )
         return [(int(row[0]), float(row[1])) for row in reversed(rows)]
+
+    async def usage(self, guild_id: int, since: datetime, *, top: int = 5) -> GuildUsage:
+        """What the guild's members asked for since `since`: how it ended, who made most, and
+        the median wait and making time of the posted clips."""
+        start = to_micros(since)
+        counts = {
+            str(row[0]): int(row[1])
+            for row in await self._db.fetch(
+                "SELECT state, COUNT(*) FROM jobs WHERE guild_id = ? AND created_at_us >= ? "
+                "GROUP BY state",
+                (guild_id, start),
+            )
+        }
+        leaders = await self._db.fetch(
+            "SELECT user_id, COUNT(*) AS made FROM jobs "
+            "WHERE guild_id = ? AND created_at_us >= ? AND state = ? "
+            "GROUP BY user_id ORDER BY made DESC, MIN(created_at_us) LIMIT ?",
+            (guild_id, start, JobState.DELIVERED.value, max(0, top)),
+        )
+        members = await self._db.fetch(
+            "SELECT COUNT(DISTINCT user_id) FROM jobs "
+            "WHERE guild_id = ? AND created_at_us >= ? AND state = ?",
+            (guild_id, start, JobState.DELIVERED.value),
+        )
+        timings = await self._db.fetch(
+            "SELECT started_at_us - created_at_us, duration_seconds FROM jobs "
+            "WHERE guild_id = ? AND created_at_us >= ? AND state = ? AND started_at_us IS NOT NULL",
+            (guild_id, start, JobState.DELIVERED.value),
+        )
+        waits = [row[0] / 1e6 for row in timings if row[0] is not None and row[0] >= 0]
+        makes = [float(row[1]) for row in timings if row[1] is not None]
+        return GuildUsage(
+            since=since,
+            posted=counts.get(JobState.DELIVERED.value, 0),
+            failed=counts.get(JobState.FAILED.value, 0),
+            cancelled=counts.get(JobState.CANCELLED.value, 0),
+            pending=sum(counts.get(state.value, 0) for state in UNFINISHED),
+            members=int(members[0][0]),
+            top=tuple((int(row[0]), int(row[1])) for row in leaders),
+            wait_seconds=statistics.median(waits) if waits else None,
+            make_seconds=statistics.median(makes) if makes else None,
+        )
 
     async def events(self, job_id: str) -> list[tuple[JobState, datetime]]:
         """Every state the job went through, with when, oldest first."""

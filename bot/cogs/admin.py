@@ -22,6 +22,7 @@ PeriodChoice = Literal["hour", "day", "week"]
 # Entries `/quota-admin log` shows: what fits in one message.
 AUDIT_SHOWN = 15
 FormatChoice = Literal["mp4", "gif"]
+USAGE_CHOICES = list(messages.USAGE_SPANS.items())
 
 
 class LimitError(Exception):
@@ -256,6 +257,20 @@ class QuotaAdmin(
             entries = await self.bot.service.quotas.audit_log(mod.guild_id, limit=AUDIT_SHOWN)
             await reply.send(
                 messages.audit_text(entries),
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+
+    @app_commands.command(name="usage", description="What members made here lately, and who most")
+    @app_commands.describe(days="How far back (7 days by default)")
+    @app_commands.choices(
+        days=[app_commands.Choice(name=span, value=days) for days, span in USAGE_CHOICES]
+    )
+    async def usage(self, interaction: discord.Interaction, days: int = 7) -> None:
+        async with TimelyReply(interaction) as reply:
+            mod = await self._moderator(interaction)
+            usage = await self.bot.service.usage(mod.guild_id, days)
+            await reply.send(
+                messages.usage_text(usage, days),
                 allowed_mentions=discord.AllowedMentions.none(),
             )
 

@@ -340,6 +340,18 @@ async def test_quota_runs_out_and_a_moderator_resets_it(
         permissions=MANAGE_GUILD,
     )
     assert "Reset" in await reply_text(reset)
+    # What the moderator reads to choose limits by (the clip is recorded as posted just after
+    # its message appears).
+    deadline = asyncio.get_running_loop().time() + 5
+    while True:
+        usage = await fake_discord.interaction(
+            "quota-admin", {"days": 1}, subcommand="usage", user=mod, permissions=MANAGE_GUILD
+        )
+        text = await reply_text(usage)
+        if "**1** clip posted" in text or asyncio.get_running_loop().time() > deadline:
+            break
+    assert usage.ephemeral and text.startswith("📊 In the last 24 hours: **1** clip posted")
+    assert f"Most clips: <@{member.id}> 1" in text
     again = await animate(fake_discord)
     assert "Got it" in await reply_text(again)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -285,3 +286,41 @@ def test_a_jobs_interaction_token_never_shows_in_its_repr() -> None:
     # lets anyone post as the bot in that channel.
     job = JobRecord(job_id="a" * 32, guild_id=1, channel_id=2, user_id=3, interaction_token="s3")
     assert "s3" not in repr(job) and job.interaction_token == "s3"
+
+
+async def _made(
+    jobs: JobStore, clock: FakeClock, user_id: int, *, wait: float, make: float
+) -> None:
+    job = await jobs.create(new_job(user_id))
+    clock.advance(wait)
+    await jobs.set_state(job.job_id, JobState.RUNNING)
+    clock.advance(make)
+    for state in (JobState.ENCODING, JobState.DONE, JobState.DELIVERED):
+        await jobs.set_state(job.job_id, state)
+
+
+async def test_usage_counts_a_servers_clips_by_outcome_and_member(
+    jobs: JobStore, clock: FakeClock
+) -> None:
+    # Before the span: not counted.
+    await _made(jobs, clock, 9, wait=1, make=1)
+    clock.advance(8 * 86400)
+    since = clock.now
+    for user_id, wait, make in ((4, 10, 30), (4, 20, 40), (4, 30, 50), (5, 0, 20), (6, 60, 60)):
+        await _made(jobs, clock, user_id, wait=wait, make=make)
+    failed = await jobs.create(new_job(5))
+    await jobs.set_state(failed.job_id, JobState.FAILED, error="out of memory")
+    cancelled = await jobs.create(new_job(6))
+    await jobs.set_state(cancelled.job_id, JobState.CANCELLED)
+    await jobs.create(new_job(7))  # still waiting
+    # Another server's: not counted.
+    other = await jobs.create(replace(new_job(4), guild_id=GUILD + 1))
+    await jobs.set_state(other.job_id, JobState.CANCELLED)
+
+    usage = await jobs.usage(GUILD, since, top=2)
+    assert (usage.posted, usage.failed, usage.cancelled, usage.pending) == (5, 1, 1, 1)
+    assert usage.asked == 8 and usage.members == 3
+    assert usage.top == ((4, 3), (5, 1))  # ties: who asked first
+    assert usage.wait_seconds == 20 and usage.make_seconds == 40
+    empty = await jobs.usage(GUILD, clock.now + timedelta(seconds=1))
+    assert empty.asked == 0 and empty.wait_seconds is None and empty.top == ()

@@ -168,3 +168,31 @@ def test_a_clips_alt_text_says_what_it_is_in_plain_words() -> None:
         "motion 190 of 255, seed 42."
     )
     assert len(text) <= 1024 and "`" not in text
+
+
+def test_usage_text_tells_moderators_how_clips_ended_and_who_made_most() -> None:
+    from storage.usage import GuildUsage
+
+    since = datetime(2026, 11, 24, tzinfo=UTC)
+    usage = GuildUsage(
+        since=since,
+        posted=12,
+        failed=1,
+        pending=2,
+        members=3,
+        top=((41, 8), (42, 3), (43, 1)),
+        wait_seconds=95,
+        make_seconds=38,
+    )
+    assert messages.usage_text(usage, 7) == (
+        "📊 In the last 7 days: **12** clips posted for 3 members; 1 failed (refunded); "
+        "2 waiting or being made.\n"
+        "Typical wait 2 min, making 38 s (medians).\n"
+        "Most clips: <@41> 8 · <@42> 3 · <@43> 1"
+    )
+    one = GuildUsage(since=since, posted=1, members=1, top=((41, 1),))
+    assert messages.usage_text(one, 1).startswith(
+        "📊 In the last 24 hours: **1** clip posted for 1 member."
+    )
+    nothing = messages.usage_text(GuildUsage(since=since), 30)
+    assert nothing == "📊 No clips were asked for here in the last 30 days."
