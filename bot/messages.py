@@ -118,12 +118,16 @@ def done_text(job: JobRecord, event: JobEvent) -> str:
 def clip_alt_text(job: JobRecord) -> str:
     """The clip's description for screen readers (Discord's alt text, 1024 characters at most):
     what it is, not the buttons' or settings' markdown."""
-    options = AnimateOptions.from_dict(job.options)
-    made = "a draft clip" if options.quality == "draft" else "a short clip"
-    return (
+    # From the stored values as they are: this runs on every delivery, and no record's options
+    # may keep a finished clip from being posted.
+    options = job.options
+    made = "a draft clip" if (options.get("cache_interval") or 1) > 1 else "a short clip"
+    seed = job.seed if job.seed is not None else options.get("seed")
+    text = (
         f"Video: {made} animated from a still picture by Stable Video Diffusion, "
-        f"motion {options.motion_bucket_id} of 255, seed {job.seed or options.seed}."
+        f"motion {options.get('motion_bucket_id', 127)} of 255"
     )
+    return f"{text}, seed {seed}." if seed is not None else f"{text}."
 
 
 def failed_text(job: JobRecord, message: str) -> str:

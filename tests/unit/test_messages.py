@@ -168,6 +168,9 @@ def test_a_clips_alt_text_says_what_it_is_in_plain_words() -> None:
         "motion 190 of 255, seed 42."
     )
     assert len(text) <= 1024 and "`" not in text
+    # It runs on every delivery: a record with odd or missing options still gets one.
+    bare = replace(job, options={}, seed=None)
+    assert messages.clip_alt_text(bare).endswith("motion 127 of 255.")
 
 
 def test_usage_text_tells_moderators_how_clips_ended_and_who_made_most() -> None:
