@@ -286,24 +286,7 @@ def accepted_text(
 
 
 def queue_text(jobs: Sequence[JobRecord], snapshot: QueueSnapshot) -> str:
-    waiting = {w.job_id: w for w in snapshot.waiting}
-    running = {r.job_id: r for r in snapshot.running}
-    lines = []
-    for job in jobs:
-        short = _clip_link(job)
-        if job.job_id in running:
-            r = running[job.job_id]
-            step = f" (step {r.step}/{r.total})" if r.total else ""
-            lines.append(f"• {short} is being made now{step}")
-        elif job.job_id in waiting:
-            w = waiting[job.job_id]
-            lines.append(
-                f"• {short} is at position {w.position}, starting in {duration(w.eta_seconds)}"
-            )
-        elif job.state is JobState.DONE:
-            lines.append(f"• {short} is finished: posting it now")
-        else:
-            lines.append(f"• {short} is {job.state.value}")
+    lines = [f"• {_job_line(job, snapshot)}" for job in jobs]
     total = len(snapshot.waiting)
     head = f"📋 {total} clip{'s' if total != 1 else ''} waiting in total"
     making = len(snapshot.running)
@@ -313,6 +296,46 @@ def queue_text(jobs: Sequence[JobRecord], snapshot: QueueSnapshot) -> str:
     if not lines:
         return head + "\nYou have no clips waiting. Use `/animate` to make one."
     return head + "\nYour clips:\n" + "\n".join(lines)
+
+
+def _job_line(job: JobRecord, snapshot: QueueSnapshot) -> str:
+    waiting = {w.job_id: w for w in snapshot.waiting}
+    running = {r.job_id: r for r in snapshot.running}
+    short = _clip_link(job)
+    if job.job_id in running:
+        r = running[job.job_id]
+        step = f" (step {r.step}/{r.total})" if r.total else ""
+        return f"{short} is being made now{step}"
+    if job.job_id in waiting:
+        w = waiting[job.job_id]
+        return f"{short} is at position {w.position}, starting in {duration(w.eta_seconds)}"
+    if job.state is JobState.DONE:
+        return f"{short} is finished: posting it now"
+    return f"{short} is {job.state.value}"
+
+
+# The moderators' list stops here, inside Discord's 2000 characters with room for the header.
+GUILD_QUEUE_SHOWN = 15
+
+
+def guild_queue_text(jobs: Sequence[JobRecord], snapshot: QueueSnapshot) -> str:
+    """A server's clips in the line, for its moderators: whose, and where each one is."""
+    total = len(snapshot.waiting)
+    head = f"📋 {len(jobs)} clip{'s' if len(jobs) != 1 else ''} of this server's in the line"
+    head += f" ({total} waiting in all, every server counted)."
+    if not jobs:
+        return head + "\nNothing of this server's is waiting or being made."
+    # In the order they will be made: being made first, then by place in line.
+    place = {r.job_id: 0 for r in snapshot.running}
+    place.update({w.job_id: w.position for w in snapshot.waiting})
+    ordered = sorted(jobs, key=lambda job: place.get(job.job_id, len(place) + 1))
+    lines = [f"• {mention(job.user_id)}: {_job_line(job, snapshot)}" for job in ordered]
+    shown = lines[:GUILD_QUEUE_SHOWN]
+    if len(lines) > len(shown):
+        shown.append(f"…and {len(lines) - len(shown)} more.")
+    return truncate(
+        head + "\n" + "\n".join(shown) + "\nEach clip's progress message has its Cancel button."
+    )
 
 
 def _clip_link(job: JobRecord) -> str:

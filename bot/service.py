@@ -488,6 +488,16 @@ class AnimateService:
         # Posted, though the record still says "done" (see `_delivered`): not "posting it now".
         return [job for job in jobs if job.job_id not in self._posted], self._queue.snapshot()
 
+    async def guild_jobs(self, guild_id: int) -> tuple[list[JobRecord], QueueSnapshot]:
+        """Every clip of the guild's waiting, being made or about to be posted (for its
+        moderators), with the whole queue's state."""
+        jobs = [
+            job
+            for job in await self._jobs.unfinished()
+            if job.guild_id == guild_id and job.job_id not in self._posted
+        ]
+        return jobs, self._queue.snapshot()
+
     async def quota(self, member: Member) -> QuotaStatus:
         return await self._quotas.status(member.guild_id, member.user_id, member.role_ids)
 

@@ -260,6 +260,16 @@ class QuotaAdmin(
                 allowed_mentions=discord.AllowedMentions.none(),
             )
 
+    @app_commands.command(name="queue", description="Every clip of this server's in the line")
+    async def queue(self, interaction: discord.Interaction) -> None:
+        async with TimelyReply(interaction) as reply:
+            mod = await self._moderator(interaction)
+            jobs, snapshot = await self.bot.service.guild_jobs(mod.guild_id)
+            await reply.send(
+                messages.guild_queue_text(jobs, snapshot),
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+
     @app_commands.command(name="usage", description="What members made here lately, and who most")
     @app_commands.describe(days="How far back (7 days by default)")
     @app_commands.choices(

@@ -457,8 +457,23 @@ async def test_a_moderators_cancel_and_delete_of_a_members_clips_are_in_the_log(
         if any(c.startswith("svd:cancel:") for c in m.custom_ids) and not m.deleted
     )
     cancel = next(c for c in progress.custom_ids if c.startswith("svd:cancel:"))
+
+    async def line() -> str:
+        handle = await fake_discord.interaction(
+            "quota-admin", {}, subcommand="queue", user=mod, permissions=MANAGE_GUILD
+        )
+        return await reply_text(handle)
+
+    # The moderator sees whose clip is in the line, with a link to its progress message.
+    seen = await line()
+    assert f"• <@{member.id}>: [`" in seen and f"/{progress.id})" in seen, seen
     cancelled = await fake_discord.click(progress, cancel, user=mod)
     assert f"Cancelled <@{member.id}>'s clip" in await reply_text(cancelled)
+    # A clip being made stops at its next step.
+    deadline = asyncio.get_running_loop().time() + 10
+    while "Nothing of this server's" not in (after := await line()):
+        assert asyncio.get_running_loop().time() < deadline, after
+        await asyncio.sleep(0.2)
     delete = next(c for c in clip.custom_ids if c.startswith("svd:delete:"))
     await fake_discord.click(clip, delete, user=mod)
     await eventually(lambda: fake_discord.message(clip.id).deleted)

@@ -199,3 +199,44 @@ def test_usage_text_tells_moderators_how_clips_ended_and_who_made_most() -> None
     )
     nothing = messages.usage_text(GuildUsage(since=since), 30)
     assert nothing == "📊 No clips were asked for here in the last 30 days."
+
+
+def test_the_moderators_queue_lists_this_servers_clips_in_the_order_they_are_made() -> None:
+    from generation.jobs import QueueSnapshot, RunningJob, WaitingJob
+    from storage.jobs import JobState
+
+    def job(n: int, user: int, state: JobState = JobState.QUEUED) -> JobRecord:
+        return JobRecord(
+            job_id=f"{n:032x}",
+            guild_id=1,
+            channel_id=2,
+            user_id=user,
+            state=state,
+            progress_message_id=100 + n,
+        )
+
+    running = (RunningJob(f"{1:032x}", 41, 1, "generating", 12, 25, 30.0),)
+    waiting = (
+        WaitingJob("f" * 32, 99, 2, 1, 40.0, 625),  # another server's
+        WaitingJob(f"{3:032x}", 42, 1, 2, 80.0, 625),
+        WaitingJob(f"{2:032x}", 41, 1, 3, 120.0, 625),
+    )
+    snapshot = QueueSnapshot("ready", waiting, running)
+    jobs = [job(2, 41), job(3, 42), job(1, 41, JobState.RUNNING), job(4, 43, JobState.DONE)]
+    text = messages.guild_queue_text(jobs, snapshot)
+    lines = text.splitlines()
+    assert (
+        lines[0]
+        == "📋 4 clips of this server's in the line (3 waiting in all, every server counted)."
+    )
+    assert lines[1].startswith("• <@41>: [`00000000`](https://discord.com/channels/1/2/101)")
+    assert "being made now (step 12/25)" in lines[1]
+    assert lines[2].startswith("• <@42>:") and "position 2, starting in about 1 min" in lines[2]
+    assert lines[3].startswith("• <@41>:") and "position 3" in lines[3]
+    assert lines[4].startswith("• <@43>:") and "posting it now" in lines[4]
+    assert "Cancel button" in lines[-1]
+    many = [job(n, 50 + n) for n in range(10, 40)]
+    long = messages.guild_queue_text(many, QueueSnapshot("ready", (), ()))
+    assert "…and 15 more." in long and len(long) <= messages.MAX_CONTENT
+    empty = messages.guild_queue_text([], snapshot)
+    assert "Nothing of this server's is waiting" in empty
