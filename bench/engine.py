@@ -666,7 +666,7 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
             failed(plan, exc)
             for row in timing:
                 if all(r is not row for r in rows):
-                    row.note += f" FAILED: {type(exc).__name__} (see errors)"
+                    row.note = f"FAILED: {type(exc).__name__} (see errors)"
                     rows.append(row)
         free_memory(device)  # after the except block: its traceback held the plan's tensors
         result["rows"] = [r.summary() for r in rows]

@@ -228,9 +228,12 @@ def defaults_text(options: AnimateOptions, mine: MemberDefaults, *, saved: bool)
 USAGE_SPANS = {1: "the last 24 hours", 7: "the last 7 days", 30: "the last 30 days"}
 
 
-def usage_text(usage: GuildUsage, days: int) -> str:
-    """A server's usage for its moderators: how clips ended, typical times, who made most."""
+def usage_text(usage: GuildUsage, days: int, *, kept_days: int | None = None) -> str:
+    """A server's usage for its moderators: how clips ended, typical times, who made most.
+    `kept_days`: how long the host keeps clips' records, when shorter than the span asked."""
     span = USAGE_SPANS.get(days, f"the last {days} days")
+    if kept_days is not None and kept_days < days:
+        span += f" (the bot keeps {kept_days} days of records)"
     if usage.asked == 0:
         return f"📊 No clips were asked for here in {span}."
     members = f"{usage.members} member{'s' if usage.members != 1 else ''}"
@@ -240,7 +243,7 @@ def usage_text(usage: GuildUsage, days: int) -> str:
     others = [
         f"{usage.failed} failed (refunded)" if usage.failed else "",
         f"{usage.cancelled} cancelled" if usage.cancelled else "",
-        f"{usage.pending} waiting or being made" if usage.pending else "",
+        f"{usage.pending} waiting, being made or being posted" if usage.pending else "",
     ]
     text += "".join(f"; {part}" for part in others if part) + "."
     if usage.wait_seconds is not None and usage.make_seconds is not None:

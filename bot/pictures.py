@@ -102,6 +102,21 @@ def is_picture(attachment: discord.Attachment) -> bool:
 _SPOILER = re.compile(r"\|\|(.+?)\|\|", re.DOTALL)
 
 
+def _comparable(url: str) -> str:
+    return unquote(url).split("://", 1)[-1].rstrip("/").lower()
+
+
+def _spoilered(url: str, content: str) -> bool:
+    """Whether the link was posted inside ||spoiler bars||. Discord's embed URL is not always the
+    text the member typed (percent-encoded, rewritten hosts), so when in doubt it is: a link in
+    bars and this one nowhere outside them."""
+    hidden = _SPOILER.findall(content)
+    if not any("://" in part for part in hidden):
+        return False
+    outside = unquote(_SPOILER.sub(" ", content)).lower()
+    return not url or _comparable(url) not in outside
+
+
 def _linked(
     embed: discord.Embed, content: str, http: discord.http.HTTPClient, max_bytes: int
 ) -> FoundPicture | None:
@@ -114,7 +129,7 @@ def _linked(
     if not proxy_url:
         return None
     name = urlsplit(embed.url or proxy_url).path.rstrip("/").rsplit("/", 1)[-1]
-    spoiler = bool(embed.url) and any(embed.url in hidden for hidden in _SPOILER.findall(content))
+    spoiler = _spoilered(embed.url or "", content)
     picture = LinkedPicture(
         proxy_url=proxy_url,
         filename=unquote(name) or "picture",

@@ -317,7 +317,7 @@ class DiscordPresenter:
         token or the interaction's). Empty when unknown (no Read Message History: Discord
         answers an empty list; or the channel cannot be read)."""
         me = self._client.user
-        prefix = _clip_name(job, Path())
+        prefix = _clip_name(job, Path()).removeprefix("SPOILER_")
         channel = self._client.get_partial_messageable(job.channel_id)
         found = []
         try:
@@ -325,7 +325,11 @@ class DiscordPresenter:
                 mine = (me is not None and message.author.id == me.id) or (
                     message.webhook_id is not None and message.webhook_id == job.application_id
                 )
-                if mine and any(a.filename.startswith(prefix) for a in message.attachments):
+                # Discord may mark a spoiler by a flag rather than keep the name's prefix.
+                if mine and any(
+                    a.filename.removeprefix("SPOILER_").startswith(prefix)
+                    for a in message.attachments
+                ):
                     found.append(message)
         except discord.HTTPException as exc:
             log.info("could not read the channel: %s", exc, extra={"job_id": job.job_id})

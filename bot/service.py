@@ -423,6 +423,11 @@ class AnimateService:
     def guilds(self) -> GuildSettingsStore:
         return self._guilds
 
+    @property
+    def history_days(self) -> int:
+        """How many days finished clips' records are kept (KEEP_HISTORY_DAYS)."""
+        return round(self._config.keep_history_seconds / 86400)
+
     async def usage(self, guild_id: int, days: int, now: datetime | None = None) -> GuildUsage:
         """The guild's clips asked for in the last `days` days (history is kept
         KEEP_HISTORY_DAYS, so a longer span reads only what is left)."""

@@ -139,8 +139,13 @@ class AnimateOptions:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnimateOptions:
+        """A stored job's options. A preset name only labels the motion it gave: one a later
+        version no longer has is dropped, not a reason to refuse (or never post) the clip."""
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("preset") not in PRESETS:
+            values.pop("preset", None)
+        return cls(**values)
 
 
 def random_seed() -> int:

@@ -279,8 +279,9 @@ class QuotaAdmin(
         async with TimelyReply(interaction) as reply:
             mod = await self._moderator(interaction)
             usage = await self.bot.service.usage(mod.guild_id, days)
+            kept = self.bot.service.history_days
             await reply.send(
-                messages.usage_text(usage, days),
+                messages.usage_text(usage, days, kept_days=kept),
                 allowed_mentions=discord.AllowedMentions.none(),
             )
 

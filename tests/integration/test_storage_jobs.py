@@ -308,6 +308,17 @@ async def test_usage_counts_a_servers_clips_by_outcome_and_member(
     since = clock.now
     for user_id, wait, make in ((4, 10, 30), (4, 20, 40), (4, 30, 50), (5, 0, 20), (6, 60, 60)):
         await _made(jobs, clock, user_id, wait=wait, make=make)
+    # Retried after a crash: it waited once, before its first start; its making is its last run.
+    retried = await jobs.create(new_job(8))
+    clock.advance(10)
+    await jobs.set_state(retried.job_id, JobState.RUNNING)
+    clock.advance(100)
+    await jobs.requeue(retried.job_id)
+    clock.advance(500)
+    await jobs.set_state(retried.job_id, JobState.RUNNING)
+    clock.advance(40)
+    for state in (JobState.ENCODING, JobState.DONE, JobState.DELIVERED):
+        await jobs.set_state(retried.job_id, state)
     failed = await jobs.create(new_job(5))
     await jobs.set_state(failed.job_id, JobState.FAILED, error="out of memory")
     cancelled = await jobs.create(new_job(6))
@@ -318,9 +329,9 @@ async def test_usage_counts_a_servers_clips_by_outcome_and_member(
     await jobs.set_state(other.job_id, JobState.CANCELLED)
 
     usage = await jobs.usage(GUILD, since, top=2)
-    assert (usage.posted, usage.failed, usage.cancelled, usage.pending) == (5, 1, 1, 1)
-    assert usage.asked == 8 and usage.members == 3
+    assert (usage.posted, usage.failed, usage.cancelled, usage.pending) == (6, 1, 1, 1)
+    assert usage.asked == 9 and usage.members == 4
     assert usage.top == ((4, 3), (5, 1))  # ties: who asked first
-    assert usage.wait_seconds == 20 and usage.make_seconds == 40
+    assert usage.wait_seconds == 15 and usage.make_seconds == 40
     empty = await jobs.usage(GUILD, clock.now + timedelta(seconds=1))
     assert empty.asked == 0 and empty.wait_seconds is None and empty.top == ()

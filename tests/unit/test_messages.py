@@ -189,7 +189,7 @@ def test_usage_text_tells_moderators_how_clips_ended_and_who_made_most() -> None
     )
     assert messages.usage_text(usage, 7) == (
         "📊 In the last 7 days: **12** clips posted for 3 members; 1 failed (refunded); "
-        "2 waiting or being made.\n"
+        "2 waiting, being made or being posted.\n"
         "Typical wait 2 min, making 38 s (medians).\n"
         "Most clips: <@41> 8 · <@42> 3 · <@43> 1"
     )
@@ -199,6 +199,9 @@ def test_usage_text_tells_moderators_how_clips_ended_and_who_made_most() -> None
     )
     nothing = messages.usage_text(GuildUsage(since=since), 30)
     assert nothing == "📊 No clips were asked for here in the last 30 days."
+    # A host that keeps records for less than the span asked says so.
+    short = messages.usage_text(GuildUsage(since=since), 30, kept_days=14)
+    assert "the last 30 days (the bot keeps 14 days of records)" in short
 
 
 def test_the_moderators_queue_lists_this_servers_clips_in_the_order_they_are_made() -> None:

@@ -93,6 +93,11 @@ def test_a_link_inside_spoiler_bars_is_a_spoiler() -> None:
         (f"||this one: {url} ||", True),
         (f"{url} ||and a secret||", False),
         (url, False),
+        # Discord's embed URL is not always what was typed (here: percent-encoded, a host
+        # rewritten): a link in bars that is nowhere outside them is taken as this one.
+        ("||https://example.com/caf%C3%A9.png||", True),
+        ("||https://x.example/cat.png||", True),
+        ("||https://elsewhere.example/a.png|| https://example.com/cat.png", False),
     ]:
         ((picture, _),) = pictures(message(embeds=[linked("image")], content=content))
         assert picture.is_spoiler() is spoiler, content

@@ -470,6 +470,14 @@ async def test_a_spoiler_pictures_clip_and_its_re_rolls_are_spoilers(tmp_path: P
         assert again.job.spoiler is True and plain.job.spoiler is False
 
 
+def test_a_stored_clip_with_a_retired_preset_still_reads() -> None:
+    # Every delivery, re-roll and restart reads stored options: a preset a later version
+    # dropped must not keep a finished clip from being posted.
+    stored = AnimateOptions.from_preset("dramatic").to_dict() | {"preset": "retired"}
+    options = AnimateOptions.from_dict(stored)
+    assert options.preset is None and options.motion_bucket_id == 190
+
+
 async def test_a_members_own_defaults_fill_what_they_did_not_type(tmp_path: Path) -> None:
     async with rig(tmp_path) as r:
         await r.service.guilds.update(1, 99, default_format="mp4")
