@@ -1,7 +1,7 @@
 """Jobs in SQLite: every job, and every state it goes through, written before the bot moves on.
-It is what the bot resumes from after a restart (`unfinished`), what `/queue` and `/history`
-show, where waiting-time estimates learn from (`recent_durations`), and what a server's
-moderators read of its usage (`usage`).
+It is what the bot resumes from after a restart (`unfinished`), what `/queue` and
+`/quota-admin queue` show, where waiting-time estimates learn from (`recent_durations`), and
+what a server's moderators read of its usage (`usage`).
 """
 
 from __future__ import annotations
