@@ -17,7 +17,7 @@ from bot import messages
 from bot.interactions import defer, member_of, queue_from_interaction
 from bot.presenter import DiscordPresenter, Reencoder
 from bot.service import AnimateService, Member, Origin, Variation
-from bot.views import ClipButton
+from bot.views import ClipButton, PictureMenus, StalePictureMenu
 from generation.images import ImageLimits
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ class SvdBot(commands.Bot):
         # (member, button) → when it was last pressed and whether that press went through
         # (unsettled while it is being handled), for double clicks.
         self._clicks: dict[tuple[int, str], tuple[float, asyncio.Future[bool]]] = {}
+        # The picture menus (Apps → Animate) this process made: see StalePictureMenu.
+        self.picture_menus: PictureMenus = {}
         self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
 
     async def setup_hook(self) -> None:
@@ -93,7 +95,7 @@ class SvdBot(commands.Bot):
         await self.add_cog(AnimateCog(self))
         await self.add_cog(DefaultsCog(self))
         await self.add_cog(QuotaAdmin(self))
-        self.add_dynamic_items(ClipButton)
+        self.add_dynamic_items(ClipButton, StalePictureMenu)
         if not self.config.serve:
             return
         # Before the gateway connects: interactions arrive from then on, while on_ready waits

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, cast
 
@@ -91,6 +93,42 @@ PICK_TIMEOUT_SECONDS = 600.0
 PICK_ONE = "That message has {count} pictures. Which one shall I animate?"
 PICK_EXPIRED = "This menu has expired. Use **Animate** on the message again."
 PICKED_ALREADY = "You already picked a picture from this menu. Use **Animate** again for another."
+PICK_ID = "svd:pick:"
+# Menus this process made, by token, and when: a pick on any other was made before a restart.
+# Kept well past their timeout (a menu that could not be closed then can still be picked).
+PICK_TOKENS_KEPT_SECONDS = 4 * PICK_TIMEOUT_SECONDS
+PictureMenus = dict[str, float]
+
+
+class StalePictureMenu(
+    discord.ui.DynamicItem[discord.ui.Select[Any]], template=rf"{PICK_ID}(?P<token>[0-9a-f]{{16}})"
+):
+    """A pick on a picture menu made before a restart: its pictures are no longer known, so it
+    says so and closes, instead of Discord's "This interaction failed". (A live menu's pick is
+    its `PicturePicker`'s: this item sees the token and leaves it alone.)"""
+
+    def __init__(self, token: str, select: discord.ui.Select[Any] | None = None) -> None:
+        super().__init__(select or discord.ui.Select(custom_id=f"{PICK_ID}{token}"))
+        self.token = token
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction,
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> StalePictureMenu:
+        select = item if isinstance(item, discord.ui.Select) else None
+        return cls(match["token"], select)
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        from bot.client import SvdBot
+
+        if self.token in cast(SvdBot, interaction.client).picture_menus:
+            return
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.response.edit_message(content=PICK_EXPIRED, view=None)
 
 
 class PicturePicker(discord.ui.View):
@@ -104,14 +142,22 @@ class PicturePicker(discord.ui.View):
         on_pick: Callable[[discord.Interaction, Picture], Awaitable[None]],
         *,
         asked: discord.Interaction,
+        menus: PictureMenus,
         timeout: float = PICK_TIMEOUT_SECONDS,
     ) -> None:
+        """`menus`: this process's menus (the bot's), to which this one is added."""
         super().__init__(timeout=timeout)
+        now = time.monotonic()
+        for old in [t for t, made in menus.items() if now - made > PICK_TOKENS_KEPT_SECONDS]:
+            del menus[old]
+        token = secrets.token_hex(8)
+        menus[token] = now
         self._total = len(found)
         self._found = list(found)[:MAX_PICTURE_CHOICES]
         self._on_pick = on_pick
         self._asked = asked
         self._select: discord.ui.Select[PicturePicker] = discord.ui.Select(
+            custom_id=f"{PICK_ID}{token}",
             placeholder="Pick the picture to animate",
             options=[
                 discord.SelectOption(

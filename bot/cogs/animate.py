@@ -91,7 +91,9 @@ class AnimateCog(commands.Cog):
         elif len(found) == 1:
             await self.animate(interaction, found[0].picture)
         else:
-            picker = PicturePicker(found, self._animate_picked, asked=interaction)
+            picker = PicturePicker(
+                found, self._animate_picked, asked=interaction, menus=self.bot.picture_menus
+            )
             await interaction.response.send_message(picker.text, view=picker, ephemeral=True)
 
     async def _animate_picked(self, interaction: discord.Interaction, picture: Picture) -> None:

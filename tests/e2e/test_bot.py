@@ -260,6 +260,32 @@ async def _apps_animate(fake_discord: FakeDiscordServer, tmp_path: Path) -> None
     assert names[0].startswith("SPOILER_clip-") and names[1].startswith("clip-"), names
 
 
+async def test_a_picture_menu_from_before_a_restart_says_it_expired(
+    fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path
+) -> None:
+    # The menu's pictures were in the old process's memory: a pick after the restart is told
+    # so, and the menu closes, instead of Discord's "This interaction failed". Nothing charged.
+    settings = settings_for(fake_discord, tiny_model_dir, data_dir)
+    album = fake_discord.post(
+        attachments=[("a.png", picture(), "image/png"), ("b.png", picture(seed=2), "image/png")]
+    )
+    async with running(settings):
+        asked = await fake_discord.message_command("Animate", album)
+        assert "2 pictures" in await reply_text(asked)
+    menu = asked.original
+    assert menu is not None
+    (select,) = [c for c in menu.iter_components() if c["type"] == 3]
+    async with running(settings):
+        pick = await fake_discord.click(menu, select["custom_id"], values=["1"])
+        closed = await wait_for_message(
+            fake_discord, lambda m: m.id == menu.id and "expired" in m.content, 10
+        )
+        assert "Use **Animate** on the message again" in closed.content and not closed.components
+        assert pick.response_type == 7  # the menu itself was answered, no new message
+        quota = await fake_discord.interaction("quota", permissions=MEMBER)
+        assert "**3** of 3" in await reply_text(quota)
+
+
 async def test_draft_quality_makes_a_full_clip_and_says_so(
     bot: App, fake_discord: FakeDiscordServer, tmp_path: Path
 ) -> None:

@@ -142,7 +142,7 @@ async def test_the_menu_offers_discords_most_and_one_pick_makes_one_clip() -> No
         picked.append(picture.filename)
 
     asked = Asked()
-    picker = PicturePicker(found(30), on_pick, asked=asked)  # type: ignore[arg-type]
+    picker = PicturePicker(found(30), on_pick, asked=asked, menus={})  # type: ignore[arg-type]
     (select,) = picker.children
     assert isinstance(select, discord.ui.Select) and len(select.options) == 25
     assert picker.text.startswith("That message has 30 pictures") and "first 25" in picker.text
@@ -160,7 +160,7 @@ async def test_an_expired_menu_says_to_use_animate_again() -> None:
         raise AssertionError("no pick")
 
     asked = Asked()
-    picker = PicturePicker(found(2), on_pick, asked=asked)  # type: ignore[arg-type]
+    picker = PicturePicker(found(2), on_pick, asked=asked, menus={})  # type: ignore[arg-type]
     await picker.on_timeout()
     assert asked.edits == [{"content": PICK_EXPIRED, "view": None}]
 
@@ -210,3 +210,18 @@ async def test_a_linked_pictures_download_stops_past_the_limit() -> None:
             await linked("5000000?length=1").read()  # refused from its length alone
     finally:
         await runner.cleanup()
+
+
+def test_each_menu_is_known_by_a_token_and_old_ones_are_forgotten() -> None:
+    import time
+
+    from bot.views import PICK_ID, PICK_TOKENS_KEPT_SECONDS
+
+    async def on_pick(interaction: Any, picture: Any) -> None:
+        raise AssertionError("no pick")
+
+    menus = {"0" * 16: time.monotonic() - PICK_TOKENS_KEPT_SECONDS - 1}
+    picker = PicturePicker(found(2), on_pick, asked=Asked(), menus=menus)  # type: ignore[arg-type]
+    (select,) = picker.children
+    assert isinstance(select, discord.ui.Select) and select.custom_id.startswith(PICK_ID)
+    assert list(menus) == [select.custom_id.removeprefix(PICK_ID)]
