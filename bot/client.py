@@ -77,6 +77,7 @@ class SvdBot(commands.Bot):
             reencode=reencode,
             set_progress_message=service.set_progress_message,
             lookup=service.job,
+            set_clip_message=service.set_clip_message,
             edit_interval=config.edit_interval,
         )
         self._pump: asyncio.Task[None] | None = None

@@ -341,6 +341,33 @@ def guild_queue_text(jobs: Sequence[JobRecord], snapshot: QueueSnapshot) -> str:
     )
 
 
+def history_text(jobs: Sequence[JobRecord]) -> str:
+    """The member's latest clips here, newest first: when, how it ended, a link to each posted
+    one, and the settings that reproduce it."""
+    if not jobs:
+        return "🕘 You have made no clips here yet. Use `/animate` or Apps → **Animate**."
+    lines = ["🕘 Your latest clips here, newest first:"]
+    for job in jobs:
+        when = discord_timestamp(job.created_at) if job.created_at else "?"
+        options = job.options
+        settings = f"motion `{options.get('motion_bucket_id', 127)}`"
+        if job.seed is not None:
+            settings += f" · seed `{job.seed}`"
+        if job.state is JobState.DELIVERED:
+            if job.clip_url is not None:
+                outcome = f"[posted]({job.clip_url})"
+            else:
+                outcome = "posted (deleted since, or before the bot kept links)"
+        elif job.state is JobState.FAILED:
+            outcome = f"failed, not charged: {job.error or 'an error'}"
+        elif job.state is JobState.CANCELLED:
+            outcome = "cancelled, not charged"
+        else:
+            outcome = "in the line (see `/queue`)"
+        lines.append(f"• {when} {outcome} · {settings}")
+    return truncate("\n".join(lines))
+
+
 def _clip_link(job: JobRecord) -> str:
     """The clip as /queue names it: a link to its progress message, where the member saw it."""
     if job.progress_message_id is None:

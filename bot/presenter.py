@@ -137,12 +137,14 @@ class DiscordPresenter:
         reencode: Reencoder,
         set_progress_message: Callable[[str, int], Awaitable[None]],
         lookup: Callable[[str], Awaitable[JobRecord | None]],
+        set_clip_message: Callable[[str, str], Awaitable[None]] | None = None,
         edit_interval: float = DEFAULT_EDIT_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._reencode = reencode
         self._set_progress_message = set_progress_message
+        self._set_clip_message = set_clip_message
         self._lookup = lookup
         self._interval = edit_interval
         self._clock = clock
@@ -249,7 +251,8 @@ class DiscordPresenter:
         path = event.clip.path
         budget = job.max_bytes or event.clip.size_bytes
         job = await self._after_the_command_flow(job)
-        if again and await self._already_posted(job):
+        if again and (found := await self._already_posted(job)) is not None:
+            await self._posted_at(job, found)
             await self._finish_progress(job)
             return True
         text = messages.done_text(job, event)
@@ -279,7 +282,8 @@ class DiscordPresenter:
                     return True
             # discord.py has retried a 5xx for half a minute already. Discord may have stored
             # the clip before failing (a blind retry would post it twice): look.
-            elif exc.status >= 500 and await self._already_posted(job):
+            elif exc.status >= 500 and (found := await self._already_posted(job)) is not None:
+                await self._posted_at(job, found)
                 await self._finish_progress(job)
                 return True
             log.error("clip upload failed: %s", failure, extra={"job_id": job.job_id})
@@ -293,8 +297,24 @@ class DiscordPresenter:
         retried = time.monotonic() - started >= WEBHOOK_RETRY_WAIT
         if retried and isinstance(posted, discord.Message) and posted.webhook_id is not None:
             await self._drop_repeats(job, posted)
+        await self._posted_at(job, posted)
         await self._finish_progress(job)
         return True
+
+    async def _posted_at(self, job: JobRecord, message: Any, *, dm: bool = False) -> None:
+        """Remember where the clip went, for /history; never in the way of its delivery. (Not
+        discord.py's `jump_url`: a webhook's message may not know its server.)"""
+        channel = getattr(message, "channel", None)
+        if self._set_clip_message is None or channel is None or not hasattr(message, "id"):
+            return
+        place = "@me" if dm else str(job.guild_id)
+        url = f"https://discord.com/channels/{place}/{channel.id}/{message.id}"
+        try:
+            await self._set_clip_message(job.job_id, url)
+        except Exception as exc:
+            log.warning(
+                "could not record the clip's message: %s", exc, extra={"job_id": job.job_id}
+            )
 
     async def _drop_repeats(self, job: JobRecord, kept: discord.Message) -> None:
         """Delete copies of the clip besides `kept`. discord.py sends a webhook post again after
@@ -361,12 +381,13 @@ class DiscordPresenter:
                 )
                 path = await asyncio.to_thread(self._reencode, path, budget)
 
-    async def _already_posted(self, job: JobRecord) -> bool:
-        """Whether the job's clip is in the channel already (unknown is no)."""
-        if await self._posted_clips(job):
+    async def _already_posted(self, job: JobRecord) -> discord.Message | None:
+        """The job's clip, if it is in the channel already (unknown is no)."""
+        found = await self._posted_clips(job)
+        if found:
             log.info("the clip was posted after all", extra={"job_id": job.job_id})
-            return True
-        return False
+            return found[0]
+        return None
 
     async def hand_over(self, followup: discord.Webhook, job: JobRecord, event: JobEvent) -> bool:
         """Post a clip Discord refused earlier through `followup`, the webhook of a command the
@@ -385,10 +406,13 @@ class DiscordPresenter:
             )
 
         try:
-            await self._fitting(job, event.clip.path, job.max_bytes or DM_UPLOAD_LIMIT, post)
+            posted = await self._fitting(
+                job, event.clip.path, job.max_bytes or DM_UPLOAD_LIMIT, post
+            )
         except discord.HTTPException as exc:
             log.warning("handing the clip over failed: %s", exc, extra={"job_id": job.job_id})
             return False
+        await self._posted_at(job, posted)
         await self._finish_progress(job)
         return True
 
@@ -403,13 +427,14 @@ class DiscordPresenter:
         try:
             channel = await self._client.create_dm(discord.Object(job.user_id))
             # A DM takes 10 MiB, whatever the server's boost level allowed.
-            await self._fitting(
+            sent = await self._fitting(
                 job, path, min(job.max_bytes or DM_UPLOAD_LIMIT, DM_UPLOAD_LIMIT), post
             )
         except discord.HTTPException as exc:
             # The member does not take DMs from the bot (50007), or Discord refused the upload.
             log.warning("could not DM the clip either: %s", exc, extra={"job_id": job.job_id})
             return False
+        await self._posted_at(job, sent, dm=True)
         return True
 
     async def failed(self, job: JobRecord, message: str) -> None:

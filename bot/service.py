@@ -529,11 +529,23 @@ class AnimateService:
             log.exception("could not record a clip's deletion in the moderators' log")
             return
         owner = named if job is None else job.user_id
+        if job is not None and job.clip_url is not None:
+            # /history no longer links to it.
+            with contextlib.suppress(Exception):
+                await self._jobs.update(job_id, clip_url=None)
         if owner is not None and owner != member.user_id:
             await self._moderated(member, "clip.delete", job_id, owner)
 
     async def set_progress_message(self, job_id: str, message_id: int) -> None:
         await self._jobs.update(job_id, progress_message_id=message_id)
+
+    async def set_clip_message(self, job_id: str, url: str) -> None:
+        """Where the clip was posted, for `/history` (a DM or another channel's `/queue` too)."""
+        await self._jobs.update(job_id, clip_url=url)
+
+    async def history(self, member: Member, limit: int = 10) -> list[JobRecord]:
+        """The member's latest clips in the guild, newest first."""
+        return await self._jobs.history(member.guild_id, member.user_id, limit=limit)
 
     # ------------------------------------------------------------- the journal
 

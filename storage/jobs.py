@@ -97,6 +97,9 @@ class JobRecord:
     delivery_tries: int = 0
     # The picture was marked as a spoiler: so is the clip (and its re-rolls).
     spoiler: bool = False
+    # A link to the posted clip's message (None: not posted, deleted, or posted by an older
+    # version of the bot).
+    clip_url: str | None = None
 
 
 _TIMES = ("created_at", "started_at", "finished_at")
@@ -118,6 +121,7 @@ UPDATABLE = frozenset(
         "duration_seconds",
         "cost_units",
         "delivery_tries",
+        "clip_url",
     }
 )
 

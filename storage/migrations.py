@@ -198,6 +198,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CHECK (spoiler IN (0, 1))",
         ),
     ),
+    Migration(
+        8,
+        "where a clip was posted, for /history's links",
+        (
+            # Not always the job's channel: a DM, or the channel of the /queue that posted it.
+            "ALTER TABLE jobs ADD COLUMN clip_url TEXT",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

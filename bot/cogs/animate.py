@@ -1,4 +1,4 @@
-"""The member's commands: /animate, /queue, /cancel, /quota."""
+"""The member's commands: /animate (and Apps → Animate), /queue, /cancel, /history, /quota."""
 
 from __future__ import annotations
 
@@ -207,6 +207,14 @@ class AnimateCog(commands.Cog):
             n = len(cancelled)
             text = f"🚫 Cancelled {n} clip{'s' if n != 1 else ''}. You were not charged."
         await interaction.edit_original_response(content=text)
+
+    @app_commands.command(name="history", description="Your latest clips here, with links")
+    @app_commands.guild_only()
+    async def history(self, interaction: discord.Interaction) -> None:
+        async with TimelyReply(interaction) as reply:
+            member = await member_of(interaction, self.bot.service)
+            jobs = await self.bot.service.history(member)
+            await reply.send(messages.history_text(jobs))
 
     @app_commands.command(name="quota", description="How many clips you have left")
     @app_commands.guild_only()

@@ -500,9 +500,22 @@ async def test_a_moderators_cancel_and_delete_of_a_members_clips_are_in_the_log(
     while "Nothing of this server's" not in (after := await line()):
         assert asyncio.get_running_loop().time() < deadline, after
         await asyncio.sleep(0.2)
+    # The member's /history links to the posted clip and says the other was cancelled.
+    history = await fake_discord.interaction("history", permissions=MEMBER)
+    lines = (await reply_text(history)).splitlines()
+    link = f"https://discord.com/channels/{fake_discord.guild.id}/{clip.channel_id}/{clip.id}"
+    assert "cancelled, not charged" in lines[1] and f"[posted]({link})" in lines[2], lines
     delete = next(c for c in clip.custom_ids if c.startswith("svd:delete:"))
     await fake_discord.click(clip, delete, user=mod)
     await eventually(lambda: fake_discord.message(clip.id).deleted)
+    # The deletion is recorded just after the message goes.
+    deadline = asyncio.get_running_loop().time() + 5
+    while link in (
+        gone := await reply_text(await fake_discord.interaction("history", permissions=MEMBER))
+    ):
+        assert asyncio.get_running_loop().time() < deadline, gone
+        await asyncio.sleep(0.1)
+    assert "posted (deleted since" in gone
     log = await fake_discord.interaction(
         "quota-admin", {}, subcommand="log", user=mod, permissions=MANAGE_GUILD
     )

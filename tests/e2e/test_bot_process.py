@@ -48,8 +48,17 @@ async def test_sync_registers_the_commands_in_one_server(
     output, _ = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode == 0, output.decode()
     names = {command["name"] for command in discord_server.commands(guild)}
-    assert names == {"animate", "queue", "cancel", "quota", "quota-admin", "defaults", "Animate"}
-    assert "Registered 7 commands" in output.decode()
+    assert names == {
+        "animate",
+        "queue",
+        "cancel",
+        "quota",
+        "quota-admin",
+        "defaults",
+        "history",
+        "Animate",
+    }
+    assert "Registered 8 commands" in output.decode()
     assert discord_server.commands() == []  # nothing global: sync happens only where asked
 
 

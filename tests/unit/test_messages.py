@@ -243,3 +243,40 @@ def test_the_moderators_queue_lists_this_servers_clips_in_the_order_they_are_mad
     assert "…and 15 more." in long and len(long) <= messages.MAX_CONTENT
     empty = messages.guild_queue_text([], snapshot)
     assert "Nothing of this server's is waiting" in empty
+
+
+def test_history_links_each_posted_clip_and_says_how_the_others_ended() -> None:
+    from storage.jobs import JobState
+
+    at = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+    def job(state: JobState, **fields: object) -> JobRecord:
+        return JobRecord(
+            job_id="a" * 32,
+            guild_id=1,
+            channel_id=2,
+            user_id=3,
+            state=state,
+            created_at=at,
+            options={"motion_bucket_id": 90},
+            seed=7,
+            **fields,  # type: ignore[arg-type]
+        )
+
+    url = "https://discord.com/channels/@me/5/6"  # sent by DM
+    text = messages.history_text(
+        [
+            job(JobState.DELIVERED, clip_url=url),
+            job(JobState.DELIVERED),
+            job(JobState.FAILED, error="The GPU ran out of memory."),
+            job(JobState.CANCELLED),
+            job(JobState.QUEUED),
+        ]
+    )
+    lines = text.splitlines()
+    stamp = f"<t:{int(at.timestamp())}:R>"
+    assert lines[1] == f"• {stamp} [posted]({url}) · motion `90` · seed `7`"
+    assert "posted (deleted since" in lines[2]
+    assert "failed, not charged: The GPU ran out of memory." in lines[3]
+    assert "cancelled, not charged" in lines[4] and "in the line" in lines[5]
+    assert "made no clips here yet" in messages.history_text([])
