@@ -818,6 +818,9 @@ async def test_a_clip_the_bot_may_not_post_in_the_channel_reaches_the_member_by_
     assert not message.components  # no server buttons in a DM
     assert not [m for m in fake_discord.messages(fake_discord.channel) if m.attachments]
     await _until_delivered(bot)
+    # /history links to it in the member's DMs.
+    history = await reply_text(await fake_discord.interaction("history", permissions=MEMBER))
+    assert f"(https://discord.com/channels/@me/{message.channel_id}/{message.id})" in history
 
 
 async def test_a_clip_whose_channel_was_deleted_reaches_the_member_by_dm(
