@@ -496,11 +496,7 @@ class AnimateService:
     async def guild_jobs(self, guild_id: int) -> tuple[list[JobRecord], QueueSnapshot]:
         """Every clip of the guild's waiting, being made or about to be posted (for its
         moderators), with the whole queue's state."""
-        jobs = [
-            job
-            for job in await self._jobs.unfinished()
-            if job.guild_id == guild_id and job.job_id not in self._posted
-        ]
+        jobs = [j for j in await self._jobs.unfinished(guild_id) if j.job_id not in self._posted]
         return jobs, self._queue.snapshot()
 
     async def quota(self, member: Member) -> QuotaStatus:

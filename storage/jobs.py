@@ -197,11 +197,13 @@ class JobStore:
             raise JobNotFound(job_id)
         return int(rows[0][0])
 
-    async def unfinished(self) -> list[JobRecord]:
-        """Jobs a restart must pick up (queued, running, encoding, done), oldest first."""
+    async def unfinished(self, guild_id: int | None = None) -> list[JobRecord]:
+        """Jobs a restart must pick up (queued, running, encoding, done), oldest first; only
+        the guild's with `guild_id`."""
+        where = "" if guild_id is None else " AND guild_id = ?"
         rows = await self._db.fetch(
-            f"{_SELECT} WHERE state IN (?, ?, ?, ?) ORDER BY created_at_us, rowid",
-            [s.value for s in UNFINISHED],
+            f"{_SELECT} WHERE state IN (?, ?, ?, ?){where} ORDER BY created_at_us, rowid",
+            [s.value for s in UNFINISHED] + ([] if guild_id is None else [guild_id]),
         )
         return [_from_row(row) for row in rows]
 
