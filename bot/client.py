@@ -92,9 +92,11 @@ class SvdBot(commands.Bot):
         from bot.cogs.admin import QuotaAdmin
         from bot.cogs.animate import AnimateCog
         from bot.cogs.defaults import DefaultsCog
+        from bot.cogs.help import HelpCog
 
         await self.add_cog(AnimateCog(self))
         await self.add_cog(DefaultsCog(self))
+        await self.add_cog(HelpCog(self))
         await self.add_cog(QuotaAdmin(self))
         self.add_dynamic_items(ClipButton, StalePictureMenu)
         if not self.config.serve:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from generation.jobs import EventKind, JobEvent, QueueSnapshot
 from generation.options import AnimateOptions
@@ -16,6 +17,9 @@ from storage.member_defaults import MemberDefaults
 from storage.quota_rules import clips, counts_for
 from storage.quotas import QuotaStatus
 from storage.usage import GuildUsage
+
+if TYPE_CHECKING:
+    from bot.service import Overview
 
 BAR_WIDTH = 16
 # Discord's limit on a message's content.
@@ -199,21 +203,8 @@ def quota_text(status: QuotaStatus, *, subject: str = "You") -> str:
 def defaults_text(options: AnimateOptions, mine: MemberDefaults, *, saved: bool) -> str:
     """What a clip gets when the member types nothing (`options`), each of their own marked."""
 
-    def yours(value: str, own: bool) -> str:
-        return f"{value} (yours)" if own else value
-
-    motion = f"motion `{options.motion_bucket_id}`"
-    if options.preset is not None:
-        motion += f" (preset `{options.preset}`)"
-    parts = [
-        yours(motion, mine.preset is not None or mine.motion_bucket_id is not None),
-        yours(f"format `{options.format}`", mine.format is not None),
-        yours(f"fps `{options.fps}`", mine.fps is not None),
-        yours(f"quality `{options.quality}`", mine.quality is not None),
-        f"steps `{options.num_inference_steps}`",
-    ]
     head = "✅ Saved. " if saved else ""
-    text = f"{head}⚙️ With nothing typed, your clips here get: {' · '.join(parts)}."
+    text = f"{head}⚙️ With nothing typed, your clips here get: {_clip_settings(options, mine)}."
     if mine.chosen():
         return (
             f"{text}\nYours apply in every server I'm in, to `/animate` and Apps → **Animate**; "
@@ -223,6 +214,91 @@ def defaults_text(options: AnimateOptions, mine: MemberDefaults, *, saved: bool)
         f"{text}\nSet your own for `/animate` and Apps → **Animate** with `/defaults`, "
         "e.g. `/defaults format:gif preset:dramatic`."
     )
+
+
+def _clip_settings(options: AnimateOptions, mine: MemberDefaults) -> str:
+    """'motion `127` · format `gif` (yours) · …': a clip's settings, the member's own marked."""
+
+    def yours(value: str, own: bool) -> str:
+        return f"{value} (yours)" if own else value
+
+    motion = f"motion `{options.motion_bucket_id}`"
+    if options.preset is not None:
+        motion += f" (preset `{options.preset}`)"
+    return " · ".join(
+        [
+            yours(motion, mine.preset is not None or mine.motion_bucket_id is not None),
+            yours(f"format `{options.format}`", mine.format is not None),
+            yours(f"fps `{options.fps}`", mine.fps is not None),
+            yours(f"quality `{options.quality}`", mine.quality is not None),
+            f"steps `{options.num_inference_steps}`",
+        ]
+    )
+
+
+# What a member hears about the line when it is not simply running (see bot/health.py).
+_QUEUE_STATES = {
+    "starting": "⏳ I'm still starting: clips wait in line and start once the model is loaded.",
+    "loading": "⏳ I'm still loading the model: clips wait in line and start once it's ready.",
+    "load_failed": (
+        "⚠️ The model failed to load when I started; each clip tries again, and one that "
+        "fails is not charged. The host has been told in my log."
+    ),
+    "stuck": (
+        "⚠️ The GPU stopped responding and I'm restarting; clips in line are kept and made "
+        "after the restart."
+    ),
+    "failed": "⚠️ My GPU worker stopped after an error; clips in line wait for a restart.",
+    "stopping": "⏸️ I'm restarting; clips in line are kept and made after the restart.",
+    "stopped": "⏸️ I'm restarting; clips in line are kept and made after the restart.",
+    "no_workers": "⚠️ No GPU worker is connected right now; clips wait until one is back.",
+}
+
+
+def help_text(overview: Overview) -> str:
+    """`/help`: how to make a clip, and what this server gives the member now."""
+    limits = overview.image_limits
+    megabytes = limits.max_bytes / (1024 * 1024)
+    megapixels = limits.max_pixels / 1_000_000
+    waiting, making = len(overview.snapshot.waiting), len(overview.snapshot.running)
+    line = f"{waiting} clip{'s' if waiting != 1 else ''} waiting"
+    line += "." if not making else ", one being made." if making == 1 else f", {making} being made."
+    if overview.snapshot.waiting:
+        line += (
+            f" The last in line starts in {duration(overview.snapshot.waiting[-1].eta_seconds)}."
+        )
+    state = _QUEUE_STATES.get(overview.snapshot.state)
+    lines = [
+        "🎬 **Making a clip**",
+        f"• `/animate image:` with a picture (PNG, JPEG, WebP, GIF, HEIC or AVIF, up to "
+        f"{megabytes:g} MB and {megapixels:g} megapixels), or Apps → **Animate** on a message of "
+        "yours with one.",
+        "• How much it moves: `preset:` subtle, normal or dramatic, or `motion:` 0 (still) to "
+        "255 (wild). `format:gif` loops everywhere; `quality:draft` is faster; the same `seed:` "
+        "gives the same clip.",
+        "• Under each clip: **Re-roll** (new seed), **More motion**, **Less motion**, **Delete**.",
+        "",
+        "📋 **Here, now**",
+        "• " + quota_text(overview.quota),
+        f"• With nothing typed, a clip gets: {_clip_settings(overview.options, overview.defaults)}"
+        f" (at most `{overview.max_steps}` steps here). `/defaults` sets your own.",
+        "• " + line,
+    ]
+    if state is not None:
+        lines.append("• " + state)
+    lines += [
+        "• A clip is charged only once it is posted: one that fails or is cancelled costs nothing.",
+        "",
+        "🧭 **Commands**: `/queue` (your place in line) · `/history` (your latest clips) · "
+        "`/cancel` · `/quota` · `/defaults`",
+    ]
+    if overview.is_moderator:
+        lines.append(
+            "🛡️ **Moderators**: `/quota-admin` `set`, `role`, `default` (limits) · `reset` "
+            "(give clips back) · `show` (a member) · `queue` · `usage` · `log` · `config` "
+            "(step cap, default format, moderator role)"
+        )
+    return truncate("\n".join(lines))
 
 
 USAGE_SPANS = {1: "the last 24 hours", 7: "the last 7 days", 30: "the last 30 days"}

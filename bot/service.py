@@ -85,6 +85,20 @@ class Accepted:
     on_hold: bool = False
 
 
+@dataclass(frozen=True)
+class Overview:
+    """What `/help` tells a member about this server now: their clips left, what a clip gets
+    with nothing typed, the line, and what the host accepts."""
+
+    quota: QuotaStatus
+    options: AnimateOptions
+    defaults: MemberDefaults
+    max_steps: int
+    snapshot: QueueSnapshot
+    image_limits: ImageLimits
+    is_moderator: bool
+
+
 class Presenter(Protocol):
     """Shows a job's life to its members; the Discord layer implements it."""
 
@@ -501,6 +515,18 @@ class AnimateService:
 
     async def quota(self, member: Member) -> QuotaStatus:
         return await self._quotas.status(member.guild_id, member.user_id, member.role_ids)
+
+    async def overview(self, member: Member) -> Overview:
+        settings = await self._guilds.get(member.guild_id)
+        return Overview(
+            quota=await self.quota(member),
+            options=await self.build_options(member.guild_id, user_id=member.user_id),
+            defaults=await self._defaults.get(member.user_id),
+            max_steps=settings.max_steps,
+            snapshot=self._queue.snapshot(),
+            image_limits=self._config.image_limits,
+            is_moderator=member.is_moderator,
+        )
 
     async def guild_settings(self, guild_id: int) -> GuildSettings:
         return await self._guilds.get(guild_id)

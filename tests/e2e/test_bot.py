@@ -357,6 +357,14 @@ async def test_quota_runs_out_and_a_moderator_resets_it(
     refused = await animate(fake_discord)
     text = await reply_text(refused)
     assert "1" in text and "<t:" in text, text
+    # /help tells the member where they stand here; moderators also read their commands.
+    told = await fake_discord.interaction("help", permissions=MEMBER)
+    text = await reply_text(told)
+    assert told.ephemeral and "**0** of 1 clip left" in text and "Next clip back <t:" in text
+    assert "`/animate image:`" in text and "at most `30` steps here" in text
+    assert "/quota-admin" not in text
+    told = await fake_discord.interaction("help", user=mod, permissions=MANAGE_GUILD)
+    assert "🛡️ **Moderators**: `/quota-admin`" in await reply_text(told)
 
     reset = await fake_discord.interaction(
         "quota-admin",

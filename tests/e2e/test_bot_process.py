@@ -56,9 +56,10 @@ async def test_sync_registers_the_commands_in_one_server(
         "quota-admin",
         "defaults",
         "history",
+        "help",
         "Animate",
     }
-    assert "Registered 8 commands" in output.decode()
+    assert "Registered 9 commands" in output.decode()
     assert discord_server.commands() == []  # nothing global: sync happens only where asked
 
 

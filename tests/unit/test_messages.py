@@ -280,3 +280,36 @@ def test_history_links_each_posted_clip_and_says_how_the_others_ended() -> None:
     assert "failed, not charged: The GPU ran out of memory." in lines[3]
     assert "cancelled, not charged" in lines[4] and "in the line" in lines[5]
     assert "made no clips here yet" in messages.history_text([])
+
+
+def test_help_says_how_to_make_a_clip_and_where_the_member_stands() -> None:
+    from bot.service import Overview
+    from generation.images import ImageLimits
+    from generation.jobs import QueueSnapshot, WaitingJob
+    from generation.options import AnimateOptions
+    from storage.member_defaults import MemberDefaults
+
+    status = QuotaStatus(
+        limit=5, used=2, remaining=3, period="day", next_available_at=None, source="guild"
+    )
+    waiting = tuple(WaitingJob(str(n), n, 1, n, 60.0 * n, 1) for n in (1, 2))
+    overview = Overview(
+        quota=status,
+        options=AnimateOptions(format="gif"),
+        defaults=MemberDefaults(1, format="gif"),
+        max_steps=30,
+        snapshot=QueueSnapshot("ready", waiting, ()),
+        image_limits=ImageLimits(max_bytes=10 * 2**20, max_pixels=20_000_000),
+        is_moderator=False,
+    )
+    text = messages.help_text(overview)
+    # The host's limits, the member's quota and defaults, the line as it stands.
+    assert "up to 10 MB and 20 megapixels" in text and "**3** of 5 clips left" in text
+    assert "format `gif` (yours)" in text and "at most `30` steps here" in text
+    assert "2 clips waiting. The last in line starts in about 2 min." in text
+    assert "loading" not in text and "/quota-admin" not in text and len(text) <= 2000
+    # While the model loads, and for a moderator.
+    loading = replace(overview, snapshot=QueueSnapshot("loading", (), ()), is_moderator=True)
+    text = messages.help_text(loading)
+    assert "0 clips waiting." in text and "still loading the model" in text
+    assert "🛡️ **Moderators**: `/quota-admin`" in text

@@ -530,6 +530,25 @@ async def test_a_members_own_defaults_fill_what_they_did_not_type(tmp_path: Path
         assert (await r.service.my_defaults(ALICE.user_id)).chosen() == {}
 
 
+async def test_the_overview_for_help_is_what_this_member_gets_here_now(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        await r.service.guilds.update(1, 99, max_steps=10, default_format="gif")
+        await r.service.set_my_defaults(ALICE.user_id, fps=12)
+        await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        seen = await r.service.overview(replace(ALICE, is_moderator=True))
+        assert seen.quota.remaining == 2 and seen.quota.limit == 3
+        assert (seen.options.format, seen.options.fps, seen.options.num_inference_steps) == (
+            "gif",
+            12,
+            10,
+        )
+        assert seen.defaults.chosen() == {"fps": 12} and seen.max_steps == 10
+        assert seen.is_moderator and seen.image_limits.max_bytes == 25 * 2**20
+        # Someone else there: their own quota, the server's settings, no moderator commands.
+        bob = await r.service.overview(replace(ALICE, user_id=ALICE.user_id + 1))
+        assert bob.quota.remaining == 3 and bob.options.fps == 7 and not bob.is_moderator
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [
