@@ -63,8 +63,18 @@ class TimedEncoder(FakeEncoder):
         format: OutputFormat,
         fps: float,
         max_bytes: int,
+        interpolate: bool = False,
+        ping_pong: bool = False,
     ) -> EncodedClip:
-        clip = super().__call__(frames, path, format=format, fps=fps, max_bytes=max_bytes)
+        clip = super().__call__(
+            frames,
+            path,
+            format=format,
+            fps=fps,
+            max_bytes=max_bytes,
+            interpolate=interpolate,
+            ping_pong=ping_pong,
+        )
         self.finished[path.stem] = time.perf_counter()
         return clip
 

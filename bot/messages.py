@@ -104,6 +104,7 @@ def done_text(job: JobRecord, event: JobEvent) -> str:
         parts.insert(0, f"preset `{options.preset}`")
     if options.quality == "draft":
         parts.append("quality `draft`")
+    parts.extend(_encoding(options))
     if event.seconds is not None:
         parts.append(f"made in {max(1, round(event.seconds))} s")
     lines = [f"✅ {mention(job.user_id)}, your clip is ready · " + " · ".join(parts)]
@@ -131,6 +132,10 @@ def clip_alt_text(job: JobRecord) -> str:
         f"Video: {made} animated from a still picture by Stable Video Diffusion, "
         f"motion {options.get('motion_bucket_id', 127)} of 255"
     )
+    if options.get("ping_pong"):
+        text += ", played forwards then backwards"
+    if options.get("interpolate"):
+        text += ", smoothed with in-between frames"
     return f"{text}, seed {seed}." if seed is not None else f"{text}."
 
 
@@ -225,15 +230,25 @@ def _clip_settings(options: AnimateOptions, mine: MemberDefaults) -> str:
     motion = f"motion `{options.motion_bucket_id}`"
     if options.preset is not None:
         motion += f" (preset `{options.preset}`)"
-    return " · ".join(
-        [
-            yours(motion, mine.preset is not None or mine.motion_bucket_id is not None),
-            yours(f"format `{options.format}`", mine.format is not None),
-            yours(f"fps `{options.fps}`", mine.fps is not None),
-            yours(f"quality `{options.quality}`", mine.quality is not None),
-            f"steps `{options.num_inference_steps}`",
-        ]
-    )
+    parts = [
+        yours(motion, mine.preset is not None or mine.motion_bucket_id is not None),
+        yours(f"format `{options.format}`", mine.format is not None),
+        yours(f"fps `{options.fps}`", mine.fps is not None),
+        yours(f"quality `{options.quality}`", mine.quality is not None),
+        f"steps `{options.num_inference_steps}`",
+    ]
+    own = {"`bounce`": mine.ping_pong, "`smooth`": mine.interpolate}
+    parts.extend(yours(name, bool(own[name])) for name in _encoding(options))
+    return " · ".join(parts)
+
+
+def _encoding(options: AnimateOptions) -> list[str]:
+    """What the encoder did to the frames, as the settings line names it."""
+    return [
+        name
+        for name, chosen in (("`bounce`", options.ping_pong), ("`smooth`", options.interpolate))
+        if chosen
+    ]
 
 
 # What a member hears about the line when it is not simply running (see bot/health.py).
@@ -274,8 +289,9 @@ def help_text(overview: Overview) -> str:
         f"{megabytes:g} MB and {megapixels:g} megapixels), or Apps → **Animate** on a message of "
         "yours with one.",
         "• How much it moves: `preset:` subtle, normal or dramatic, or `motion:` 0 (still) to "
-        "255 (wild). `format:gif` loops everywhere; `quality:draft` is faster; the same `seed:` "
-        "gives the same clip.",
+        "255 (wild). `format:gif` loops everywhere; `bounce:True` loops without a jump; "
+        "`smooth:True` doubles the frames; `quality:draft` is faster; the same `seed:` gives "
+        "the same clip.",
         "• Under each clip: **Re-roll** (new seed), **More motion**, **Less motion**, **Delete**.",
         "",
         "📋 **Here, now**",

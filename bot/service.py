@@ -219,7 +219,7 @@ class AnimateService:
                 if mine.motion_bucket_id is not None:
                     given["motion_bucket_id"] = mine.motion_bucket_id
             quality = quality or mine.quality
-            for name in ("format", "fps"):
+            for name in ("format", "fps", "ping_pong", "interpolate"):
                 if getattr(mine, name) is not None:
                     given.setdefault(name, getattr(mine, name))
         if quality is not None:
@@ -1040,7 +1040,7 @@ def _done_event_from_record(job: JobRecord) -> JobEvent:
         width=0,
         height=0,
         frame_count=0,
-        fps=float(options.output_fps),
+        fps=float(options.output_fps * (2 if options.interpolate else 1)),
         seconds=0.0,
     )
     return JobEvent(

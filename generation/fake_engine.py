@@ -196,8 +196,16 @@ class FakeEncoder:
         format: OutputFormat,
         fps: float,
         max_bytes: int,
+        interpolate: bool = False,
+        ping_pong: bool = False,
     ) -> EncodedClip:
         burn(self.seconds, self.work)
+        # The frame counts and rate the real encoder gives (see generation/encode.py).
+        if interpolate and len(frames) > 1:
+            frames = np.repeat(frames, 2, axis=0)[:-1]
+            fps *= 2
+        if ping_pong:
+            frames = np.concatenate([frames, frames[-2:0:-1]])
         path.write_bytes(frames.tobytes()[:max_bytes])
         self.calls.append(path)
         count, height, width = frames.shape[:3]

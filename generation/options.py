@@ -83,6 +83,11 @@ class AnimateOptions:
     format: OutputFormat = "mp4"
     # Frame rate of the file; None: the same as the conditioning fps.
     playback_fps: int | None = None
+    # Done by the encoder, not the model (no GPU time): play forwards then backwards, so the
+    # loop has no jump; and twice the frames at twice the rate, the in-between ones by motion
+    # interpolation.
+    ping_pong: bool = False
+    interpolate: bool = False
     # Which configured model (hub id or folder); None: the host's default.
     model: str | None = None
     preset: str | None = field(default=None, compare=False)
@@ -103,6 +108,9 @@ class AnimateOptions:
             raise InvalidOptions("format", "`format` must be `mp4` or `gif`.")
         if self.playback_fps is not None:
             _check_int("playback_fps", self.playback_fps, 1, 60)
+        for name in ("ping_pong", "interpolate"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidOptions(name, f"`{name}` must be true or false.")
         if self.preset is not None and self.preset not in PRESETS:
             names = ", ".join(PRESETS)
             raise InvalidOptions("preset", f"`preset` must be one of: {names}.")

@@ -86,6 +86,8 @@ class Encoder(Protocol):
         format: OutputFormat,
         fps: float,
         max_bytes: int,
+        interpolate: bool = False,
+        ping_pong: bool = False,
     ) -> EncodedClip: ...
 
 
@@ -515,6 +517,8 @@ class LocalJobQueue(QueueFront):
             format=options.format,
             fps=options.output_fps,
             max_bytes=job.request.max_bytes,
+            interpolate=options.interpolate,
+            ping_pong=options.ping_pong,
         )
         started = time.perf_counter()
         future = asyncio.get_running_loop().run_in_executor(self._encode_pool, encode)

@@ -6,13 +6,16 @@ built-in ones. One row per member, for every server: taste in format or motion i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 from storage.clock import Clock, to_micros, utc_now
 from storage.database import Database
 
-_COLUMNS = ("preset", "motion_bucket_id", "format", "fps", "quality")
+_COLUMNS = ("preset", "motion_bucket_id", "format", "fps", "quality", "ping_pong", "interpolate")
+# Stored as 1 or NULL: SQLite has no booleans.
+_FLAGS = frozenset({"ping_pong", "interpolate"})
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM member_defaults WHERE user_id = ?"
 
 
@@ -27,6 +30,9 @@ class MemberDefaults:
     format: Literal["mp4", "gif"] | None = None
     fps: int | None = None
     quality: Literal["best", "draft"] | None = None
+    # True or None: only "on" is a default of the member's own.
+    ping_pong: bool | None = None
+    interpolate: bool | None = None
 
     def chosen(self) -> dict[str, Any]:
         """The options the member set, by name."""
@@ -45,7 +51,7 @@ class MemberDefaultsStore:
         rows = await self._db.fetch(_SELECT, (user_id,))
         if not rows:
             return MemberDefaults(user_id)
-        return MemberDefaults(user_id, *tuple(rows[0]))
+        return _from_row(user_id, rows[0])
 
     async def update(self, user_id: int, *, reset: bool = False, **changes: Any) -> MemberDefaults:
         """Set the options in `changes` (the others stay as they were, or all go first with
@@ -56,10 +62,10 @@ class MemberDefaultsStore:
             raise TypeError(f"unknown member defaults: {', '.join(sorted(unknown))}")
         async with self._db.transaction() as conn:
             rows = list(await conn.execute_fetchall(_SELECT, (user_id,)))
-            old = (
-                MemberDefaults(user_id) if reset or not rows else MemberDefaults(user_id, *rows[0])
-            )
-            new = replace(old, **changes)
+            old = MemberDefaults(user_id) if reset or not rows else _from_row(user_id, rows[0])
+            # A flag turned off is no default of the member's own (as if never set).
+            flags_off = {k: None for k in _FLAGS if k in changes and not changes[k]}
+            new = replace(old, **(changes | flags_off))
             if not new.chosen():
                 # Nothing of their own left: no row, as for a member who never set one.
                 await conn.execute("DELETE FROM member_defaults WHERE user_id = ?", (user_id,))
@@ -72,6 +78,18 @@ class MemberDefaultsStore:
                     {", ".join(f"{c} = excluded.{c}" for c in _COLUMNS)},
                     updated_at_us = excluded.updated_at_us
                 """,
-                (user_id, *(getattr(new, c) for c in _COLUMNS), to_micros(self._clock())),
+                (user_id, *(_stored(new, c) for c in _COLUMNS), to_micros(self._clock())),
             )
         return new
+
+
+def _from_row(user_id: int, row: Sequence[Any]) -> MemberDefaults:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    for name in _FLAGS:
+        values[name] = True if values[name] else None
+    return MemberDefaults(user_id, **values)
+
+
+def _stored(defaults: MemberDefaults, column: str) -> Any:
+    value = getattr(defaults, column)
+    return 1 if column in _FLAGS and value else value

@@ -206,6 +206,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE jobs ADD COLUMN clip_url TEXT",
         ),
     ),
+    Migration(
+        9,
+        "members' own defaults for bounce and smooth clips",
+        (
+            # Only ever 1: a member who turns one off has no default of their own for it.
+            "ALTER TABLE member_defaults ADD COLUMN ping_pong INTEGER CHECK (ping_pong = 1)",
+            "ALTER TABLE member_defaults ADD COLUMN interpolate INTEGER CHECK (interpolate = 1)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

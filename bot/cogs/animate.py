@@ -116,6 +116,8 @@ class AnimateCog(commands.Cog):
         fps: int | None = None,
         steps: int | None = None,
         quality: str | None = None,
+        bounce: bool | None = None,
+        smooth: bool | None = None,
         model: str | None = None,
     ) -> None:
         service = self.bot.service
@@ -139,6 +141,8 @@ class AnimateCog(commands.Cog):
             fps=fps,
             num_inference_steps=steps,
             quality=quality,
+            ping_pong=bounce,
+            interpolate=smooth,
             model=model,
         )
         try:
@@ -244,6 +248,8 @@ OPTION_DESCRIPTIONS = {
     "fps": "Frame rate the model imagines, 1-30 (7); higher means slower motion",
     "steps": "Denoising steps (25), up to the server's cap: fewer is faster, rougher",
     "quality": "best (default), or draft: faster, with a little less detail",
+    "bounce": "Play forwards, then backwards: a loop without a jump",
+    "smooth": "Twice the frames, the in-between ones interpolated: smoother, slower to save",
     "model": "Which model to use",
 }
 QUALITY_CHOICES = [
@@ -272,6 +278,8 @@ def build_animate_command(
         fps: Fps | None = None,
         steps: Steps | None = None,
         quality: str | None = None,
+        bounce: bool | None = None,
+        smooth: bool | None = None,
         model: str | None = None,
     ) -> None:
         await cog.animate(
@@ -285,6 +293,8 @@ def build_animate_command(
             fps=fps,
             steps=steps,
             quality=quality,
+            bounce=bounce,
+            smooth=smooth,
             model=model_of.get(model, model) if model is not None else None,
         )
 

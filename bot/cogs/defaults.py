@@ -30,6 +30,8 @@ class DefaultsCog(commands.Cog):
         format=OPTION_DESCRIPTIONS["format"],
         fps=OPTION_DESCRIPTIONS["fps"],
         quality=OPTION_DESCRIPTIONS["quality"],
+        bounce=OPTION_DESCRIPTIONS["bounce"],
+        smooth=OPTION_DESCRIPTIONS["smooth"],
         reset="Forget your defaults first (then set any given here)",
     )
     @app_commands.choices(quality=QUALITY_CHOICES)
@@ -41,6 +43,8 @@ class DefaultsCog(commands.Cog):
         format: Format | None = None,
         fps: Fps | None = None,
         quality: str | None = None,
+        bounce: bool | None = None,
+        smooth: bool | None = None,
         reset: bool = False,
     ) -> None:
         service = self.bot.service
@@ -52,6 +56,8 @@ class DefaultsCog(commands.Cog):
                 "format": format,
                 "fps": fps,
                 "quality": quality,
+                "ping_pong": bounce,
+                "interpolate": smooth,
             }
             saved = reset or any(value is not None for value in changes.values())
             if saved:

@@ -207,9 +207,10 @@ async def _apps_animate(fake_discord: FakeDiscordServer, tmp_path: Path) -> None
     # A picture the member forwarded is in the forward's snapshot, not its attachments; and
     # Apps → Animate, which has no options, uses the member's own defaults.
     saved = await fake_discord.interaction(
-        "defaults", {"format": "gif", "quality": "draft"}, permissions=MEMBER
+        "defaults", {"format": "gif", "quality": "draft", "bounce": True}, permissions=MEMBER
     )
-    assert "format `gif` (yours)" in await reply_text(saved)
+    text = await reply_text(saved)
+    assert "format `gif` (yours)" in text and "`bounce` (yours)" in text
     theirs = fake_discord.post(attachments=[("dog.png", picture(seed=5), "image/png")], user=other)
     handle = await fake_discord.message_command("Animate", fake_discord.forward(theirs))
     assert "Got it" in await reply_text(handle)
@@ -221,7 +222,11 @@ async def _apps_animate(fake_discord: FakeDiscordServer, tmp_path: Path) -> None
         CLIP_TIMEOUT,
     )
     assert as_set.attachments[0].filename.endswith(".gif")
-    assert "quality `draft`" in as_set.content
+    assert "quality `draft`" in as_set.content and "`bounce`" in as_set.content
+    # Forwards, then backwards without repeating the turning frames.
+    bounced = frames_of(as_set, tmp_path)
+    assert bounced.shape[0] == 2 * TINY_FRAMES - 2
+    assert np.array_equal(bounced[TINY_FRAMES - 2], bounced[TINY_FRAMES])
     await fake_discord.interaction("defaults", {"reset": True}, permissions=MEMBER)
     # Several pictures: the member picks one (here the linked one, which is read from Discord's
     # copy on its media proxy: the link's own host does not exist).
@@ -253,7 +258,9 @@ async def _apps_animate(fake_discord: FakeDiscordServer, tmp_path: Path) -> None
 
     await wait_for_message(fake_discord, lambda _: len(new_clips()) == 2, CLIP_TIMEOUT)
     for made in new_clips():
-        assert frames_of(made, tmp_path).shape[0] == TINY_FRAMES
+        # The first was made before the reset: it bounces.
+        wanted = 2 * TINY_FRAMES - 2 if made.id == as_set.id else TINY_FRAMES
+        assert frames_of(made, tmp_path).shape[0] == wanted
         assert f"<@{fake_discord.user.id}>" in made.content
     # The owl was linked inside ||spoiler bars||: its clip is a spoiler too; the dog's is not.
     names = sorted(m.attachments[0].filename for m in new_clips())
@@ -653,15 +660,21 @@ async def test_cancel_refunds_the_clip(bot: App, fake_discord: FakeDiscordServer
 async def test_reroll_makes_a_new_clip_with_a_new_seed(
     bot: App, fake_discord: FakeDiscordServer, tmp_path: Path
 ) -> None:
-    await animate(fake_discord, seed=7)
+    # A smooth clip: twice the frames less one, the in-between ones interpolated.
+    await animate(fake_discord, seed=7, smooth=True)
     first = await clip_message(fake_discord)
+    assert frames_of(first, tmp_path).shape[0] == 2 * TINY_FRAMES - 1
+    assert "`smooth`" in first.content
+    assert "smoothed with in-between frames" in (first.attachments[0].description or "")
     other = fake_discord.add_user("other")
     reroll = next(c for c in first.custom_ids if c.startswith("svd:reroll:"))
     click = await fake_discord.click(first, reroll, user=other)
     assert "Got it" in await reply_text(click)
     second = await clip_message(fake_discord, other.id)
     assert "seed `7`" not in second.content
-    assert frames_of(second, tmp_path).shape[0] == TINY_FRAMES
+    # The re-roll keeps everything but the seed.
+    assert frames_of(second, tmp_path).shape[0] == 2 * TINY_FRAMES - 1
+    assert "`smooth`" in second.content
 
 
 async def test_a_double_click_on_re_roll_makes_and_charges_one_clip(

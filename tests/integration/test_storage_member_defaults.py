@@ -45,3 +45,22 @@ async def test_the_table_refuses_what_animate_could_not_use(tmp_path: Path) -> N
         with pytest.raises(TypeError):
             await store.update(ALICE, seed=1)
         assert await store.get(ALICE) == MemberDefaults(ALICE)
+
+
+async def test_bounce_and_smooth_are_defaults_only_when_on(tmp_path: Path) -> None:
+    path = tmp_path / "bot.sqlite3"
+    async with await Database.open(path) as db:
+        store = MemberDefaultsStore(db)
+        await store.update(ALICE, ping_pong=True, interpolate=True, fps=12)
+    async with await Database.open(path) as db:
+        store = MemberDefaultsStore(db)
+        mine = await store.get(ALICE)
+        assert (mine.ping_pong, mine.interpolate) == (True, True)
+        # Off is no default of their own, as if never set: the clip then has neither.
+        assert (await store.update(ALICE, ping_pong=False)).chosen() == {
+            "fps": 12,
+            "interpolate": True,
+        }
+        await store.update(ALICE, fps=None, interpolate=False)
+        assert await store.get(ALICE) == MemberDefaults(ALICE)
+        assert await db.fetch("SELECT user_id FROM member_defaults") == []

@@ -13,6 +13,7 @@ import pytest
 from storage import migrations
 from storage.database import Database
 from storage.jobs import JobState, JobStore
+from storage.member_defaults import MemberDefaultsStore
 from storage.migrations import LATEST_VERSION, MIGRATIONS, Migration, migrate, user_version
 from storage.quotas import QuotaStore
 from storage.settings import GuildSettingsStore
@@ -54,6 +55,10 @@ async def write_old_data(conn: aiosqlite.Connection, version: int) -> None:
             "INSERT INTO jobs (job_id, guild_id, channel_id, user_id, state, created_at_us) "
             "VALUES ('old-job', 1, 3, 2, 'running', 0)"
         )
+    if version >= 6:
+        await conn.execute(
+            "INSERT INTO member_defaults (user_id, format, updated_at_us) VALUES (2, 'gif', 0)"
+        )
 
 
 @pytest.mark.parametrize("version", range(LATEST_VERSION))
@@ -73,7 +78,11 @@ async def test_every_earlier_version_upgrades_with_its_data(tmp_path: Path, vers
         if version >= 2:
             [job] = await jobs.unfinished()
             assert (job.job_id, job.state) == ("old-job", JobState.RUNNING)
+        defaults = MemberDefaultsStore(db)
+        if version >= 6:
+            assert (await defaults.get(2)).chosen() == {"format": "gif"}
         # The upgraded file takes new writes in every table.
+        await defaults.update(2, ping_pong=True)
         await quotas.reserve(1, 5, (), "new-job")
         await GuildSettingsStore(db).update(1, 9, max_steps=20)
 

@@ -151,6 +151,12 @@ def test_defaults_text_says_what_a_clip_gets_and_which_are_the_members_own() -> 
     assert text.startswith("✅ Saved.")
     assert "motion `190` (preset `dramatic`) (yours) · format `gif` (yours) · fps `7` ·" in text
     assert "steps `10`" in text and "every server" in text and "reset:True" in text
+    bounce = messages.defaults_text(
+        AnimateOptions(ping_pong=True, interpolate=True),
+        MemberDefaults(1, ping_pong=True),
+        saved=True,
+    )
+    assert "steps `25` · `bounce` (yours) · `smooth`." in bounce
 
 
 def test_a_clips_alt_text_says_what_it_is_in_plain_words() -> None:

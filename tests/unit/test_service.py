@@ -520,6 +520,20 @@ async def test_a_members_own_defaults_fill_what_they_did_not_type(tmp_path: Path
             150,
             0.1,
         )
+        # Bounce and smooth: the member's own until they type otherwise.
+        await r.service.set_my_defaults(ALICE.user_id, ping_pong=True, interpolate=True)
+        both = await r.service.build_options(1, user_id=ALICE.user_id)
+        assert both.ping_pong and both.interpolate
+        one = await r.service.build_options(1, user_id=ALICE.user_id, interpolate=False)
+        assert one.ping_pong and not one.interpolate
+        await r.service.set_my_defaults(ALICE.user_id, ping_pong=False, interpolate=False)
+        assert (await r.service.my_defaults(ALICE.user_id)).chosen() == {
+            "preset": "dramatic",
+            "motion_bucket_id": 150,
+            "format": "gif",
+            "fps": 12,
+            "quality": "draft",
+        }
         # A preset a later version no longer offers is no default, not every clip refused.
         await r.service._defaults.update(ALICE.user_id, preset="retired", motion_bucket_id=None)
         assert (await r.service.build_options(1, user_id=ALICE.user_id)).preset is None
@@ -557,6 +571,7 @@ async def test_the_overview_for_help_is_what_this_member_gets_here_now(tmp_path:
         ({"quality": "ultra"}, "best or draft"),
         ({"preset": "wild"}, "subtle, normal, dramatic"),
         ({"format": "webm"}, "`mp4` or `gif`"),
+        ({"ping_pong": "yes"}, "`ping_pong` must be true or false"),
     ],
 )
 async def test_a_default_out_of_range_is_refused_and_nothing_changes(
