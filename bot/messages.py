@@ -213,7 +213,8 @@ def defaults_text(options: AnimateOptions, mine: MemberDefaults, *, saved: bool)
     if mine.chosen():
         return (
             f"{text}\nYours apply in every server I'm in, to `/animate` and Apps → **Animate**; "
-            "what you type in `/animate` still wins. `/defaults reset:True` forgets them."
+            "what you type in `/animate` still wins. `/defaults forget:` drops one, `reset:True` "
+            "all of them."
         )
     return (
         f"{text}\nSet your own for `/animate` and Apps → **Animate** with `/defaults`, "

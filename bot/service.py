@@ -244,10 +244,11 @@ class AnimateService:
         return await self._defaults.get(user_id)
 
     async def set_my_defaults(
-        self, user_id: int, *, reset: bool = False, **changes: Any
+        self, user_id: int, *, reset: bool = False, forget: Sequence[str] = (), **changes: Any
     ) -> MemberDefaults:
-        """Change a member's own defaults (those given; all of them go first with `reset`).
-        Checked as /animate checks its options, so a default can always be used."""
+        """Change a member's own defaults (those given; all of them go first with `reset`, those
+        named in `forget` are dropped). Checked as /animate checks its options, so a default can
+        always be used."""
         changes = {k: v for k, v in changes.items() if v is not None}
         if "quality" in changes:
             _cache_interval(changes["quality"])
@@ -258,6 +259,8 @@ class AnimateService:
             changes.setdefault("motion_bucket_id", None)
         elif "motion_bucket_id" in changes:
             changes["preset"] = None
+        for name in forget:
+            changes.setdefault(name, None)
         return await self._defaults.update(user_id, reset=reset, **changes)
 
     async def submit(

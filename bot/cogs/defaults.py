@@ -16,6 +16,21 @@ if TYPE_CHECKING:
     from bot.client import SvdBot
 
 
+# What `forget:` drops, by choice: motion is one default, a preset or a number.
+FORGETS: dict[str, tuple[str, ...]] = {
+    "motion": ("preset", "motion_bucket_id"),
+    "format": ("format",),
+    "fps": ("fps",),
+    "quality": ("quality",),
+    "bounce": ("ping_pong",),
+    "smooth": ("interpolate",),
+}
+FORGET_CHOICES = [
+    app_commands.Choice(name="motion (preset or number)" if n == "motion" else n, value=n)
+    for n in FORGETS
+]
+
+
 class DefaultsCog(commands.Cog):
     def __init__(self, bot: SvdBot) -> None:
         self.bot = bot
@@ -32,9 +47,10 @@ class DefaultsCog(commands.Cog):
         quality=OPTION_DESCRIPTIONS["quality"],
         bounce=OPTION_DESCRIPTIONS["bounce"],
         smooth=OPTION_DESCRIPTIONS["smooth"],
+        forget="Forget one of your defaults (what a clip then gets is the server's)",
         reset="Forget your defaults first (then set any given here)",
     )
-    @app_commands.choices(quality=QUALITY_CHOICES)
+    @app_commands.choices(quality=QUALITY_CHOICES, forget=FORGET_CHOICES)
     async def defaults(
         self,
         interaction: discord.Interaction,
@@ -45,6 +61,7 @@ class DefaultsCog(commands.Cog):
         quality: str | None = None,
         bounce: bool | None = None,
         smooth: bool | None = None,
+        forget: str | None = None,
         reset: bool = False,
     ) -> None:
         service = self.bot.service
@@ -59,9 +76,12 @@ class DefaultsCog(commands.Cog):
                 "ping_pong": bounce,
                 "interpolate": smooth,
             }
-            saved = reset or any(value is not None for value in changes.values())
+            forgotten = FORGETS.get(forget or "", ())
+            saved = reset or bool(forgotten) or any(v is not None for v in changes.values())
             if saved:
-                mine = await service.set_my_defaults(member.user_id, reset=reset, **changes)
+                mine = await service.set_my_defaults(
+                    member.user_id, reset=reset, forget=forgotten, **changes
+                )
             else:
                 mine = await service.my_defaults(member.user_id)
             options = await service.build_options(member.guild_id, user_id=member.user_id)

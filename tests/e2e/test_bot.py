@@ -227,6 +227,10 @@ async def _apps_animate(fake_discord: FakeDiscordServer, tmp_path: Path) -> None
     bounced = frames_of(as_set, tmp_path)
     assert bounced.shape[0] == 2 * TINY_FRAMES - 2
     assert np.array_equal(bounced[TINY_FRAMES - 2], bounced[TINY_FRAMES])
+    # One default forgotten, the others kept; then all of them.
+    forgot = await fake_discord.interaction("defaults", {"forget": "bounce"}, permissions=MEMBER)
+    text = await reply_text(forgot)
+    assert "format `gif` (yours)" in text and "bounce" not in text
     await fake_discord.interaction("defaults", {"reset": True}, permissions=MEMBER)
     # Several pictures: the member picks one (here the linked one, which is read from Discord's
     # copy on its media proxy: the link's own host does not exist).

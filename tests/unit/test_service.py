@@ -534,6 +534,16 @@ async def test_a_members_own_defaults_fill_what_they_did_not_type(tmp_path: Path
             "fps": 12,
             "quality": "draft",
         }
+        # One forgotten, the others kept; motion is one default (a preset or a number).
+        await r.service.set_my_defaults(
+            ALICE.user_id, forget=("format", "preset", "motion_bucket_id")
+        )
+        assert (await r.service.my_defaults(ALICE.user_id)).chosen() == {
+            "fps": 12,
+            "quality": "draft",
+        }
+        await r.service.set_my_defaults(ALICE.user_id, preset="dramatic", motion_bucket_id=150)
+        await r.service.set_my_defaults(ALICE.user_id, format="gif")
         # A preset a later version no longer offers is no default, not every clip refused.
         await r.service._defaults.update(ALICE.user_id, preset="retired", motion_bucket_id=None)
         assert (await r.service.build_options(1, user_id=ALICE.user_id)).preset is None
