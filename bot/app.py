@@ -90,6 +90,7 @@ async def build_app(
     engine: Engine | None = None,
     edit_interval: float = 3.0,
     guild_ready_timeout: float = 2.0,
+    presence_interval: float = 30.0,
     on_stuck: Callable[[str], None] | None = None,
     serve: bool = True,
 ) -> AsyncIterator[App]:
@@ -171,6 +172,7 @@ async def build_app(
                 edit_interval=edit_interval,
                 guild_ready_timeout=guild_ready_timeout,
                 serve=serve,
+                presence_interval=presence_interval,
             ),
             reencode=reencode_file,
         )

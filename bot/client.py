@@ -56,6 +56,8 @@ class BotConfig:
     # False for a process that only logs in to register the commands (`sync`): it must leave
     # the clips alone, which the bot that is running may be making right now.
     serve: bool = True
+    # Seconds between looks at the queue for the bot's status line (sent only when it changed).
+    presence_interval: float = 30.0
 
 
 class SvdBot(commands.Bot):
@@ -81,6 +83,8 @@ class SvdBot(commands.Bot):
             edit_interval=config.edit_interval,
         )
         self._pump: asyncio.Task[None] | None = None
+        self._presence: asyncio.Task[None] | None = None
+        self._presence_shown: str | None = None
         # (member, button) → when it was last pressed and whether that press went through
         # (unsettled while it is being handled), for double clicks.
         self._clicks: dict[tuple[int, str], tuple[float, asyncio.Future[bool]]] = {}
@@ -105,6 +109,7 @@ class SvdBot(commands.Bot):
         # for every server's GUILD_CREATE, and a clip that failed or finished in that window
         # must still reach its member. (The presenter speaks HTTP only, ready after login.)
         self._pump = asyncio.create_task(self.service.pump(self.presenter))
+        self._presence = asyncio.create_task(self._show_presence(), name="svd-presence")
         # Also before the gateway connects (setup_hook runs once per process): the clips that
         # waited before a restart go back in line ahead of any new request, within the caps.
         try:
@@ -115,6 +120,21 @@ class SvdBot(commands.Bot):
 
     async def on_ready(self) -> None:
         log.info("connected as %s to %d guild(s)", self.user, len(self.guilds))
+        # A new session (not a resumed one) starts with no status: send it again.
+        self._presence_shown = None
+
+    async def _show_presence(self) -> None:
+        """The queue in the bot's status line, so members see how busy it is before asking."""
+        await self.wait_until_ready()
+        while not self.is_closed():
+            text = messages.presence_text(self.service.line())
+            if text != self._presence_shown:
+                try:
+                    await self.change_presence(activity=discord.CustomActivity(name=text))
+                    self._presence_shown = text
+                except Exception as exc:  # a dropped connection: the next look tries again
+                    log.debug("could not set the status: %s", type(exc).__name__)
+            await asyncio.sleep(self.config.presence_interval)
 
     async def drain(self) -> None:
         """After the queue stopped: let the pump hand on its last events (a clip finished in
@@ -124,6 +144,10 @@ class SvdBot(commands.Bot):
             await asyncio.wait({self._pump}, timeout=PUMP_DRAIN_SECONDS)
 
     async def close(self) -> None:
+        if self._presence is not None:
+            self._presence.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._presence
         if self._pump is not None:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -271,6 +271,32 @@ _QUEUE_STATES = {
 }
 
 
+# The bot's status in the member list, by queue state when it is not simply running.
+_PRESENCE_STATES = {
+    "starting": "⏳ Starting up · /help",
+    "loading": "⏳ Loading the model · /help",
+    "load_failed": "⚠️ The model failed to load · /help",
+    "stuck": "⚠️ Restarting the GPU · /help",
+    "failed": "⚠️ GPU worker stopped · /help",
+    "stopping": "⏸️ Restarting · /help",
+    "stopped": "⏸️ Restarting · /help",
+    "no_workers": "⚠️ No GPU worker connected · /help",
+}
+
+
+def presence_text(snapshot: QueueSnapshot) -> str:
+    """The custom status members see beside the bot (Discord shows 128 characters at most)."""
+    state = _PRESENCE_STATES.get(snapshot.state)
+    if state is not None:
+        return state
+    waiting, making = len(snapshot.waiting), len(snapshot.running)
+    if not waiting and not making:
+        return "🎬 Ready: /animate a picture · /help"
+    if not waiting:
+        return "🎬 Making a clip · /animate · /help"
+    return f"🎬 {waiting} clip{'s' if waiting != 1 else ''} in line · /animate · /help"
+
+
 def help_text(overview: Overview) -> str:
     """`/help`: how to make a clip, and what this server gives the member now."""
     limits = overview.image_limits

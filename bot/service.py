@@ -519,6 +519,10 @@ class AnimateService:
     async def quota(self, member: Member) -> QuotaStatus:
         return await self._quotas.status(member.guild_id, member.user_id, member.role_ids)
 
+    def line(self) -> QueueSnapshot:
+        """The whole queue now (every server's clips)."""
+        return self._queue.snapshot()
+
     async def overview(self, member: Member) -> Overview:
         settings = await self._guilds.get(member.guild_id)
         return Overview(

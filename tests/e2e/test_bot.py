@@ -70,7 +70,11 @@ async def running(
 ) -> AsyncIterator[App]:
     """The bot, connected; `until_ready=False` yields once it has started connecting."""
     async with build_app(
-        settings, engine=engine, edit_interval=0.05, guild_ready_timeout=guild_ready_timeout
+        settings,
+        engine=engine,
+        edit_interval=0.05,
+        guild_ready_timeout=guild_ready_timeout,
+        presence_interval=0.1,
     ) as app:
         await app.queue.start()
         token = settings.discord_token.get_secret_value() if settings.discord_token else ""
@@ -116,6 +120,19 @@ async def animate(server: FakeDiscordServer, user: Any = None, **options: Any) -
     )
 
 
+async def status_shown(server: FakeDiscordServer, words: str) -> None:
+    """Wait for the bot to set a custom status (gateway op 3) that says `words`."""
+
+    def says(frame: Any) -> bool:
+        if frame.op != 3:
+            return False
+        (activity,) = frame.data["activities"]
+        assert activity["type"] == 4 and len(activity["state"]) <= 128, activity
+        return words in activity["state"]
+
+    await server.recorder.wait_for_frame(says, 30, f"a status saying {words!r}")
+
+
 async def clip_message(server: FakeDiscordServer, user_id: int | None = None) -> FakeMessage:
     """The next message in the channel that carries a clip."""
 
@@ -154,7 +171,10 @@ async def reply_text(handle: Any, within: float = 10.0) -> str:
 async def test_animate_posts_a_clip_with_the_frames_asked_for(
     bot: App, fake_discord: FakeDiscordServer, tmp_path: Path
 ) -> None:
+    # The bot's status line tells members how busy it is before they ask.
+    await status_shown(fake_discord, "Ready: /animate a picture")
     handle = await animate(fake_discord, motion=200, seed=42)
+    await status_shown(fake_discord, "Making a clip")
     await handle.wait_response()
     assert handle.deferred and handle.ephemeral
     accepted = await reply_text(handle)

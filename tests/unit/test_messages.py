@@ -319,3 +319,19 @@ def test_help_says_how_to_make_a_clip_and_where_the_member_stands() -> None:
     text = messages.help_text(loading)
     assert "0 clips waiting." in text and "still loading the model" in text
     assert "🛡️ **Moderators**: `/quota-admin`" in text
+
+
+def test_the_status_line_says_how_busy_the_bot_is() -> None:
+    from generation.jobs import QueueSnapshot, RunningJob, WaitingJob
+
+    waiting = tuple(WaitingJob(str(n), n, 1, n, 60.0 * n, 1) for n in (1, 2, 3))
+    assert "Ready" in messages.presence_text(QueueSnapshot("ready", (), ()))
+    assert messages.presence_text(QueueSnapshot("ready", waiting, ())).startswith(
+        "🎬 3 clips in line"
+    )
+    assert "Loading the model" in messages.presence_text(QueueSnapshot("loading", waiting, ()))
+    assert "No GPU worker" in messages.presence_text(QueueSnapshot("no_workers", (), ()))
+    one = messages.presence_text(QueueSnapshot("ready", waiting[:1], ()))
+    assert one.startswith("🎬 1 clip in line") and len(one) <= 128
+    making = (RunningJob("r", 9, 1, "generating", 3, 25, 4.0),)
+    assert "Making a clip" in messages.presence_text(QueueSnapshot("ready", (), making))
