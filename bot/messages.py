@@ -297,28 +297,33 @@ def presence_text(snapshot: QueueSnapshot) -> str:
     return f"🎬 {waiting} clip{'s' if waiting != 1 else ''} in line · /animate · /help"
 
 
+# Pillow's format names as members know them (HEIF: the iPhone's HEIC photos).
+_FORMAT_NAMES = {"WEBP": "WebP", "HEIF": "HEIC"}
+
+
 def help_text(overview: Overview) -> str:
     """`/help`: how to make a clip, and what this server gives the member now."""
     limits = overview.image_limits
-    megabytes = limits.max_bytes / (1024 * 1024)
+    mebibytes = limits.max_bytes / 2**20
     megapixels = limits.max_pixels / 1_000_000
+    names = [_FORMAT_NAMES.get(f, f) for f in overview.image_formats]
+    formats = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
     waiting, making = len(overview.snapshot.waiting), len(overview.snapshot.running)
     line = f"{waiting} clip{'s' if waiting != 1 else ''} waiting"
     line += "." if not making else ", one being made." if making == 1 else f", {making} being made."
-    if overview.snapshot.waiting:
-        line += (
-            f" The last in line starts in {duration(overview.snapshot.waiting[-1].eta_seconds)}."
-        )
     state = _QUEUE_STATES.get(overview.snapshot.state)
+    if overview.snapshot.waiting and state is None:
+        # Only while clips are being made: otherwise the line below says why they wait.
+        last = overview.snapshot.waiting[-1]
+        line += f" The last in line starts in {duration(last.eta_seconds)}."
     lines = [
         "🎬 **Making a clip**",
-        f"• `/animate image:` with a picture (PNG, JPEG, WebP, GIF, HEIC or AVIF, up to "
-        f"{megabytes:g} MB and {megapixels:g} megapixels), or Apps → **Animate** on a message of "
-        "yours with one.",
+        f"• `/animate image:` with a picture ({formats}, up to {mebibytes:g} MiB and "
+        f"{megapixels:g} megapixels), or Apps → **Animate** on a message of yours with one.",
         "• How much it moves: `preset:` subtle, normal or dramatic, or `motion:` 0 (still) to "
-        "255 (wild). `format:gif` loops everywhere; `bounce:True` loops without a jump; "
-        "`smooth:True` doubles the frames; `quality:draft` is faster; the same `seed:` gives "
-        "the same clip.",
+        "255 (wild). `format:gif` loops everywhere, and with `bounce:True` without a jump "
+        "(forwards, then backwards); `smooth:True` doubles the frames; `quality:draft` is "
+        "faster; the same `seed:` gives the same clip.",
         "• Under each clip: **Re-roll** (new seed), **More motion**, **Less motion**, **Delete**.",
         "",
         "📋 **Here, now**",

@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 
 from generation.errors import Cancelled, GenerationError, InvalidOptions, TooManyJobs
 from generation.eta import job_cost
-from generation.images import ImageLimits, fit_image, load_image
+from generation.images import ImageLimits, allowed_formats, fit_image, load_image
 from generation.jobs import EventKind, JobEvent, JobQueue, JobRequest, QueueSnapshot
 from generation.metrics import Metrics
 from generation.options import MOTION_RANGE, PRESETS, QUALITY_CACHE_INTERVALS, AnimateOptions
@@ -96,6 +96,8 @@ class Overview:
     max_steps: int
     snapshot: QueueSnapshot
     image_limits: ImageLimits
+    # Pillow's names of the picture formats this install reads ("PNG", "HEIF", ...).
+    image_formats: tuple[str, ...]
     is_moderator: bool
 
 
@@ -532,6 +534,7 @@ class AnimateService:
             max_steps=settings.max_steps,
             snapshot=self._queue.snapshot(),
             image_limits=self._config.image_limits,
+            image_formats=allowed_formats(),
             is_moderator=member.is_moderator,
         )
 

@@ -77,12 +77,13 @@ class DefaultsCog(commands.Cog):
                 "interpolate": smooth,
             }
             forgotten = FORGETS.get(forget or "", ())
-            saved = reset or bool(forgotten) or any(v is not None for v in changes.values())
-            if saved:
+            typed = any(v is not None for v in changes.values())
+            mine = before = await service.my_defaults(member.user_id)
+            if reset or forgotten or typed:
                 mine = await service.set_my_defaults(
                     member.user_id, reset=reset, forget=forgotten, **changes
                 )
-            else:
-                mine = await service.my_defaults(member.user_id)
+            # Forgetting what was never set saves nothing: no "Saved" for it.
+            saved = typed or mine != before
             options = await service.build_options(member.guild_id, user_id=member.user_id)
             await reply.send(messages.defaults_text(options, mine, saved=saved))

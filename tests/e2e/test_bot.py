@@ -251,7 +251,10 @@ async def _apps_animate(fake_discord: FakeDiscordServer, tmp_path: Path) -> None
     forgot = await fake_discord.interaction("defaults", {"forget": "bounce"}, permissions=MEMBER)
     text = await reply_text(forgot)
     assert "format `gif` (yours)" in text and "bounce" not in text
-    await fake_discord.interaction("defaults", {"reset": True}, permissions=MEMBER)
+    reset = await fake_discord.interaction("defaults", {"reset": True}, permissions=MEMBER)
+    assert "Saved" in await reply_text(reset)
+    again = await fake_discord.interaction("defaults", {"forget": "fps"}, permissions=MEMBER)
+    assert "Saved" not in await reply_text(again)  # there was nothing to forget
     # Several pictures: the member picks one (here the linked one, which is read from Discord's
     # copy on its media proxy: the link's own host does not exist).
     album = fake_discord.post(

@@ -306,11 +306,13 @@ def test_help_says_how_to_make_a_clip_and_where_the_member_stands() -> None:
         max_steps=30,
         snapshot=QueueSnapshot("ready", waiting, ()),
         image_limits=ImageLimits(max_bytes=10 * 2**20, max_pixels=20_000_000),
+        image_formats=("PNG", "JPEG", "WEBP", "GIF", "HEIF"),
         is_moderator=False,
     )
     text = messages.help_text(overview)
     # The host's limits, the member's quota and defaults, the line as it stands.
-    assert "up to 10 MB and 20 megapixels" in text and "**3** of 5 clips left" in text
+    assert "(PNG, JPEG, WebP, GIF or HEIC, up to 10 MiB and 20 megapixels)" in text
+    assert "**3** of 5 clips left" in text
     assert "format `gif` (yours)" in text and "at most `30` steps here" in text
     assert "2 clips waiting. The last in line starts in about 2 min." in text
     assert "loading" not in text and "/quota-admin" not in text and len(text) <= 2000
@@ -318,6 +320,9 @@ def test_help_says_how_to_make_a_clip_and_where_the_member_stands() -> None:
     loading = replace(overview, snapshot=QueueSnapshot("loading", (), ()), is_moderator=True)
     text = messages.help_text(loading)
     assert "0 clips waiting." in text and "still loading the model" in text
+    # No start time while nothing is being made: the line says why clips wait.
+    held = messages.help_text(replace(overview, snapshot=QueueSnapshot("no_workers", waiting, ())))
+    assert "starts in" not in held and "No GPU worker is connected" in held
     assert "🛡️ **Moderators**: `/quota-admin`" in text
 
 
