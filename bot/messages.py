@@ -104,7 +104,7 @@ def done_text(job: JobRecord, event: JobEvent) -> str:
         parts.insert(0, f"preset `{options.preset}`")
     if options.quality == "draft":
         parts.append("quality `draft`")
-    parts.extend(_encoding(options))
+    parts.extend(_extras(options))
     if event.seconds is not None:
         parts.append(f"made in {max(1, round(event.seconds))} s")
     lines = [f"✅ {mention(job.user_id)}, your clip is ready · " + " · ".join(parts)]
@@ -132,6 +132,8 @@ def clip_alt_text(job: JobRecord) -> str:
         f"Video: {made} animated from a still picture by Stable Video Diffusion, "
         f"motion {options.get('motion_bucket_id', 127)} of 255"
     )
+    if options.get("fit") == "whole":
+        text += ", the whole picture on a blurred copy of itself"
     if options.get("ping_pong"):
         text += ", played forwards then backwards"
     if options.get("interpolate"):
@@ -238,18 +240,20 @@ def _clip_settings(options: AnimateOptions, mine: MemberDefaults) -> str:
         yours(f"quality `{options.quality}`", mine.quality is not None),
         f"steps `{options.num_inference_steps}`",
     ]
-    own = {"`bounce`": mine.ping_pong, "`smooth`": mine.interpolate}
-    parts.extend(yours(name, bool(own[name])) for name in _encoding(options))
+    own = {"`bounce`": mine.ping_pong, "`smooth`": mine.interpolate, "fit `whole`": mine.fit}
+    parts.extend(yours(name, bool(own[name])) for name in _extras(options))
     return " · ".join(parts)
 
 
-def _encoding(options: AnimateOptions) -> list[str]:
-    """What the encoder did to the frames, as the settings line names it."""
-    return [
-        name
-        for name, chosen in (("`bounce`", options.ping_pong), ("`smooth`", options.interpolate))
-        if chosen
-    ]
+def _extras(options: AnimateOptions) -> list[str]:
+    """What was done to the picture and the frames beyond the model, as the settings line names
+    it (only when asked for)."""
+    chosen = {
+        "fit `whole`": options.fit == "whole",
+        "`bounce`": options.ping_pong,
+        "`smooth`": options.interpolate,
+    }
+    return [name for name, on in chosen.items() if on]
 
 
 # What a member hears about the line when it is not simply running (see bot/health.py).
@@ -322,8 +326,9 @@ def help_text(overview: Overview) -> str:
         f"{megapixels:g} megapixels), or Apps → **Animate** on a message of yours with one.",
         "• How much it moves: `preset:` subtle, normal or dramatic, or `motion:` 0 (still) to "
         "255 (wild). `format:gif` loops everywhere, and with `bounce:True` without a jump "
-        "(forwards, then backwards); `smooth:True` doubles the frames; `quality:draft` is "
-        "faster; the same `seed:` gives the same clip.",
+        "(forwards, then backwards); `smooth:True` doubles the frames; `fit:whole` keeps a "
+        "picture of another shape whole rather than cropped; `quality:draft` is faster; the "
+        "same `seed:` gives the same clip.",
         "• Under each clip: **Re-roll** (new seed), **More motion**, **Less motion**, **Delete**.",
         "",
         "📋 **Here, now**",

@@ -27,7 +27,13 @@ from generation.eta import job_cost
 from generation.images import ImageLimits, allowed_formats, fit_image, load_image
 from generation.jobs import EventKind, JobEvent, JobQueue, JobRequest, QueueSnapshot
 from generation.metrics import Metrics
-from generation.options import MOTION_RANGE, PRESETS, QUALITY_CACHE_INTERVALS, AnimateOptions
+from generation.options import (
+    MOTION_RANGE,
+    PRESETS,
+    QUALITY_CACHE_INTERVALS,
+    AnimateOptions,
+    Fit,
+)
 from generation.results import EncodedClip
 from storage.errors import JobNotFound, QuotaExceeded
 from storage.jobs import JobRecord, JobState, JobStore
@@ -221,7 +227,7 @@ class AnimateService:
                 if mine.motion_bucket_id is not None:
                     given["motion_bucket_id"] = mine.motion_bucket_id
             quality = quality or mine.quality
-            for name in ("format", "fps", "ping_pong", "interpolate"):
+            for name in ("format", "fps", "ping_pong", "interpolate", "fit"):
                 if getattr(mine, name) is not None:
                     given.setdefault(name, getattr(mine, name))
         if quality is not None:
@@ -290,7 +296,9 @@ class AnimateService:
             raise QuotaExceeded(status.limit, status.used, status.period, status.next_available_at)
         # Off the event loop, and a few at a time, so a burst of big uploads cannot exhaust RAM.
         async with self._decoding:
-            notes = await asyncio.to_thread(self._prepare_input, image_bytes, input_path)
+            notes = await asyncio.to_thread(
+                self._prepare_input, image_bytes, input_path, options.fit
+            )
         try:
             return await self._enqueue(
                 member, job_id, input_path, options, origin, notes, spoiler=spoiler
@@ -352,9 +360,9 @@ class AnimateService:
                 raise
             raise TooManyJobs(exc.active, exc.limit, elsewhere=exc.active - here) from None
 
-    def _prepare_input(self, data: bytes, path: Path) -> tuple[str, ...]:
+    def _prepare_input(self, data: bytes, path: Path, fit: Fit) -> tuple[str, ...]:
         loaded = load_image(data, self._config.image_limits)
-        fitted = fit_image(loaded.image, self._config.resolution)
+        fitted = fit_image(loaded.image, self._config.resolution, fit)
         path.parent.mkdir(parents=True, exist_ok=True)
         fitted.save(path, format="PNG")
         return loaded.notes

@@ -1,8 +1,9 @@
 """Turning an uploaded file into the still picture SVD animates.
 
 `load_image` checks untrusted bytes (type, size, pixel count, integrity) and returns an upright sRGB
-picture plus notes for the user; `fit_image` centre-crops it to 16:9 (or 9:16) and resizes it to the
-model's size. Refusals are `InvalidImage` errors whose message says what to send instead.
+picture plus notes for the user; `fit_image` centre-crops it to 16:9 (or 9:16), or fits it whole
+on a blurred backdrop, at the model's size. Refusals are `InvalidImage` errors whose message
+says what to send instead.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
+from PIL import Image, ImageFile, ImageFilter, ImageOps, UnidentifiedImageError, features
 
 from generation.colour import to_srgb
 from generation.errors import InvalidImage
+from generation.options import Fit
 
 # Only these decoders see user bytes: Pillow knows dozens of formats, most of them rarely used and
 # less hardened, and these are what people actually post: the web's four, and the AVIF (Pillow's
@@ -87,12 +89,30 @@ def crop_box(width: int, height: int, target: tuple[int, int]) -> tuple[float, f
     return (0.0, top, float(width), top + crop_h)
 
 
-def fit_image(image: Image.Image, resolution: int) -> Image.Image:
-    """Centre-crop `image` to 16:9 or 9:16 and resize it to `target_size`; never stretches."""
+def fit_image(image: Image.Image, resolution: int, fit: Fit = "crop") -> Image.Image:
+    """`image` at `target_size`, never stretched: centre-cropped to 16:9 or 9:16 ("crop"), or
+    whole, on a blurred, enlarged copy of itself that fills the rest ("whole")."""
     size = target_size(image.width, image.height, resolution)
     box = crop_box(image.width, image.height, size)
     # reducing_gap: shrink big photos in two passes, much faster with no visible difference.
-    return image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+    filled = image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+    if fit == "crop":
+        return filled
+    scale = min(size[0] / image.width, size[1] / image.height)
+    inner = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if inner == size:
+        return filled  # already the clip's shape: nothing to fill
+    # A blurred backdrop rather than bars: SVD animates flat bars as smears and flicker, while
+    # the picture's own colours continue it softly. The whole picture stretched (a blur hides
+    # it), so each edge continues what is beside it; blurred small, then enlarged: the same
+    # look for a fraction of the work.
+    small = (max(1, size[0] // 8), max(1, size[1] // 8))
+    backdrop = image.resize(small, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    backdrop = backdrop.filter(ImageFilter.GaussianBlur(3))
+    backdrop = backdrop.resize(size, Image.Resampling.BICUBIC)
+    picture = image.resize(inner, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    backdrop.paste(picture, ((size[0] - inner[0]) // 2, (size[1] - inner[1]) // 2))
+    return backdrop
 
 
 ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})

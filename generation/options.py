@@ -17,6 +17,10 @@ FORMATS: tuple[OutputFormat, ...] = ("mp4", "gif")
 MAX_SEED = 2**32 - 1
 
 Quality = Literal["best", "draft"]
+# How a picture of another shape becomes 16:9 (or 9:16): cut to fill, or whole on a blurred
+# backdrop (generation/images.py).
+Fit = Literal["crop", "whole"]
+FITS: tuple[Fit, ...] = ("crop", "whole")
 # SVD's motion bucket: 0 barely moves, 255 the most it was trained on.
 MOTION_RANGE = (0, 255)
 # Draft quality runs the whole UNet on one step in three (DeepCache's usual interval). The cap
@@ -88,6 +92,8 @@ class AnimateOptions:
     # interpolation.
     ping_pong: bool = False
     interpolate: bool = False
+    # Done to the picture before it is kept (so Re-roll and More / Less motion reuse it).
+    fit: Fit = "crop"
     # Which configured model (hub id or folder); None: the host's default.
     model: str | None = None
     preset: str | None = field(default=None, compare=False)
@@ -108,6 +114,8 @@ class AnimateOptions:
             raise InvalidOptions("format", "`format` must be `mp4` or `gif`.")
         if self.playback_fps is not None:
             _check_int("playback_fps", self.playback_fps, 1, 60)
+        if self.fit not in FITS:
+            raise InvalidOptions("fit", "`fit` must be `crop` or `whole`.")
         for name in ("ping_pong", "interpolate"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidOptions(name, f"`{name}` must be true or false.")

@@ -13,7 +13,16 @@ from typing import Any, Literal
 from storage.clock import Clock, to_micros, utc_now
 from storage.database import Database
 
-_COLUMNS = ("preset", "motion_bucket_id", "format", "fps", "quality", "ping_pong", "interpolate")
+_COLUMNS = (
+    "preset",
+    "motion_bucket_id",
+    "format",
+    "fps",
+    "quality",
+    "ping_pong",
+    "interpolate",
+    "fit",
+)
 # Stored as 1 or NULL: SQLite has no booleans.
 _FLAGS = frozenset({"ping_pong", "interpolate"})
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM member_defaults WHERE user_id = ?"
@@ -33,6 +42,7 @@ class MemberDefaults:
     # True or None: only "on" is a default of the member's own.
     ping_pong: bool | None = None
     interpolate: bool | None = None
+    fit: Literal["crop", "whole"] | None = None
 
     def chosen(self) -> dict[str, Any]:
         """The options the member set, by name."""

@@ -208,11 +208,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         9,
-        "members' own defaults for bounce and smooth clips",
+        "members' own defaults for bounce and smooth clips and how a picture is fitted",
         (
             # Only ever 1: a member who turns one off has no default of their own for it.
             "ALTER TABLE member_defaults ADD COLUMN ping_pong INTEGER CHECK (ping_pong = 1)",
             "ALTER TABLE member_defaults ADD COLUMN interpolate INTEGER CHECK (interpolate = 1)",
+            "ALTER TABLE member_defaults ADD COLUMN fit TEXT CHECK (fit IN ('crop', 'whole'))",
         ),
     ),
 )

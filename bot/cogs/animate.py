@@ -118,6 +118,7 @@ class AnimateCog(commands.Cog):
         quality: str | None = None,
         bounce: bool | None = None,
         smooth: bool | None = None,
+        fit: str | None = None,
         model: str | None = None,
     ) -> None:
         service = self.bot.service
@@ -143,6 +144,7 @@ class AnimateCog(commands.Cog):
             quality=quality,
             ping_pong=bounce,
             interpolate=smooth,
+            fit=fit,
             model=model,
         )
         try:
@@ -250,8 +252,13 @@ OPTION_DESCRIPTIONS = {
     "quality": "best (default), or draft: faster, with a little less detail",
     "bounce": "Play forwards, then backwards: a loop without a jump",
     "smooth": "Twice the frames, the in-between ones interpolated: smoother, slower to save",
+    "fit": "A picture of another shape: crop it to fill (default), or keep it whole",
     "model": "Which model to use",
 }
+FIT_CHOICES = [
+    app_commands.Choice(name="crop to fill (default)", value="crop"),
+    app_commands.Choice(name="whole picture, on a blurred copy of itself", value="whole"),
+]
 QUALITY_CHOICES = [
     app_commands.Choice(name="best (default)", value="best"),
     app_commands.Choice(name="draft: faster, a little less detail", value="draft"),
@@ -266,7 +273,7 @@ def build_animate_command(
     # refused as "not available".
     model_of = {_model_value(m): m for m in models}
 
-    @app_commands.choices(quality=QUALITY_CHOICES)
+    @app_commands.choices(quality=QUALITY_CHOICES, fit=FIT_CHOICES)
     async def animate(
         interaction: discord.Interaction,
         image: discord.Attachment,
@@ -280,6 +287,7 @@ def build_animate_command(
         quality: str | None = None,
         bounce: bool | None = None,
         smooth: bool | None = None,
+        fit: str | None = None,
         model: str | None = None,
     ) -> None:
         await cog.animate(
@@ -295,6 +303,7 @@ def build_animate_command(
             quality=quality,
             bounce=bounce,
             smooth=smooth,
+            fit=fit,
             model=model_of.get(model, model) if model is not None else None,
         )
 

@@ -9,7 +9,15 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import messages
-from bot.cogs.animate import OPTION_DESCRIPTIONS, QUALITY_CHOICES, Format, Fps, Motion, Preset
+from bot.cogs.animate import (
+    FIT_CHOICES,
+    OPTION_DESCRIPTIONS,
+    QUALITY_CHOICES,
+    Format,
+    Fps,
+    Motion,
+    Preset,
+)
 from bot.interactions import TimelyReply, member_of
 
 if TYPE_CHECKING:
@@ -24,6 +32,7 @@ FORGETS: dict[str, tuple[str, ...]] = {
     "quality": ("quality",),
     "bounce": ("ping_pong",),
     "smooth": ("interpolate",),
+    "fit": ("fit",),
 }
 FORGET_CHOICES = [
     app_commands.Choice(name="motion (preset or number)" if n == "motion" else n, value=n)
@@ -47,10 +56,11 @@ class DefaultsCog(commands.Cog):
         quality=OPTION_DESCRIPTIONS["quality"],
         bounce=OPTION_DESCRIPTIONS["bounce"],
         smooth=OPTION_DESCRIPTIONS["smooth"],
+        fit=OPTION_DESCRIPTIONS["fit"],
         forget="Forget one of your defaults (what a clip then gets is the server's)",
         reset="Forget your defaults first (then set any given here)",
     )
-    @app_commands.choices(quality=QUALITY_CHOICES, forget=FORGET_CHOICES)
+    @app_commands.choices(quality=QUALITY_CHOICES, fit=FIT_CHOICES, forget=FORGET_CHOICES)
     async def defaults(
         self,
         interaction: discord.Interaction,
@@ -61,6 +71,7 @@ class DefaultsCog(commands.Cog):
         quality: str | None = None,
         bounce: bool | None = None,
         smooth: bool | None = None,
+        fit: str | None = None,
         forget: str | None = None,
         reset: bool = False,
     ) -> None:
@@ -75,6 +86,7 @@ class DefaultsCog(commands.Cog):
                 "quality": quality,
                 "ping_pong": bounce,
                 "interpolate": smooth,
+                "fit": fit,
             }
             forgotten = FORGETS.get(forget or "", ())
             typed = any(v is not None for v in changes.values())

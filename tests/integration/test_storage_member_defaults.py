@@ -51,11 +51,12 @@ async def test_bounce_and_smooth_are_defaults_only_when_on(tmp_path: Path) -> No
     path = tmp_path / "bot.sqlite3"
     async with await Database.open(path) as db:
         store = MemberDefaultsStore(db)
-        await store.update(ALICE, ping_pong=True, interpolate=True, fps=12)
+        await store.update(ALICE, ping_pong=True, interpolate=True, fps=12, fit="whole")
     async with await Database.open(path) as db:
         store = MemberDefaultsStore(db)
         mine = await store.get(ALICE)
-        assert (mine.ping_pong, mine.interpolate) == (True, True)
+        assert (mine.ping_pong, mine.interpolate, mine.fit) == (True, True, "whole")
+        await store.update(ALICE, fit=None)
         # Off is no default of their own, as if never set: the clip then has neither.
         assert (await store.update(ALICE, ping_pong=False)).chosen() == {
             "fps": 12,

@@ -161,6 +161,37 @@ def test_fit_image_crops_instead_of_stretching(
     assert rows.mean() == pytest.approx(expected[1] / 2, abs=2)
 
 
+def banded_square(side: int = 400) -> Image.Image:
+    """Red, with a blue band along the top and a green one along the bottom: what a crop to
+    16:9 cuts off."""
+    pixels = np.zeros((side, side, 3), np.uint8)
+    pixels[:] = (220, 30, 30)
+    pixels[: side // 10] = (30, 30, 220)
+    pixels[-side // 10 :] = (30, 200, 30)
+    return Image.fromarray(pixels)
+
+
+def test_fit_whole_keeps_the_whole_picture_on_a_blurred_copy_of_itself() -> None:
+    square = banded_square()
+    cropped = np.asarray(fit_image(square, 256))
+    whole = np.asarray(fit_image(square, 256, "whole"))
+    assert cropped.shape == whole.shape == (144, 256, 3)
+    # The crop loses both bands; the whole picture keeps them, unstretched, in the middle.
+    assert tuple(cropped[2, 128]) == tuple(cropped[-3, 128]) == (220, 30, 30)
+    assert whole[2, 128, 2] > 200 and whole[-3, 128, 1] > 180
+    assert whole[72, 128, 0] > 200  # the red middle
+    # Beside it, no flat bars: its own colours, blurred, each edge continuing what is beside it.
+    side = whole[:, :40].astype(int)
+    assert np.abs(side[72] - (220, 30, 30)).max() < 30
+    assert side[0, :, 2].mean() > side[72, :, 2].mean() + 60  # the blue band, blurred
+    assert side[-1, :, 1].mean() > side[72, :, 1].mean() + 60  # the green one
+    # A picture already 16:9 has nothing to fill: the same as cropped.
+    wide = Image.new("RGB", (1920, 1080), (9, 99, 199))
+    assert np.array_equal(
+        np.asarray(fit_image(wide, 256, "whole")), np.asarray(fit_image(wide, 256))
+    )
+
+
 # --- refusals ------------------------------------------------------------------------------------
 
 

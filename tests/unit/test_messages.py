@@ -157,6 +157,10 @@ def test_defaults_text_says_what_a_clip_gets_and_which_are_the_members_own() -> 
         saved=True,
     )
     assert "steps `25` · `bounce` (yours) · `smooth`." in bounce
+    whole = messages.defaults_text(
+        AnimateOptions(fit="whole"), MemberDefaults(1, fit="whole"), saved=False
+    )
+    assert "steps `25` · fit `whole` (yours)." in whole
 
 
 def test_a_clips_alt_text_says_what_it_is_in_plain_words() -> None:

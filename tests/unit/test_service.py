@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
@@ -552,6 +553,28 @@ async def test_a_members_own_defaults_fill_what_they_did_not_type(tmp_path: Path
         assert cleared.chosen() == {}
         assert await r.service.build_options(1, user_id=ALICE.user_id) == other
         assert (await r.service.my_defaults(ALICE.user_id)).chosen() == {}
+
+
+async def test_fit_whole_keeps_the_whole_picture_for_the_clip_and_its_re_rolls(
+    tmp_path: Path,
+) -> None:
+    square = io.BytesIO()
+    pixels = np.full((300, 300, 3), (220, 30, 30), np.uint8)
+    pixels[:30] = (30, 30, 220)  # a band along the top, which a crop to 16:9 cuts off
+    Image.fromarray(pixels).save(square, format="PNG")
+    async with rig(tmp_path) as r:
+        await r.service.set_my_defaults(ALICE.user_id, fit="whole")
+        options = await r.service.build_options(1, user_id=ALICE.user_id)
+        accepted = await r.service.submit(ALICE, square.getvalue(), options, ORIGIN)
+        assert accepted.job.input_path is not None
+        with Image.open(accepted.job.input_path) as kept:
+            assert kept.size == (256, 144) and kept.getpixel((128, 1))[2] > 200
+        plain = await r.service.submit(
+            replace(ALICE, user_id=2), square.getvalue(), AnimateOptions(), ORIGIN
+        )
+        assert plain.job.input_path is not None
+        with Image.open(plain.job.input_path) as kept:
+            assert kept.getpixel((128, 1)) == (220, 30, 30)
 
 
 async def test_the_overview_for_help_is_what_this_member_gets_here_now(tmp_path: Path) -> None:
