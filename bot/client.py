@@ -120,20 +120,21 @@ class SvdBot(commands.Bot):
 
     async def on_ready(self) -> None:
         log.info("connected as %s to %d guild(s)", self.user, len(self.guilds))
-        # A new session (not a resumed one) starts with no status: send it again.
-        self._presence_shown = None
 
     async def _show_presence(self) -> None:
         """The queue in the bot's status line, so members see how busy it is before asking."""
         await self.wait_until_ready()
         while not self.is_closed():
-            text = messages.presence_text(self.service.line())
-            if text != self._presence_shown:
-                try:
-                    await self.change_presence(activity=discord.CustomActivity(name=text))
+            try:
+                text = messages.presence_text(self.service.line())
+                if text != self._presence_shown:
+                    activity = discord.CustomActivity(name=text)
+                    # Also the one the next IDENTIFY sends, so a new session starts with it.
+                    self.activity = activity
+                    await self.change_presence(activity=activity)
                     self._presence_shown = text
-                except Exception as exc:  # a dropped connection: the next look tries again
-                    log.debug("could not set the status: %s", type(exc).__name__)
+            except Exception as exc:  # a dropped connection: the next look tries again
+                log.debug("could not set the status: %s", type(exc).__name__)
             await asyncio.sleep(self.config.presence_interval)
 
     async def drain(self) -> None:
@@ -146,7 +147,7 @@ class SvdBot(commands.Bot):
     async def close(self) -> None:
         if self._presence is not None:
             self._presence.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._presence
         if self._pump is not None:
             self._pump.cancel()

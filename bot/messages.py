@@ -240,7 +240,11 @@ def _clip_settings(options: AnimateOptions, mine: MemberDefaults) -> str:
         yours(f"quality `{options.quality}`", mine.quality is not None),
         f"steps `{options.num_inference_steps}`",
     ]
-    own = {"`bounce`": mine.ping_pong, "`smooth`": mine.interpolate, "fit `whole`": mine.fit}
+    own = {
+        "`bounce`": mine.ping_pong,
+        "`smooth`": mine.interpolate,
+        "fit `whole`": mine.fit == "whole",
+    }
     parts.extend(yours(name, bool(own[name])) for name in _extras(options))
     return " · ".join(parts)
 
@@ -297,7 +301,8 @@ def presence_text(snapshot: QueueSnapshot) -> str:
     if not waiting and not making:
         return "🎬 Ready: /animate a picture · /help"
     if not waiting:
-        return "🎬 Making a clip · /animate · /help"
+        making_what = "a clip" if making == 1 else f"{making} clips"
+        return f"🎬 Making {making_what} · /animate · /help"
     return f"🎬 {waiting} clip{'s' if waiting != 1 else ''} in line · /animate · /help"
 
 

@@ -93,24 +93,22 @@ def fit_image(image: Image.Image, resolution: int, fit: Fit = "crop") -> Image.I
     """`image` at `target_size`, never stretched: centre-cropped to 16:9 or 9:16 ("crop"), or
     whole, on a blurred, enlarged copy of itself that fills the rest ("whole")."""
     size = target_size(image.width, image.height, resolution)
-    box = crop_box(image.width, image.height, size)
-    # reducing_gap: shrink big photos in two passes, much faster with no visible difference.
-    filled = image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
     if fit == "crop":
-        return filled
+        box = crop_box(image.width, image.height, size)
+        # reducing_gap: shrink big photos in two passes, much faster with no visible difference.
+        return image.resize(size, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
     scale = min(size[0] / image.width, size[1] / image.height)
     inner = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    if inner == size:
-        return filled  # already the clip's shape: nothing to fill
-    # A blurred backdrop rather than bars: SVD animates flat bars as smears and flicker, while
-    # the picture's own colours continue it softly. The whole picture stretched (a blur hides
-    # it), so each edge continues what is beside it; blurred small, then enlarged: the same
-    # look for a fraction of the work.
-    small = (max(1, size[0] // 8), max(1, size[1] // 8))
-    backdrop = image.resize(small, Image.Resampling.BILINEAR, reducing_gap=3.0)
-    backdrop = backdrop.filter(ImageFilter.GaussianBlur(3))
-    backdrop = backdrop.resize(size, Image.Resampling.BICUBIC)
     picture = image.resize(inner, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if inner == size:
+        return picture  # already the clip's shape: nothing to fill
+    # A blurred backdrop rather than bars: SVD animates flat bars as smears and flicker, while
+    # the picture's own colours continue it softly. The whole picture stretched (the blur hides
+    # it), so each edge continues what is beside it; made from the shrunk picture, blurred
+    # small and then enlarged: the same look for a fraction of the work.
+    small = (max(1, size[0] // 8), max(1, size[1] // 8))
+    backdrop = picture.resize(small, Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(3))
+    backdrop = backdrop.resize(size, Image.Resampling.BICUBIC)
     backdrop.paste(picture, ((size[0] - inner[0]) // 2, (size[1] - inner[1]) // 2))
     return backdrop
 

@@ -25,6 +25,9 @@ _COLUMNS = (
 )
 # Stored as 1 or NULL: SQLite has no booleans.
 _FLAGS = frozenset({"ping_pong", "interpolate"})
+# What every clip gets anyway: set as a default, it is none of the member's own (as if never
+# set), so no row is kept for it and nothing is marked as theirs.
+_BUILT_IN: dict[str, Any] = {"ping_pong": False, "interpolate": False, "fit": "crop"}
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM member_defaults WHERE user_id = ?"
 
 
@@ -73,9 +76,8 @@ class MemberDefaultsStore:
         async with self._db.transaction() as conn:
             rows = list(await conn.execute_fetchall(_SELECT, (user_id,)))
             old = MemberDefaults(user_id) if reset or not rows else _from_row(user_id, rows[0])
-            # A flag turned off is no default of the member's own (as if never set).
-            flags_off = {k: None for k in _FLAGS if k in changes and not changes[k]}
-            new = replace(old, **(changes | flags_off))
+            built_in = {k: None for k, v in _BUILT_IN.items() if k in changes and changes[k] == v}
+            new = replace(old, **(changes | built_in))
             if not new.chosen():
                 # Nothing of their own left: no row, as for a member who never set one.
                 await conn.execute("DELETE FROM member_defaults WHERE user_id = ?", (user_id,))

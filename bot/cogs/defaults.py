@@ -57,7 +57,7 @@ class DefaultsCog(commands.Cog):
         bounce=OPTION_DESCRIPTIONS["bounce"],
         smooth=OPTION_DESCRIPTIONS["smooth"],
         fit=OPTION_DESCRIPTIONS["fit"],
-        forget="Forget one of your defaults (what a clip then gets is the server's)",
+        forget="Forget one of your defaults (a clip then gets the server's or the bot's)",
         reset="Forget your defaults first (then set any given here)",
     )
     @app_commands.choices(quality=QUALITY_CHOICES, fit=FIT_CHOICES, forget=FORGET_CHOICES)

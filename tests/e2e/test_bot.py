@@ -192,6 +192,17 @@ async def test_animate_posts_a_clip_with_the_frames_asked_for(
     quota = await fake_discord.interaction("quota", permissions=MEMBER)
     assert "**2** of 3" in await reply_text(quota)
 
+    # A new session (Discord forgot the old one) starts with the status already set.
+    fake_discord.gateway.invalidate_sessions()
+    await fake_discord.drop_gateway()
+
+    def identifies_with_status(frame: Any) -> bool:
+        # discord.py sends the status it logs in with as the identify's (legacy) "game".
+        presence = frame.data.get("presence") if frame.op == 2 else None
+        return bool(presence) and "🎬" in (presence.get("game") or {}).get("state", "")
+
+    await fake_discord.recorder.wait_for_frame(identifies_with_status, 15, "a new IDENTIFY")
+
 
 async def test_apps_animate_on_a_members_own_picture_makes_the_clip(
     fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path, tmp_path: Path

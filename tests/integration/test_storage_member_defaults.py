@@ -62,6 +62,8 @@ async def test_bounce_and_smooth_are_defaults_only_when_on(tmp_path: Path) -> No
             "fps": 12,
             "interpolate": True,
         }
+        # What every clip gets anyway is no default of theirs either.
+        assert (await store.update(ALICE, fit="crop")).fit is None
         await store.update(ALICE, fps=None, interpolate=False)
         assert await store.get(ALICE) == MemberDefaults(ALICE)
         assert await db.fetch("SELECT user_id FROM member_defaults") == []

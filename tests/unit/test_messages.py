@@ -344,3 +344,5 @@ def test_the_status_line_says_how_busy_the_bot_is() -> None:
     assert one.startswith("🎬 1 clip in line") and len(one) <= 128
     making = (RunningJob("r", 9, 1, "generating", 3, 25, 4.0),)
     assert "Making a clip" in messages.presence_text(QueueSnapshot("ready", (), making))
+    two = (*making, RunningJob("s", 8, 1, "generating", 1, 25, 1.0))  # two GPU workers
+    assert "Making 2 clips" in messages.presence_text(QueueSnapshot("ready", (), two))

@@ -569,6 +569,15 @@ async def test_fit_whole_keeps_the_whole_picture_for_the_clip_and_its_re_rolls(
         assert accepted.job.input_path is not None
         with Image.open(accepted.job.input_path) as kept:
             assert kept.size == (256, 144) and kept.getpixel((128, 1))[2] > 200
+        # Re-roll and More motion start from the same whole picture, and say it is whole.
+        for variation in ("reroll", "more"):
+            again = await r.service.vary(
+                replace(ALICE, user_id=3), accepted.job.job_id, variation, ORIGIN
+            )
+            assert AnimateOptions.from_dict(again.job.options).fit == "whole"
+            assert again.job.input_path is not None
+            with Image.open(again.job.input_path) as kept:
+                assert kept.getpixel((128, 1))[2] > 200
         plain = await r.service.submit(
             replace(ALICE, user_id=2), square.getvalue(), AnimateOptions(), ORIGIN
         )
