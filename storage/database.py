@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -134,8 +135,7 @@ async def _configure(conn: aiosqlite.Connection, location: str, busy_timeout: fl
     if found > LATEST_VERSION:
         # Before any other PRAGMA: a newer bot's file is not ours to touch.
         raise SchemaTooNew(found, LATEST_VERSION, location)
-    rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
-    mode = str(rows[0][0]).lower()
+    mode = await _wal(conn, busy_timeout)
     if location != MEMORY and mode != "wal":
         raise DatabaseUnreadable(location, f"could not switch to WAL journaling (got {mode!r})")
     # In WAL mode NORMAL loses no committed transaction when the process dies (only on power
@@ -143,6 +143,24 @@ async def _configure(conn: aiosqlite.Connection, location: str, busy_timeout: fl
     await conn.execute("PRAGMA synchronous = NORMAL")
     await conn.execute("PRAGMA foreign_keys = ON")
     await migrate(conn)
+
+
+async def _wal(conn: aiosqlite.Connection, busy_timeout: float) -> str:
+    """Switch to WAL journaling; returns the mode SQLite reports. Two processes opening a new
+    file at once (the bot and a worker, or `sync`) race for the switch, which needs the file to
+    itself, and SQLite answers "database is locked" at once there rather than waiting on the busy
+    timeout (waiting could deadlock): so wait here, as the timeout would."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+            return str(rows[0][0]).lower()
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", None) != "SQLITE_BUSY":
+                raise
+            if time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(0.02)
 
 
 async def _rollback(conn: aiosqlite.Connection) -> None:
