@@ -28,7 +28,7 @@ from generation.reencode import reencode_file
 from generation.remote.queue import RedisJobQueue
 from generation.remote.wire import Keys
 from generation.results import Engine
-from generation.worker import LocalJobQueue
+from generation.worker import LocalJobQueue, available_cpus, encoders_for
 from storage.database import Database
 from storage.jobs import JobStore
 from storage.member_defaults import MemberDefaultsStore
@@ -139,6 +139,7 @@ async def build_app(
                 journal=journal,
                 metrics=metrics,
                 job_timeout=settings.job_timeout_seconds,
+                encoders=encoders_for(available_cpus()),
                 stuck_seconds=settings.stuck_restart_seconds,
                 on_stuck=on_stuck,
             )

@@ -17,7 +17,7 @@ from generation.queue import FairQueue
 from generation.remote.gpus import GpuLock, claim_gpu
 from generation.remote.wire import Keys
 from generation.remote.worker import RemoteWorker, default_worker_name
-from generation.worker import LocalJobQueue
+from generation.worker import LocalJobQueue, available_cpus, encoders_for
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         # One job at a time; the bot already applied the caps.
         queue=FairQueue(max_per_user=1, max_waiting=1),
         job_timeout=settings.job_timeout_seconds,
+        encoders=encoders_for(available_cpus()),
         stuck_seconds=settings.stuck_restart_seconds,
         on_stuck=stuck,
     )

@@ -4,9 +4,9 @@
 
 - the pipeline runs in ONE dedicated thread (a single-thread executor), never on the event loop
   and never two at once; `engine.load()` runs there first (warm-up) and sets `ready`;
-- encoding runs after generation in a second single-thread executor, so the GPU starts denoising
-  the next job while the CPU encodes the previous one; at most one finished clip waits for the
-  encoder, which bounds the frames held in memory;
+- encoding runs after generation in its own executor (`encoders` threads), so the GPU starts
+  denoising the next job while the CPU encodes the previous ones; at most one finished clip
+  waits for a free encoder, which bounds the frames held in memory;
 - progress crosses from the engine thread to the loop with `call_soon_threadsafe`, and reaches
   subscribers through `EventBus`, which never makes the worker wait;
 - every state change (started, encoding, done, failed, cancelled, interrupted) is handed to the
@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -97,6 +98,22 @@ def open_prepared(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
+def encoders_for(cpus: int) -> int:
+    """Encoder threads for a host with `cpus` cores: two when that leaves cores for the engine
+    thread and the bot, else one. A `smooth` clip's motion interpolation is one core's work for
+    about as long as the GPU takes to make a clip: with one encoder, a few of them in a row would
+    hold the GPU back; two keep up, and an MP4 or GIF between them is not held behind one."""
+    return 2 if cpus >= 4 else 1
+
+
+def available_cpus() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def _default_encoder() -> Encoder:
     # Imported late so the runtime (and its fake-engine tests) do not need ffmpeg to import.
     from generation.encode import encode_clip
@@ -127,6 +144,7 @@ class LocalJobQueue(QueueFront):
         metrics: Metrics | None = None,
         job_timeout: float | None = 600.0,
         cancel_wait_seconds: float = 10.0,
+        encoders: int = 1,
         stuck_seconds: float | None = 120.0,
         on_stuck: Callable[[str], None] | None = None,
         logger: logging.Logger | None = None,
@@ -141,6 +159,9 @@ class LocalJobQueue(QueueFront):
         self._engine = engine
         self._output_dir = output_dir
         self._encoder = encoder if encoder is not None else _default_encoder()
+        if encoders < 1:
+            raise ValueError(f"encoders must be at least 1, not {encoders}")
+        self._encoders = encoders
         self._load_input = load_input
         self._job_timeout = job_timeout
         self._cancel_wait = cancel_wait_seconds
@@ -170,7 +191,9 @@ class LocalJobQueue(QueueFront):
         self._engine_pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=ENGINE_THREAD_PREFIX
         )
-        self._encode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svd-encode")
+        self._encode_pool = ThreadPoolExecutor(
+            max_workers=self._encoders, thread_name_prefix="svd-encode"
+        )
         self._state = "loading"
         self._main = asyncio.create_task(self._run(), name="svd-worker")
         self._main.add_done_callback(self._worker_ended)
@@ -226,7 +249,10 @@ class LocalJobQueue(QueueFront):
     # -- the worker --------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        encoder_task = asyncio.create_task(self._encode_loop(), name="svd-encoder")
+        encoder_tasks = [
+            asyncio.create_task(self._encode_loop(), name=f"svd-encoder-{i}")
+            for i in range(self._encoders)
+        ]
         try:
             await self._warm_up()
             while not self._gpu_broken:
@@ -241,10 +267,12 @@ class LocalJobQueue(QueueFront):
                     await self._fail(job, exc, "the worker")
                 if self._gpu_broken:
                     break  # the clip being encoded still finishes; the waiting ones wait
-            await self._encode_q.put(None)
-            await encoder_task
+            for _ in encoder_tasks:
+                await self._encode_q.put(None)
+            await asyncio.gather(*encoder_tasks)
         finally:
-            encoder_task.cancel()
+            for task in encoder_tasks:
+                task.cancel()
 
     def _worker_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

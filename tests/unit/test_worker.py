@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -22,7 +23,13 @@ from generation.metrics import Metrics
 from generation.options import AnimateOptions
 from generation.queue import FairQueue, QueueClosed
 from generation.results import GenerationResult, OnStep, Progress, ShouldCancel
-from generation.worker import DEFAULT_FRAMES, GENERIC_ERROR, LocalJobQueue
+from generation.worker import (
+    DEFAULT_FRAMES,
+    GENERIC_ERROR,
+    LocalJobQueue,
+    available_cpus,
+    encoders_for,
+)
 
 FRAMES = 6
 
@@ -827,6 +834,53 @@ async def test_encoding_overlaps_the_next_jobs_generation(make: Callable[..., Ha
             EventKind.ENCODING,
             EventKind.DONE,
         ]
+
+
+@dataclass
+class _SlowSmooth(FakeEncoder):
+    """A smooth clip takes `smooth_seconds` to encode (motion interpolation), others none."""
+
+    smooth_seconds: float = 0.4
+
+    def __call__(self, frames: Any, path: Path, **kwargs: Any) -> Any:
+        if kwargs.get("interpolate"):
+            time.sleep(self.smooth_seconds)
+        return super().__call__(frames, path, **kwargs)
+
+
+async def test_two_encoders_post_a_plain_clip_while_a_smooth_one_still_encodes(
+    make: Callable[..., Harness],
+) -> None:
+    h = make(encoder=_SlowSmooth(), encoders=2)
+    await h.runtime.submit(h.request("A1", 1, interpolate=True))
+    await h.runtime.submit(h.request("B1", 2))
+    await h.runtime.start()
+    await h.wait_terminal("A1")
+    # B1 was made after A1 and posted first, its clip not held behind A1's interpolation.
+    assert [(e.job_id, e.kind) for e in h.terminal()] == [
+        ("B1", EventKind.DONE),
+        ("A1", EventKind.DONE),
+    ]
+
+
+async def test_one_encoder_keeps_the_order_clips_were_made_in(
+    make: Callable[..., Harness],
+) -> None:
+    h = make(encoder=_SlowSmooth(smooth_seconds=0.2))
+    await h.runtime.submit(h.request("A1", 1, interpolate=True))
+    await h.runtime.submit(h.request("B1", 2))
+    await h.runtime.start()
+    await h.wait_terminal("B1")
+    assert [e.job_id for e in h.terminal()] == ["A1", "B1"]
+
+
+def test_encoders_for_a_host() -> None:
+    assert encoders_for(1) == 1
+    assert encoders_for(2) == 1  # the engine thread and the bot need the cores
+    assert encoders_for(16) == 2
+    assert 1 <= available_cpus()
+    with pytest.raises(ValueError, match="at least 1"):
+        LocalJobQueue(FakeEngine(), output_dir=Path("unused"), encoders=0)
 
 
 async def test_cancel_during_encoding_discards_the_clip(make: Callable[..., Harness]) -> None:
