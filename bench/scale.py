@@ -2,7 +2,8 @@
 
 Starts a private `redis-server` on 127.0.0.1 (Debian's package), the bot's `RedisJobQueue`, and
 N `RemoteWorker`s in this process, each with its own fake engine that sleeps through its steps
-in its own thread, as a GPU keeps a worker busy without using the CPU. Measures:
+in its own thread, as a GPU keeps a worker busy without using the CPU, and a fake encoder that
+sleeps `--encode-seconds` in the encoder's thread (the CPU's part of a clip). Measures:
 
 1. throughput: `--jobs-per-worker` × N jobs from many members submitted at once; jobs per minute
    from the first submit to the last clip, against the ideal N × one worker's rate measured on
@@ -51,7 +52,7 @@ async def local_queue(args: argparse.Namespace, folder: Path) -> AsyncIterator[J
         engine(args),
         output_dir=folder / "out",
         queue=FairQueue(max_per_user=100, max_waiting=10_000),
-        encoder=FakeEncoder(),
+        encoder=FakeEncoder(seconds=args.encode_seconds),
     )
     await queue.start()
     await queue.loaded()
@@ -78,7 +79,11 @@ async def redis_queue(
     tasks = [
         asyncio.create_task(
             RemoteWorker(
-                LocalJobQueue(engine(args), output_dir=folder / f"w{i}", encoder=FakeEncoder()),
+                LocalJobQueue(
+                    engine(args),
+                    output_dir=folder / f"w{i}",
+                    encoder=FakeEncoder(seconds=args.encode_seconds),
+                ),
                 redis_url=url,
                 work_dir=folder / f"w{i}-in",
                 reclaim_seconds=60,
@@ -131,7 +136,10 @@ async def main(args: argparse.Namespace) -> None:
     server = RedisServer(folder / "redis")
     try:
         job_seconds = args.steps * args.step_seconds
-        print(f"fake job: {args.steps} steps x {args.step_seconds * 1000:.0f} ms = {job_seconds}s")
+        print(
+            f"fake job: {args.steps} steps x {args.step_seconds * 1000:.0f} ms = {job_seconds}s"
+            f" on the GPU, then {args.encode_seconds}s encoding"
+        )
         async with local_queue(args, folder / "local") as queue:
             await run_jobs(queue, picture, args, 2)  # warm-up
             local_seconds = await run_jobs(queue, picture, args, args.jobs_per_worker)
@@ -169,6 +177,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs-per-worker", type=int, default=12)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--step-seconds", type=float, default=0.05)
+    # A GIF of SVD-XT's 25 frames takes about 2 s of CPU against 5-10 s of GPU.
+    parser.add_argument("--encode-seconds", type=float, default=0.2)
     parser.add_argument("--latency-jobs", type=int, default=20)
     return parser.parse_args(argv)
 

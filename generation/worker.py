@@ -178,6 +178,11 @@ class LocalJobQueue(QueueFront):
         self._encode_q: asyncio.Queue[_Generated | None] = asyncio.Queue(maxsize=1)
         self._main: asyncio.Task[None] | None = None
 
+    @property
+    def encoders(self) -> int:
+        """How many clips may be encoding at once (while the GPU makes the next)."""
+        return self._encoders
+
     # -- the JobQueue interface --------------------------------------------------------------
 
     async def start(self) -> None:

@@ -4,9 +4,10 @@ taskiq-redis's `RedisStreamBroker` gives at-least-once delivery: a message stays
 consumer group until the worker acknowledges it (we do so only after the job's outcome is
 stored), and a message left pending longer than `idle_timeout` by a dead worker is claimed by
 another (XAUTOCLAIM). Two settings matter for a GPU queue: each worker reads ONE message at a
-time (`xread_count=1`, and taskiq's prefetch of 0), so a busy worker never sits on a job that an
-idle one could run; and the reclaim timeout is longer than the longest job, so a job still
-running on a live worker is never handed to a second one.
+time (`xread_count=1`, and taskiq's prefetch of 0), and reads the next only once the last one's
+clip has left its GPU (`Room`), so a busy worker never sits on a job that an idle one could run;
+and the reclaim timeout is longer than the longest job, so a job still running on a live worker
+is never handed to a second one.
 """
 
 from __future__ import annotations
@@ -79,13 +80,59 @@ def honour_cancel() -> None:
         raise asyncio.CancelledError()
 
 
+class Room:
+    """Whether a worker may read another job message: not while the job it read last waits for
+    or runs on its GPU (an idle worker should take the next one), but as soon as that clip is
+    being encoded, which is CPU work: the GPU starts the next clip meanwhile.
+
+    The broker `take`s each message it hands out; the worker names the job it turned out to be
+    (`claim`) and frees the room when that job is encoding (`free_job`); the receiver frees it
+    when the message's handling ends, for one that never got that far (already made, made
+    elsewhere, not ours)."""
+
+    def __init__(self) -> None:
+        self._message: object | None = None
+        self._job_id: str | None = None
+        self._free = asyncio.Event()
+        self._free.set()
+
+    async def wait(self) -> None:
+        await self._free.wait()
+
+    def take(self, message: object) -> None:
+        self._message, self._job_id = message, None
+        self._free.clear()
+
+    def claim(self, job_id: str) -> None:
+        """The message read last is `job_id`'s (called when its handling starts: the room is
+        closed from its read until then, so no later message can be taken for it)."""
+        if self._message is not None and self._job_id is None:
+            self._job_id = job_id
+
+    def free_job(self, job_id: str) -> None:
+        if self._message is not None and self._job_id == job_id:
+            self._open()
+
+    def free_message(self, message: object) -> None:
+        if self._message is message:
+            self._open()
+
+    def _open(self) -> None:
+        self._message = self._job_id = None
+        self._free.set()
+
+
 class JobStreamBroker(RedisStreamBroker):
-    """`RedisStreamBroker` that looks for a dead worker's messages on every turn.
+    """`RedisStreamBroker` that looks for a dead worker's messages on every turn, and reads
+    only when the worker has room (`Room`; none given: one message at a time, as the receiver
+    allows).
 
     taskiq-redis 1.2 runs XAUTOCLAIM only after XREADGROUP returned new messages, so on a quiet
     queue a job stranded by a killed worker would wait for the next submission. Here each turn
     first claims one stale message, then reads one new message.
     """
+
+    room: Room | None = None
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
         """Messages one at a time, for ever: while Redis is unreachable (restarting, say) it
@@ -94,6 +141,8 @@ class JobStreamBroker(RedisStreamBroker):
         async with Redis(connection_pool=self.connection_pool) as redis:
             while True:
                 honour_cancel()
+                if self.room is not None:
+                    await self.room.wait()
                 try:
                     messages = await self._next(redis)
                 except RedisError as exc:
@@ -104,7 +153,10 @@ class JobStreamBroker(RedisStreamBroker):
                     continue
                 outage.over()
                 for msg_id, msg in messages:
-                    yield self._ackable(msg_id, msg)
+                    message = self._ackable(msg_id, msg)
+                    if self.room is not None:
+                        self.room.take(message)
+                    yield message
 
     async def _next(self, redis: Redis) -> list[tuple[Any, dict[bytes, bytes]]]:
         """One stale message of a dead worker's, else at most one new message."""

@@ -344,7 +344,7 @@ class RedisJobQueue(QueueFront):
 
     async def _dispatch(self) -> None:
         async with self._dispatching:
-            while not self._stopping and len(self._in_flight) < self._serving:
+            while not self._stopping and self._on_gpus() < self._serving:
                 queued = self._queue.take_nowait()
                 if queued is None:
                     return
@@ -365,6 +365,15 @@ class RedisJobQueue(QueueFront):
                 except Exception as exc:  # the picture is gone
                     await self._fail(job, exc, "dispatch")
                 self._announce_positions()
+
+    def _on_gpus(self) -> int:
+        """Jobs in flight that hold a GPU: not those whose clip is being encoded (CPU work), so
+        a worker gets its next clip while it encodes the last one."""
+        return sum(
+            1
+            for job_id in self._in_flight
+            if (job := self._jobs.get(job_id)) is None or job.phase != "encoding"
+        )
 
     async def _send(self, job: TrackedJob) -> None:
         redis, keys, request = self._client(), self._keys, job.request
@@ -389,6 +398,7 @@ class RedisJobQueue(QueueFront):
     async def _kick(self, job: TrackedJob) -> None:
         """Put the job's message on the stream (its picture is in Redis already)."""
         self._sent_at[job.job_id] = time.monotonic()
+        job.phase = "generating"  # sent again after its worker died encoding it: a GPU's work
         await self._post(job)
 
     async def _post(self, job: TrackedJob) -> None:
@@ -476,6 +486,7 @@ class RedisJobQueue(QueueFront):
                 await self._record(job, replace(event, eta_seconds=self._remaining(job)))
             case EventKind.ENCODING:
                 job.phase = "encoding"
+                self._wake.set()  # its GPU is free for the next clip
                 await self._record(job, event)
             case EventKind.LOADING | EventKind.DECODING:
                 if event.kind is EventKind.LOADING:

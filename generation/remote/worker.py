@@ -1,7 +1,9 @@
 """`RemoteWorker`: one GPU's process in a scaled-out setup (`svd-bot worker`).
 
 It runs the same runtime as the embedded queue (`LocalJobQueue`: engine thread, time limit, OOM
-handling, encoder) and feeds it from taskiq, one job at a time. For each message:
+handling, encoders) and feeds it from taskiq, one job on the GPU at a time: the next message is
+read once the last clip is being encoded (`Room`), so the GPU makes the next clip while the CPU
+encodes the last one, as in the embedded queue. For each message:
 
 1. A stored result means the job ran already (at-least-once delivery, or the bot submitting it
    again after a restart): publish that result again and acknowledge. Nothing runs twice.
@@ -30,7 +32,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from taskiq import Context, TaskiqDepends
+from taskiq import AckableMessage, Context, TaskiqDepends
 from taskiq.acks import AcknowledgeType
 from taskiq.exceptions import NoResultError
 from taskiq.receiver import Receiver
@@ -42,6 +44,7 @@ from generation.options import AnimateOptions
 from generation.remote.broker import (
     JobStreamBroker,
     Outage,
+    Room,
     WorkerInfo,
     connect,
     honour_cancel,
@@ -106,7 +109,9 @@ class RemoteWorker:
         self._poll = cancel_poll_seconds
         self._grace = grace_seconds
         self._redis: Redis | None = None
-        self._job_id: str | None = None
+        # The jobs in hand, oldest first: at most one on the GPU, the others encoding.
+        self._held: list[str] = []
+        self._room = Room()
         self._frames: dict[str, int] = {}
         self._stopping = False
         self.jobs_done = 0
@@ -133,14 +138,17 @@ class RemoteWorker:
 
         broker.register_task(generate, task_name=TASK_NAME)
         broker.is_worker_process = True
+        broker.room = self._room
         # The model loads meanwhile; the listener first waits for Redis (see _listen_when_ready).
         await self._runtime.start()
         heartbeat = asyncio.create_task(self._beat(), name="svd-worker-heartbeat")
         learn = asyncio.create_task(self._learn_frames(), name="svd-worker-frames")
         finish = asyncio.Event()
-        receiver = Receiver(
+        receiver = _Receiver(
             broker,
-            max_async_tasks=1,
+            self._room,
+            # One job making, and one for each encoder that may still be encoding.
+            max_async_tasks=self._runtime.encoders + 1,
             max_prefetch=0,
             run_startup=False,
             ack_type=AcknowledgeType.MANUAL,
@@ -214,8 +222,9 @@ class RemoteWorker:
             log.warning("heartbeat failed: %s", exc)
 
     def _info(self) -> WorkerInfo:
-        state = "busy" if self._job_id else self._runtime.state
-        return WorkerInfo(self.name, state, self._job_id, dict(self._frames) or None)
+        state = "busy" if self._held else self._runtime.state
+        job_id = self._held[-1] if self._held else None
+        return WorkerInfo(self.name, state, job_id, dict(self._frames) or None)
 
     async def _learn_frames(self) -> None:
         """Frames each model makes, for the bot's estimates. Asking the engine may read a model's
@@ -243,6 +252,7 @@ class RemoteWorker:
         context: Context,
     ) -> None:
         """The taskiq task: run one job, store its outcome, then acknowledge the message."""
+        self._room.claim(str(job_id))
         if not valid_job_id(job_id):
             # Not the bot's (it makes ids of hex digits): never let it name a file to write or
             # delete. Acknowledged, so it is not sent again.
@@ -277,7 +287,7 @@ class RemoteWorker:
                 jlog.info("already being made by worker %s; leaving it to them", who)
                 await self._retried("acknowledging a job", context.ack)
                 return
-        self._job_id = job_id
+        self._held.append(job_id)
         await self._say_alive()
         renew = asyncio.create_task(self._hold(job_id))
         try:
@@ -303,7 +313,7 @@ class RemoteWorker:
             renew.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renew
-            self._job_id = None
+            self._held.remove(job_id)
             await self._release(job_id)
             await self._say_alive()
             request_path = self._work_dir / f"{job_id}.png"
@@ -335,6 +345,8 @@ class RemoteWorker:
                 return None
             if event.terminal:
                 return event
+            if event.kind is EventKind.ENCODING:
+                self._room.free_job(job_id)  # the GPU is free for the next message
             try:
                 await redis.publish(keys.events, event_to_json(event))
             except RedisError as exc:
@@ -404,3 +416,19 @@ class RemoteWorker:
             redis = self._client()
             if await redis.get(self._keys.claim(job_id)) == self.name.encode():
                 await redis.delete(self._keys.claim(job_id))
+
+
+class _Receiver(Receiver):
+    """taskiq's receiver, freeing the worker's `Room` when a message's handling ends: a message
+    that never became a job on the GPU (already made, made elsewhere, not one of ours) must not
+    keep the worker from reading the next."""
+
+    def __init__(self, broker: JobStreamBroker, room: Room, **kwargs: Any) -> None:
+        super().__init__(broker, **kwargs)
+        self._room = room
+
+    async def callback(self, message: bytes | AckableMessage, raise_err: bool = False) -> None:
+        try:
+            await super().callback(message, raise_err)
+        finally:
+            self._room.free_message(message)

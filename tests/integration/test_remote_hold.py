@@ -20,6 +20,7 @@ from generation.errors import GenerationFailed, GPUUnusable
 from generation.fake_engine import FakeEncoder, FakeEngine
 from generation.jobs import EventKind, JobEvent, JobRequest
 from generation.options import AnimateOptions
+from generation.remote.broker import Room, connect, make_broker
 from generation.remote.queue import RedisJobQueue
 from generation.remote.wire import Keys
 from generation.remote.worker import ModelNotLoaded, RemoteWorker
@@ -51,11 +52,17 @@ class Rig:
         return JobRequest(job_id, user_id, options, self.picture, max_bytes=10_000_000)
 
     def start_worker(
-        self, name: str, step_seconds: float = 0.02, engine: FakeEngine | None = None
+        self,
+        name: str,
+        step_seconds: float = 0.02,
+        engine: FakeEngine | None = None,
+        encoder: FakeEncoder | None = None,
     ) -> asyncio.Task[None]:
         engine = engine or FakeEngine(step_seconds=step_seconds, frames=4)
         worker = RemoteWorker(
-            LocalJobQueue(engine, output_dir=self.tmp / f"{name}-out", encoder=FakeEncoder()),
+            LocalJobQueue(
+                engine, output_dir=self.tmp / f"{name}-out", encoder=encoder or FakeEncoder()
+            ),
             redis_url=self.server.url,
             work_dir=self.tmp / name,
             reclaim_seconds=self.reclaim,
@@ -157,6 +164,63 @@ async def test_when_the_last_worker_goes_a_clip_in_flight_is_on_hold_and_finishe
     assert [e.reason for e in held] == [None, "resuming"]
     restarted = len(kinds) - 1 - kinds[::-1].index(EventKind.STARTED)
     assert kinds.index(EventKind.STALLED) < restarted < kinds.index(EventKind.DONE)
+
+
+# --- the next clip while the last one encodes -------------------------------------------------
+
+
+async def test_a_worker_makes_the_next_clip_while_it_encodes_the_last(rig: Rig) -> None:
+    # Encoding is the CPU's work: the GPU should not wait for it (issue 8's overlap), here too.
+    rig.start_worker("w1", encoder=FakeEncoder(seconds=1.0))
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("a", 1))
+    await rig.queue.submit(rig.request("b", 2))
+    await rig.wait_for(lambda: EventKind.DONE in rig.kinds("b"))
+    order = [
+        (e.job_id, e.kind) for e in rig.events if e.kind in (EventKind.STARTED, EventKind.DONE)
+    ]
+    assert order.index(("b", EventKind.STARTED)) < order.index(("a", EventKind.DONE)), order
+    assert [e.job_id for e in rig.events if e.kind is EventKind.DONE] == ["a", "b"]
+
+
+async def test_a_worker_reads_no_next_message_while_its_last_clip_holds_the_gpu(
+    redis_server: RedisServer,
+) -> None:
+    # Read early, the next clip would wait behind this one while an idle worker could make it.
+    keys = Keys(prefix=f"r{uuid.uuid4().hex[:8]}")
+    broker = make_broker(redis_server.url, keys, reclaim_seconds=30, block_seconds=0.05)
+    broker.room = room = Room()
+    await broker.startup()
+    redis = connect(redis_server.url)
+    try:
+        for name in (b"first", b"second", b"third"):
+            await redis.xadd(keys.stream, {b"data": name})
+        messages = broker.listen()
+        first = await anext(messages)
+        assert first.data == b"first"
+        room.claim("job-1")
+        reading = asyncio.ensure_future(anext(messages))
+        await asyncio.sleep(0.3)
+        assert not reading.done()  # job-1 is being made
+        room.free_job("job-2")  # not the job read last: still closed
+        await asyncio.sleep(0.2)
+        assert not reading.done()
+        room.free_job("job-1")  # its clip is encoding: the GPU takes the next
+        second = await asyncio.wait_for(reading, 5)
+        assert second.data == b"second"
+        # A message whose handling ended before it was ever a job on the GPU frees it too.
+        reading = asyncio.ensure_future(anext(messages))
+        await asyncio.sleep(0.2)
+        assert not reading.done()
+        room.free_message(first)  # an old message: no effect
+        await asyncio.sleep(0.2)
+        assert not reading.done()
+        room.free_message(second)
+        assert (await asyncio.wait_for(reading, 5)).data == b"third"
+        await messages.aclose()
+    finally:
+        await redis.aclose()
+        await broker.shutdown()
 
 
 # --- Redis itself going away ------------------------------------------------------------------
