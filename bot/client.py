@@ -18,6 +18,7 @@ from bot.interactions import defer, member_of, queue_from_interaction
 from bot.presenter import DiscordPresenter, Reencoder
 from bot.service import AnimateService, Member, Origin, Variation
 from bot.views import ClipButton, PictureMenus, StalePictureMenu
+from generation.errors import DISK_FULL_MESSAGE, is_disk_full
 from generation.images import ImageLimits
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,15 @@ class SvdBot(commands.Bot):
                 text = "You don't have permission to do that."
             elif isinstance(error, app_commands.TransformerError):
                 text = f"I couldn't understand `{error.value}`: {error}"
+            elif is_disk_full(error):
+                # The database or DATA_DIR filled up: the host must act, the member can only
+                # wait; "try again" would send them straight back into it.
+                log.error(
+                    "command failed: the disk is full (free space in DATA_DIR and the "
+                    "database's folder)",
+                    exc_info=error,
+                )
+                text = DISK_FULL_MESSAGE
             else:
                 log.error("command failed", exc_info=error)
                 text = GENERIC_ERROR

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
+from bot.service import free_disk_bytes
 from bot.settings import Settings
 from generation.model_paths import looks_like_path
 
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from generation.plans import Plan
 
 MODEL_DOWNLOAD_GB = 10
+# Under this, `check` warns: a busy day's clips (up to 25 MiB each, kept KEEP_FILES_DAYS) would
+# soon reach the floor where the bot refuses new ones.
+LOW_DISK_BYTES = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ def check_all(settings: Settings) -> list[Finding]:
     findings.append(_ffmpeg())
     findings.append(_database(settings.database_path))
     findings.append(_writable("Data folder (DATA_DIR)", settings.data_dir))
+    findings.append(_free_space(settings.data_dir, int(settings.min_free_disk_mb * 2**20)))
     findings.append(compile_cache(settings))
     findings.append(_token(settings))
     findings.append(_queue_backend(settings))
@@ -316,6 +321,29 @@ def _writable(label: str, folder: Path) -> Finding:
     except OSError as exc:
         return Finding(False, label, f"{folder} is not writable: {exc.strerror}", fatal=True)
     return Finding(True, label, f"{folder} (writable)")
+
+
+def _free_space(
+    folder: Path, floor_bytes: int, free_bytes: Callable[[Path], int | None] = free_disk_bytes
+) -> Finding:
+    """Room for pictures and clips: below `floor_bytes` (MIN_FREE_DISK_MB) the bot takes no new
+    clips; not fatal, since what is in line still finishes and old clips are cleaned up."""
+    label = "Free disk space"
+    free = free_bytes(folder)
+    if free is None:
+        return Finding(True, label, f"could not be told for {folder}")
+    detail = f"{free / 2**30:.1f} GiB where DATA_DIR is"
+    floor = f"{floor_bytes / 2**20:.0f} MiB (MIN_FREE_DISK_MB)"
+    if free < floor_bytes:
+        return Finding(False, label, f"{detail}: new clips are refused under {floor}; free some")
+    if free < max(LOW_DISK_BYTES, 2 * floor_bytes):
+        return Finding(
+            False,
+            label,
+            f"{detail}: low; new clips are refused under {floor} (finished clips are deleted "
+            "after KEEP_FILES_DAYS)",
+        )
+    return Finding(True, label, detail)
 
 
 def compile_cache(settings: Settings) -> Finding:

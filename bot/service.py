@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import glob
 import logging
+import shutil
 import sqlite3
 import time
 import uuid
@@ -22,7 +23,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from generation.errors import Cancelled, GenerationError, InvalidOptions, TooManyJobs
+from generation.errors import (
+    Cancelled,
+    DiskFull,
+    GenerationError,
+    InvalidOptions,
+    TooManyJobs,
+    is_disk_full,
+)
 from generation.eta import job_cost
 from generation.images import ImageLimits, allowed_formats, fit_image, load_image
 from generation.jobs import EventKind, JobEvent, JobQueue, JobRequest, QueueSnapshot
@@ -51,6 +59,7 @@ MOTION_STEP = 40
 MAX_ATTEMPTS = 2
 # Pictures decoded at once (each may take up to about a gigabyte at the pixel limit).
 DECODES_AT_ONCE = 2
+MIN_FREE_BYTES = 256 * 2**20
 # Discord's default per-file upload limit, for records that do not say.
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 
@@ -157,6 +166,23 @@ class ServiceConfig:
     # Finished jobs' records (who asked for what, where, with which settings) this long.
     keep_history_seconds: float = 90 * 24 * 3600
     redelivery: RedeliveryPolicy = field(default_factory=RedeliveryPolicy)
+    # New clips are refused below this much free space where pictures and clips are kept: a
+    # clip's picture (about 1 MB) and file (up to 25 MiB) and the database's growth still fit,
+    # so the clips already in line finish instead of failing half-way.
+    min_free_bytes: int = MIN_FREE_BYTES
+
+
+def free_disk_bytes(path: Path) -> int | None:
+    """Free space on the disk that holds `path` (or would: the folder may not exist yet);
+    None when it cannot be told, and then no clip is refused for it."""
+    for folder in (path, *path.parents):
+        try:
+            return shutil.disk_usage(folder).free
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return None
 
 
 @dataclass
@@ -183,8 +209,10 @@ class AnimateService:
         frames_for: Callable[[str | None], int],
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        free_bytes: Callable[[Path], int | None] = free_disk_bytes,
     ) -> None:
         self._config = config
+        self._free_bytes = free_bytes
         self._metrics = metrics
         self._clock = clock
         self._jobs = jobs
@@ -349,6 +377,7 @@ class AnimateService:
             raise
 
     async def _check_admission(self, member: Member) -> None:
+        await self._check_disk()
         try:
             self._queue.check_admission(member.user_id)
         except TooManyJobs as exc:
@@ -360,11 +389,29 @@ class AnimateService:
                 raise
             raise TooManyJobs(exc.active, exc.limit, elsewhere=exc.active - here) from None
 
+    async def _check_disk(self) -> None:
+        folder = self._config.inputs_dir
+        free = await asyncio.to_thread(self._free_bytes, folder)
+        if free is not None and free < self._config.min_free_bytes:
+            mib = 2**20
+            detail = (
+                f"{free / mib:.0f} MiB free where {folder} is, under the "
+                f"{self._config.min_free_bytes / mib:.0f} MiB kept free for the clips in line"
+            )
+            log.error("refusing new clips: %s; free some space on that disk", detail)
+            raise DiskFull(detail)
+
     def _prepare_input(self, data: bytes, path: Path, fit: Fit) -> tuple[str, ...]:
         loaded = load_image(data, self._config.image_limits)
         fitted = fit_image(loaded.image, self._config.resolution, fit)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fitted.save(path, format="PNG")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fitted.save(path, format="PNG")
+        except OSError as exc:
+            if is_disk_full(exc):
+                path.unlink(missing_ok=True)  # a partial file
+                raise DiskFull(f"saving the picture to {path}: {exc}") from exc
+            raise
         return loaded.notes
 
     async def _enqueue(

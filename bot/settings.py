@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     # records (who asked for what, where, with which settings).
     keep_files_days: float = Field(default=7.0, gt=0)
     keep_history_days: float = Field(default=90.0, gt=0)
+    # New clips are refused with less free space than this where DATA_DIR is.
+    min_free_disk_mb: float = Field(default=256.0, ge=0)
 
     # Quotas and queue
     default_quota: int | None = Field(default=5, ge=0)

@@ -23,7 +23,7 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
-from generation.errors import GenerationFailed
+from generation.errors import DiskFull, GenerationFailed, is_disk_full
 from generation.options import OutputFormat
 from generation.results import EncodedClip
 
@@ -130,6 +130,8 @@ def encode_clip(
         # A full or read-only disk: Pillow's GIF writer and the renames raise it (ffmpeg's own
         # failure to write comes back as its exit status). An encoding failure, not the GPU's.
         log.error("could not write the clip %s: %s", path.name, exc)
+        if is_disk_full(exc):
+            raise DiskFull(f"writing {path}: {exc}") from exc
         raise EncodeFailed(f"writing {path.name}: {exc}", reason="disk") from exc
     finally:
         partial.unlink(missing_ok=True)
@@ -473,7 +475,10 @@ def _run_ffmpeg(exe: str, args: list[str], frames: np.ndarray, timeout_s: float)
     if done.returncode != 0:
         tail = done.stderr.decode(errors="replace").strip()[-2000:]
         log.error("ffmpeg exited with %d: %s", done.returncode, tail)
-        raise EncodeFailed(f"exit {done.returncode}: {tail}")
+        failed = EncodeFailed(f"exit {done.returncode}: {tail}")
+        if is_disk_full(failed):  # it could not write its output
+            raise DiskFull(f"ffmpeg: {tail}")
+        raise failed
     return done.stdout
 
 

@@ -6,6 +6,9 @@ wrong and what to do, never a traceback or a path on the host.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 
 class GenerationError(Exception):
     """Base of every error in `generation/`; `user_message` is shown to the member."""
@@ -64,6 +67,46 @@ class GenerationFailed(GenerationError):
         super().__init__(user_message)
         # A short machine-readable label for logs and metrics: "oom", "timeout", "error"...
         self.reason = reason
+
+
+DISK_FULL_MESSAGE = (
+    "The bot's server is out of disk space, so it can't make clips right now. You were not "
+    "charged; please try again later (the host has to free some space)."
+)
+# What a full disk says where no errno reaches us: ffmpeg's error output, SQLite's message.
+_FULL_TEXTS = ("no space left on device", "database or disk is full", "disk quota exceeded")
+
+
+class DiskFull(GenerationFailed):
+    """The host's disk (DATA_DIR, the database) is full: nothing the member can fix, and trying
+    again at once would fail the same way. `detail` is for the log: where, and how full."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(DISK_FULL_MESSAGE, reason="disk")
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"disk full: {self.detail}"
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an error it was raised from, says the disk is full: an `OSError`
+    (ENOSPC, EDQUOT), SQLite's SQLITE_FULL, or ffmpeg's "No space left on device"."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DiskFull):
+            return True
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == (
+            sqlite3.SQLITE_FULL
+        ):
+            return True
+        if any(text in str(exc).lower() for text in _FULL_TEXTS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class GPUUnusable(GenerationError):

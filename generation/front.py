@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from generation.errors import (
+    DISK_FULL_MESSAGE,
     Cancelled,
     GenerationError,
     GenerationFailed,
     InvalidImage,
     InvalidOptions,
+    is_disk_full,
 )
 from generation.eta import EtaEstimator, job_cost
 from generation.events import EventBus, Subscription
@@ -138,6 +140,8 @@ class TrackedJob:
 
 def failure_of(exc: BaseException) -> tuple[str, str]:
     """(reason, user-safe message) for an exception a job raised."""
+    if is_disk_full(exc):  # however it surfaced: not the GPU's fault, nor fixed by a retry now
+        return "disk", DISK_FULL_MESSAGE
     if isinstance(exc, GenerationFailed):
         return exc.reason, exc.user_message
     if isinstance(exc, InvalidOptions | InvalidImage):

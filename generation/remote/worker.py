@@ -37,7 +37,7 @@ from taskiq.acks import AcknowledgeType
 from taskiq.exceptions import NoResultError
 from taskiq.receiver import Receiver
 
-from generation.errors import Cancelled, GenerationError
+from generation.errors import DISK_FULL_MESSAGE, Cancelled, GenerationError, is_disk_full
 from generation.front import INPUT_ERROR, JobLog
 from generation.jobs import EventKind, JobEvent, JobRequest, valid_job_id
 from generation.options import AnimateOptions
@@ -331,7 +331,15 @@ class RemoteWorker:
         picture = await self._retried("reading the picture", lambda: redis.get(keys.input(job_id)))
         if not isinstance(picture, bytes):
             return self._terminal(request, EventKind.FAILED, "input", INPUT_ERROR)
-        await asyncio.to_thread(request.input_path.write_bytes, picture)
+        try:
+            await asyncio.to_thread(request.input_path.write_bytes, picture)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # Handed back, it would come round to this worker again and again.
+            log.error("[job %s] this worker's disk is full: %s", job_id, exc)
+            request.input_path.unlink(missing_ok=True)
+            return self._terminal(request, EventKind.FAILED, "disk", DISK_FULL_MESSAGE)
         events = self._runtime.subscribe(job_id)
         await self._runtime.submit(request, resume=True)
         async for event in events:

@@ -365,6 +365,22 @@ async def test_not_an_image_costs_nothing(bot: App, fake_discord: FakeDiscordSer
     assert "**3** of 3" in await reply_text(quota)
 
 
+async def test_a_full_disk_refuses_clips_with_a_clear_answer_and_costs_nothing(
+    fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path
+) -> None:
+    # MIN_FREE_DISK_MB above any disk's free space: this disk is as good as full.
+    settings = settings_for(fake_discord, tiny_model_dir, data_dir, min_free_disk_mb=2.0**40)
+    async with running(settings):
+        handle = await animate(fake_discord)
+        text = await reply_text(handle)
+        assert "out of disk space" in text and "not charged" in text and "later" in text
+        assert handle.ephemeral
+        quota = await fake_discord.interaction("quota", permissions=MEMBER)
+        assert "**3** of 3" in await reply_text(quota)
+        queue = await fake_discord.interaction("queue", permissions=MEMBER)
+        assert "You have no clips waiting" in await reply_text(queue)
+
+
 @pytest.mark.parametrize("failure", ["expired", "hung up"])
 async def test_a_picture_that_cannot_be_downloaded_costs_nothing(
     bot: App, fake_discord: FakeDiscordServer, failure: str

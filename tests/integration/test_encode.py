@@ -21,7 +21,7 @@ import pytest
 from PIL import Image, ImageSequence
 
 from generation.encode import EncodeFailed, encode_clip, interpolate_frames, ping_pong_frames
-from generation.errors import GenerationFailed
+from generation.errors import DiskFull, GenerationFailed
 from generation.fake_engine import moving_clip
 from generation.reencode import read_frames, reencode_file
 from generation.results import EncodedClip
@@ -343,7 +343,7 @@ def test_ffmpeg_errors_reach_the_logs_not_the_user(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["gif", "mp4"])
-def test_a_full_disk_is_an_encoding_failure_not_the_gpus(
+def test_a_full_disk_while_saving_says_the_disk_is_full_not_the_gpu(
     fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def full(*_args: object, **_kwargs: object) -> None:
@@ -353,11 +353,11 @@ def test_a_full_disk_is_an_encoding_failure_not_the_gpus(
     monkeypatch.setattr(Image.Image, "save", full)
     monkeypatch.setattr(os, "replace", full)
     target = tmp_path / f"clip.{fmt}"
-    with pytest.raises(EncodeFailed) as caught:
+    with pytest.raises(DiskFull) as caught:
         encode_clip(moving_clip(2, 64, 64), target, format=fmt, fps=7)  # type: ignore[arg-type]
     assert caught.value.reason == "disk" and "No space left" in caught.value.detail
-    assert "saving the clip" in caught.value.user_message
-    assert not target.exists()
+    assert "out of disk space" in caught.value.user_message
+    assert not target.exists() and list(tmp_path.iterdir()) == []  # nothing half-written left
 
 
 def test_a_hung_ffmpeg_times_out(tmp_path: Path) -> None:
@@ -386,3 +386,16 @@ def test_a_hung_ffmpeg_times_out(tmp_path: Path) -> None:
 def test_frames_must_be_uint8_rgb(frames: np.ndarray, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="frames"):
         encode_clip(frames, tmp_path / "x.mp4", format="mp4", fps=7)
+
+
+def test_ffmpeg_that_cannot_write_for_a_full_disk_says_the_disk_is_full(tmp_path: Path) -> None:
+    full = fake_ffmpeg(
+        tmp_path,
+        "cat >/dev/null; echo 'av_interleaved_write_frame(): No space left on device' >&2; exit 1",
+    )
+    target = tmp_path / "clip.mp4"
+    with pytest.raises(DiskFull) as caught:
+        encode_clip(moving_clip(2, 64, 64), target, format="mp4", fps=7, ffmpeg=full)
+    assert caught.value.reason == "disk" and "No space left" in caught.value.detail
+    assert "out of disk space" in caught.value.user_message
+    assert not target.exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -396,3 +397,24 @@ async def test_a_clip_that_broke_a_workers_gpu_fails_refunded_rather_than_going_
     (end,) = [e for e in rig.events if e.job_id == "bad" and e.terminal]
     assert (end.kind, end.reason) == (EventKind.FAILED, "gpu")
     assert "not charged" in (end.error or "")
+
+
+async def test_a_worker_whose_disk_is_full_fails_the_clip_refunded_rather_than_passing_it_round(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Handed back, the clip would come round to the same full worker again and again.
+    write = Path.write_bytes
+
+    def full(self: Path, data: Any) -> int:
+        if self.parent == rig.tmp / "w1":  # the worker's copy of the picture
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    rig.start_worker("w1")
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("a", 1))
+    await rig.wait_for(lambda: any(e.terminal for e in rig.events if e.job_id == "a"))
+    (end,) = [e for e in rig.events if e.job_id == "a" and e.terminal]
+    assert (end.kind, end.reason) == (EventKind.FAILED, "disk")
+    assert "out of disk space" in (end.error or "") and "not charged" in (end.error or "")

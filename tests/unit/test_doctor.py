@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bot import doctor
+from bot.service import free_disk_bytes
 from bot.settings import Settings
 
 
@@ -72,3 +73,24 @@ def test_check_never_shows_the_redis_password(tmp_path: Path) -> None:
         lines.append(doctor._queue_backend(config).detail)  # nothing listens on port 1
     assert all("127.0.0.1:1/0" in line for line in lines), lines
     assert not [line for line in lines if "s3cret" in line], lines
+
+
+def test_check_warns_of_a_disk_about_to_refuse_clips(tmp_path: Path) -> None:
+    floor = 256 * 2**20
+
+    def shown(free: int | None) -> doctor.Finding:
+        return doctor._free_space(tmp_path, floor, lambda _folder: free)
+
+    assert shown(50 * 2**30) == doctor.Finding(
+        True, "Free disk space", "50.0 GiB where DATA_DIR is"
+    )
+    low = shown(1 * 2**30)
+    assert not low.ok and not low.fatal and "low" in low.detail and "256 MiB" in low.detail
+    full = shown(100 * 2**20)
+    assert (
+        not full.ok and "new clips are refused" in full.detail and "MIN_FREE_DISK_MB" in full.detail
+    )
+    assert shown(None).ok  # a disk that cannot be asked stops nothing
+    # DATA_DIR not made yet: the disk it will be on (asking makes nothing).
+    assert free_disk_bytes(tmp_path / "not" / "yet") is not None
+    assert not (tmp_path / "not").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
 import sqlite3
 import time
@@ -21,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from bot.service import AnimateService, Member, Origin, RedeliveryPolicy, ServiceConfig
 from generation.errors import (
+    DiskFull,
     GenerationError,
     GenerationFailed,
     GPUUnusable,
@@ -115,6 +117,7 @@ async def rig(
     clock: Callable[[], float] = time.monotonic,
     redelivery: RedeliveryPolicy | None = None,
     metrics: Metrics | None = None,
+    free_bytes: Callable[[Path], int | None] = lambda _folder: 2**40,
 ) -> AsyncIterator[Rig]:
     engine = engine or FakeEngine(frames=4, step_seconds=0.001)
     async with await Database.open(tmp_path / "bot.sqlite3") as db:
@@ -142,6 +145,7 @@ async def rig(
             frames_for=engine.frames_for,
             clock=clock,
             metrics=metrics,
+            free_bytes=free_bytes,
         )
         box.append(service)
         presenter = Recorder()
@@ -230,6 +234,72 @@ async def test_bad_image_is_refused_before_anything_is_charged(tmp_path: Path) -
             await r.service.submit(ALICE, b"%PDF-1.7 not a picture", AnimateOptions(), ORIGIN)
         assert (await r.service.quota(ALICE)).remaining == 3
         assert await r.jobs.active_for_user(1, 10) == []
+
+
+async def test_a_full_disk_refuses_new_clips_and_re_rolls_before_anything_is_charged(
+    tmp_path: Path,
+) -> None:
+    free = {"bytes": 10 * 2**30}
+    asked: list[Path] = []
+
+    def free_bytes(folder: Path) -> int:
+        asked.append(folder)
+        return free["bytes"]
+
+    async with rig(tmp_path, free_bytes=free_bytes) as r:
+        made = await r.service.submit(ALICE, png(), AnimateOptions(num_inference_steps=1), ORIGIN)
+        await _wait_for_state(r.jobs, made.job.job_id, JobState.DELIVERED)
+        assert asked and asked[0] == tmp_path / "in"  # where the pictures go
+        free["bytes"] = 100 * 2**20  # under the 256 MiB kept free for the clips in line
+        with pytest.raises(DiskFull) as refused:
+            await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        assert "out of disk space" in refused.value.user_message
+        assert "not charged" in refused.value.user_message
+        assert "100 MiB free" in refused.value.detail  # for the host's log
+        with pytest.raises(DiskFull):
+            await r.service.vary(ALICE, made.job.job_id, "reroll", ORIGIN)
+        assert (await r.service.quota(ALICE)).remaining == 2  # the one clip posted, no more
+        assert await r.jobs.active_for_user(1, 10) == []
+        assert [p.name for p in (tmp_path / "in").iterdir()] == [f"{made.job.job_id}.png"]
+        free["bytes"] = 300 * 2**20  # space freed: clips are taken again
+        again = await r.service.submit(ALICE, png(), AnimateOptions(num_inference_steps=1), ORIGIN)
+        await _wait_for_state(r.jobs, again.job.job_id, JobState.DELIVERED)
+
+
+async def test_a_disk_that_fills_while_the_picture_is_saved_costs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save = Image.Image.save
+
+    def full(self: Image.Image, fp: Any, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(fp, str | Path):  # into memory: no disk to fill
+            return save(self, fp, *args, **kwargs)
+        Path(fp).write_bytes(b"half a png")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async with rig(tmp_path) as r:
+        monkeypatch.setattr(Image.Image, "save", full)
+        with pytest.raises(DiskFull) as refused:
+            await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        assert "out of disk space" in refused.value.user_message
+        assert (await r.service.quota(ALICE)).remaining == 3
+        assert await r.jobs.active_for_user(1, 10) == []
+        assert list((tmp_path / "in").iterdir()) == []  # no half-written picture left
+
+
+async def test_a_clip_that_fills_the_disk_while_encoding_is_refunded_and_says_why(
+    tmp_path: Path,
+) -> None:
+    class FullDisk(FakeEncoder):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    async with rig(tmp_path, encoder=FullDisk()) as r:
+        made = await r.service.submit(ALICE, png(), AnimateOptions(num_inference_steps=1), ORIGIN)
+        failed = await _wait_for_state(r.jobs, made.job.job_id, JobState.FAILED)
+        assert failed.error is not None and "out of disk space" in failed.error
+        assert "GPU" not in failed.error  # not the GPU's fault, as a generic failure would say
+        assert (await r.service.quota(ALICE)).remaining == 3
 
 
 async def test_a_failing_job_is_refunded_and_the_next_one_runs(tmp_path: Path) -> None:
