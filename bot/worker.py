@@ -43,10 +43,13 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     device, lock = pick_device(settings)
+    gpus = 1
     if device.startswith("cuda:"):
         import torch
 
         torch.cuda.set_device(int(device.split(":", 1)[1]))
+        # One worker per GPU: they share this host's cores (a container given one GPU sees one).
+        gpus = max(1, torch.cuda.device_count())
     name = settings.worker_name or default_worker_name()
     log.info("worker %s on %s, models %s", name, device, ", ".join(settings.models))
     work_dir = settings.data_dir / "worker" / name
@@ -57,7 +60,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         # One job at a time; the bot already applied the caps.
         queue=FairQueue(max_per_user=1, max_waiting=1),
         job_timeout=settings.job_timeout_seconds,
-        encoders=encoders_for(available_cpus()),
+        encoders=encoders_for(available_cpus() // gpus),
         stuck_seconds=settings.stuck_restart_seconds,
         on_stuck=stuck,
     )

@@ -199,6 +199,12 @@ class QueueFront:
         """starting, loading, ready, load_failed, stopping, stopped (or failed: a bug)."""
         return self._state
 
+    @property
+    def stuck_job_id(self) -> str | None:
+        """The clip past its time limit whose engine call still holds the GPU (`snapshot()`'s,
+        without the rest)."""
+        return self._stuck
+
     def check_admission(self, user_id: int) -> None:
         if self._stopping:
             raise QueueClosed()

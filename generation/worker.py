@@ -106,12 +106,31 @@ def encoders_for(cpus: int) -> int:
     return 2 if cpus >= 4 else 1
 
 
-def available_cpus() -> int:
-    """The cores this process may run on (a container's CPU set, not the host's count)."""
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU set, within a container's CPU quota (`docker
+    --cpus`), not the host's count."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup)
+    return cpus if quota is None else max(1, min(cpus, int(quota)))
+
+
+def cgroup_cpu_quota(root: Path) -> float | None:
+    """The CPUs a cgroup's quota allows (cgroup v2's `cpu.max`, else v1's CFS files), or None
+    when there is no quota."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
 
 
 def _default_encoder() -> Encoder:

@@ -93,8 +93,14 @@ class Room:
     def __init__(self) -> None:
         self._message: object | None = None
         self._job_id: str | None = None
+        self._closed = False
         self._free = asyncio.Event()
         self._free.set()
+
+    def close(self) -> None:
+        """No more reads, for good (the worker is stopping)."""
+        self._closed = True
+        self._free.clear()
 
     async def wait(self) -> None:
         await self._free.wait()
@@ -119,7 +125,8 @@ class Room:
 
     def _open(self) -> None:
         self._message = self._job_id = None
-        self._free.set()
+        if not self._closed:
+            self._free.set()
 
 
 class JobStreamBroker(RedisStreamBroker):

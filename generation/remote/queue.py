@@ -328,6 +328,10 @@ class RedisJobQueue(QueueFront):
             job = self._jobs.get(job_id)
             if job is None or job.finished:
                 continue
+            if job.phase == "encoding":
+                # No result and no claim: its worker handed it back (stopping) or died while
+                # encoding it, and it will hold a GPU again before it is done.
+                job.phase = "generating"
             seen = self._claimed_at.get(job_id)
             if seen is not None and now - seen >= CLAIM_SECONDS:
                 job.log.warning("its worker stopped renewing the claim; handing it on again")

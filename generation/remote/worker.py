@@ -41,6 +41,7 @@ from generation.errors import DISK_FULL_MESSAGE, Cancelled, GenerationError, is_
 from generation.front import INPUT_ERROR, JobLog
 from generation.jobs import EventKind, JobEvent, JobRequest, valid_job_id
 from generation.options import AnimateOptions
+from generation.queue import QueueClosed
 from generation.remote.broker import (
     JobStreamBroker,
     Outage,
@@ -109,8 +110,9 @@ class RemoteWorker:
         self._poll = cancel_poll_seconds
         self._grace = grace_seconds
         self._redis: Redis | None = None
-        # The jobs in hand, oldest first: at most one on the GPU, the others encoding.
+        # The jobs in hand, oldest first: at most one on the GPU, the others `_encoding`.
         self._held: list[str] = []
+        self._encoding: set[str] = set()
         self._room = Room()
         self._frames: dict[str, int] = {}
         self._stopping = False
@@ -164,7 +166,8 @@ class RemoteWorker:
         finally:
             log.info("worker %s stopping", self.name)
             self._stopping = True
-            finish.set()
+            self._room.close()  # no read may start now: its message would be neither made nor
+            finish.set()  # handed back
             # Leave the registry first, so the bot stops counting on this GPU.
             heartbeat.cancel()
             with contextlib.suppress(RedisError):
@@ -222,8 +225,11 @@ class RemoteWorker:
             log.warning("heartbeat failed: %s", exc)
 
     def _info(self) -> WorkerInfo:
-        state = "busy" if self._held else self._runtime.state
-        job_id = self._held[-1] if self._held else None
+        # Busy while a clip is on the GPU; one only encoding leaves the GPU free, and "ready"
+        # is what the bot looks for before it sends a lost message again.
+        on_gpu = [job_id for job_id in self._held if job_id not in self._encoding]
+        state = "busy" if on_gpu else self._runtime.state
+        job_id = on_gpu[-1] if on_gpu else (self._held[-1] if self._held else None)
         return WorkerInfo(self.name, state, job_id, dict(self._frames) or None)
 
     async def _learn_frames(self) -> None:
@@ -302,6 +308,12 @@ class RemoteWorker:
             outcome = await self._run(request)
             if outcome is None:  # shutting down: another worker takes it
                 jlog.info("handed back for another worker")
+                # Our claim goes first: a worker reading the message while it still stood would
+                # leave the job to us, and acknowledge it.
+                renew.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renew
+                await self._release(job_id)
                 with contextlib.suppress(NoResultError):
                     await self._retried("handing a job back", context.requeue)
             else:
@@ -314,8 +326,14 @@ class RemoteWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await renew
             self._held.remove(job_id)
+            self._encoding.discard(job_id)
             await self._release(job_id)
             await self._say_alive()
+            # A clip past its time limit was answered, but its engine call may still hold the
+            # GPU: the next message waits (the room stays closed until this returns) rather
+            # than sitting here behind it while another worker is free.
+            while self._runtime.stuck_job_id is not None and not self._stopping:  # noqa: ASYNC110
+                await asyncio.sleep(self._poll)  # rare, and the runtime has no event for it
             request_path = self._work_dir / f"{job_id}.png"
             await asyncio.to_thread(request_path.unlink, True)
 
@@ -341,7 +359,10 @@ class RemoteWorker:
             request.input_path.unlink(missing_ok=True)
             return self._terminal(request, EventKind.FAILED, "disk", DISK_FULL_MESSAGE)
         events = self._runtime.subscribe(job_id)
-        await self._runtime.submit(request, resume=True)
+        try:
+            await self._runtime.submit(request, resume=True)
+        except QueueClosed:  # read as the worker began to stop: handed back
+            return None
         async for event in events:
             if event.kind in (EventKind.QUEUED, EventKind.POSITION):
                 continue  # this worker's own line of one
@@ -354,7 +375,9 @@ class RemoteWorker:
             if event.terminal:
                 return event
             if event.kind is EventKind.ENCODING:
+                self._encoding.add(job_id)
                 self._room.free_job(job_id)  # the GPU is free for the next message
+                await self._say_alive()
             try:
                 await redis.publish(keys.events, event_to_json(event))
             except RedisError as exc:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from taskiq.kicker import AsyncKicker
 
 from generation.errors import GenerationFailed, GPUUnusable
 from generation.fake_engine import FakeEncoder, FakeEngine
@@ -23,7 +24,7 @@ from generation.jobs import EventKind, JobEvent, JobRequest
 from generation.options import AnimateOptions
 from generation.remote.broker import Room, connect, make_broker
 from generation.remote.queue import RedisJobQueue
-from generation.remote.wire import Keys
+from generation.remote.wire import TASK_NAME, Keys
 from generation.remote.worker import ModelNotLoaded, RemoteWorker
 from generation.worker import LocalJobQueue
 from tests.fakes.redis_server import RedisServer
@@ -58,11 +59,15 @@ class Rig:
         step_seconds: float = 0.02,
         engine: FakeEngine | None = None,
         encoder: FakeEncoder | None = None,
+        job_timeout: float | None = 600.0,
     ) -> asyncio.Task[None]:
         engine = engine or FakeEngine(step_seconds=step_seconds, frames=4)
         worker = RemoteWorker(
             LocalJobQueue(
-                engine, output_dir=self.tmp / f"{name}-out", encoder=encoder or FakeEncoder()
+                engine,
+                output_dir=self.tmp / f"{name}-out",
+                encoder=encoder or FakeEncoder(),
+                job_timeout=job_timeout,
             ),
             redis_url=self.server.url,
             work_dir=self.tmp / name,
@@ -182,6 +187,87 @@ async def test_a_worker_makes_the_next_clip_while_it_encodes_the_last(rig: Rig) 
     ]
     assert order.index(("b", EventKind.STARTED)) < order.index(("a", EventKind.DONE)), order
     assert [e.job_id for e in rig.events if e.kind is EventKind.DONE] == ["a", "b"]
+
+
+async def _unread(rig: Rig) -> int:
+    """Messages on the job stream that no worker has read yet."""
+    redis = connect(rig.server.url)
+    try:
+        groups = await redis.xinfo_groups(rig.keys.stream)
+        return sum(int(g.get("lag") or 0) for g in groups)
+    finally:
+        await redis.aclose()
+
+
+async def test_a_worker_reads_the_next_message_only_once_its_gpu_is_free(rig: Rig) -> None:
+    # A message read while the GPU is busy would wait on this worker while another could make
+    # it. The bot sends none then; a message sent again (a lost one, a restart) may still come.
+    rig.start_worker("w1", step_seconds=0.2)
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("long", 1, steps=10))  # 2 s on the GPU
+    await rig.wait_for(lambda: EventKind.STEP in rig.kinds("long"))
+    extra = uuid.uuid4().hex
+    broker = make_broker(rig.server.url, rig.keys, reclaim_seconds=30)
+    redis = connect(rig.server.url)
+    try:
+        await redis.set(rig.keys.input(extra), rig.picture.read_bytes())
+        kicker: Any = AsyncKicker(TASK_NAME, broker, {})
+        options = AnimateOptions(num_inference_steps=1, seed=1).to_dict()
+        await kicker.kiq(job_id=extra, options=options, max_bytes=10**7, user_id=9, group=0)
+        await asyncio.sleep(0.8)
+        assert EventKind.ENCODING not in rig.kinds("long")
+        groups = await redis.xinfo_groups(rig.keys.stream)
+        assert [g["lag"] for g in groups] == [1]  # left on the stream while the GPU is busy
+        await rig.wait_for(lambda: EventKind.DONE in rig.kinds("long"))
+        deadline = time.monotonic() + 10
+        while await redis.get(rig.keys.result(extra)) is None:  # then made at once
+            assert time.monotonic() < deadline, "the second message was never made"
+            await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()
+        await broker.shutdown()
+
+
+async def test_a_worker_only_encoding_says_it_is_ready_for_a_clip(rig: Rig) -> None:
+    # The bot sends a lost message again only once a worker says "ready".
+    rig.start_worker("w1", encoder=FakeEncoder(seconds=1.5))
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("a", 1, steps=1))
+    await rig.wait_for(lambda: EventKind.ENCODING in rig.kinds("a"))
+    await rig.wait_for(lambda: [w.state for w in rig.queue.workers] == ["ready"], within=1.2)
+    assert EventKind.DONE not in rig.kinds("a")
+    await rig.wait_for(lambda: EventKind.DONE in rig.kinds("a"))
+
+
+class _HangsOnce(FakeEngine):
+    """Its first clip's decode outlasts the time limit; the next ones are quick."""
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().run(*args, **kwargs)
+        finally:
+            self.decode_seconds = 0.0
+
+
+async def test_a_clip_past_its_time_limit_keeps_the_next_message_off_its_busy_gpu(
+    rig: Rig,
+) -> None:
+    # Answered "too long" at its limit, the clip's engine call still holds the GPU (a thread
+    # cannot be killed): the next clip should stay on the stream for a free worker.
+    hangs = _HangsOnce(step_seconds=0.01, decode_seconds=2.5, frames=4)
+    rig.start_worker("w1", engine=hangs, job_timeout=0.5)
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("slow", 1, steps=2))
+    await rig.wait_for(lambda: EventKind.FAILED in rig.kinds("slow"))
+    await rig.queue.submit(rig.request("next", 2, steps=1))
+    await asyncio.sleep(0.8)
+    redis = connect(rig.server.url)
+    try:
+        groups = await redis.xinfo_groups(rig.keys.stream)
+    finally:
+        await redis.aclose()
+    assert [g["lag"] for g in groups] == [1]  # not read while the GPU is held
+    await rig.wait_for(lambda: EventKind.DONE in rig.kinds("next"))
 
 
 async def test_a_worker_reads_no_next_message_while_its_last_clip_holds_the_gpu(

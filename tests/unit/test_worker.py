@@ -28,6 +28,7 @@ from generation.worker import (
     GENERIC_ERROR,
     LocalJobQueue,
     available_cpus,
+    cgroup_cpu_quota,
     encoders_for,
 )
 
@@ -838,14 +839,19 @@ async def test_encoding_overlaps_the_next_jobs_generation(make: Callable[..., Ha
 
 @dataclass
 class _SlowSmooth(FakeEncoder):
-    """A smooth clip takes `smooth_seconds` to encode (motion interpolation), others none."""
+    """A smooth clip's encode (motion interpolation) lasts until a plain clip has been encoded,
+    or `smooth_seconds`, whichever comes first; a plain clip's takes no time."""
 
-    smooth_seconds: float = 0.4
+    smooth_seconds: float = 3.0
+    plain_done: threading.Event = field(default_factory=threading.Event)
 
     def __call__(self, frames: Any, path: Path, **kwargs: Any) -> Any:
         if kwargs.get("interpolate"):
-            time.sleep(self.smooth_seconds)
-        return super().__call__(frames, path, **kwargs)
+            self.plain_done.wait(self.smooth_seconds)
+        clip = super().__call__(frames, path, **kwargs)
+        if not kwargs.get("interpolate"):
+            self.plain_done.set()
+        return clip
 
 
 async def test_two_encoders_post_a_plain_clip_while_a_smooth_one_still_encodes(
@@ -866,12 +872,31 @@ async def test_two_encoders_post_a_plain_clip_while_a_smooth_one_still_encodes(
 async def test_one_encoder_keeps_the_order_clips_were_made_in(
     make: Callable[..., Harness],
 ) -> None:
-    h = make(encoder=_SlowSmooth(smooth_seconds=0.2))
+    h = make(encoder=_SlowSmooth(smooth_seconds=0.3))
     await h.runtime.submit(h.request("A1", 1, interpolate=True))
     await h.runtime.submit(h.request("B1", 2))
     await h.runtime.start()
     await h.wait_terminal("B1")
     assert [e.job_id for e in h.terminal()] == ["A1", "B1"]
+
+
+def test_a_containers_cpu_quota_limits_the_cores_counted(tmp_path: Path) -> None:
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("200000 100000\n")  # docker --cpus=2
+    assert cgroup_cpu_quota(v2) == 2.0
+    assert available_cpus(v2) == min(2, available_cpus(tmp_path / "none"))
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(v2) is None
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("50000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(v1.parent) == 0.5
+    assert available_cpus(v1.parent) == 1  # half a core is still one encoder
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_quota(v1.parent) is None
+    assert cgroup_cpu_quota(tmp_path / "none") is None
 
 
 def test_encoders_for_a_host() -> None:
