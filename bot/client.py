@@ -127,7 +127,8 @@ class SvdBot(commands.Bot):
         await self.wait_until_ready()
         while not self.is_closed():
             try:
-                text = messages.presence_text(self.service.line())
+                full = await self.service.disk_full() is not None
+                text = messages.presence_text(self.service.line(), disk_full=full)
                 if text != self._presence_shown:
                     activity = discord.CustomActivity(name=text)
                     # Also the one the next IDENTIFY sends, so a new session starts with it.

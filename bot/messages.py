@@ -292,8 +292,10 @@ _PRESENCE_STATES = {
 }
 
 
-def presence_text(snapshot: QueueSnapshot) -> str:
+def presence_text(snapshot: QueueSnapshot, *, disk_full: bool = False) -> str:
     """The custom status members see beside the bot (Discord shows 128 characters at most)."""
+    if disk_full:
+        return "⚠️ Paused: the server's disk is full · /help"
     state = _PRESENCE_STATES.get(snapshot.state)
     if state is not None:
         return state
@@ -344,6 +346,11 @@ def help_text(overview: Overview) -> str:
     ]
     if state is not None:
         lines.append("• " + state)
+    if overview.disk_full:
+        lines.append(
+            "• ⚠️ New clips are paused: the bot's server is out of disk space (the host has "
+            "been told in my log). Clips already in line are still made."
+        )
     lines += [
         "• A clip is charged only once it is posted: one that fails or is cancelled costs nothing.",
         "",

@@ -114,6 +114,8 @@ class Overview:
     # Pillow's names of the picture formats this install reads ("PNG", "HEIF", ...).
     image_formats: tuple[str, ...]
     is_moderator: bool
+    # New clips are refused for want of disk space (`disk_full()`).
+    disk_full: bool = False
 
 
 class Presenter(Protocol):
@@ -213,6 +215,7 @@ class AnimateService:
     ) -> None:
         self._config = config
         self._free_bytes = free_bytes
+        self._disk_was_full = False
         self._metrics = metrics
         self._clock = clock
         self._jobs = jobs
@@ -389,16 +392,29 @@ class AnimateService:
                 raise
             raise TooManyJobs(exc.active, exc.limit, elsewhere=exc.active - here) from None
 
-    async def _check_disk(self) -> None:
+    async def disk_full(self) -> str | None:
+        """Why new clips are refused for want of disk space (for the log), or None when there
+        is room. A statvfs in a thread: a hung network disk must not stall the loop."""
         folder = self._config.inputs_dir
         free = await asyncio.to_thread(self._free_bytes, folder)
-        if free is not None and free < self._config.min_free_bytes:
-            mib = 2**20
-            detail = (
-                f"{free / mib:.0f} MiB free where {folder} is, under the "
-                f"{self._config.min_free_bytes / mib:.0f} MiB kept free for the clips in line"
-            )
-            log.error("refusing new clips: %s; free some space on that disk", detail)
+        if free is None or free >= self._config.min_free_bytes:
+            if self._disk_was_full:
+                log.info("disk space is back: new clips are taken again")
+            self._disk_was_full = False
+            return None
+        mib = 2**20
+        detail = (
+            f"{free / mib:.0f} MiB free where {folder} is, under the "
+            f"{self._config.min_free_bytes / mib:.0f} MiB kept free for the clips in line"
+        )
+        if not self._disk_was_full:  # once, not for each refusal or look at the status
+            log.error("new clips are refused: %s; free some space on that disk", detail)
+        self._disk_was_full = True
+        return detail
+
+    async def _check_disk(self) -> None:
+        detail = await self.disk_full()
+        if detail is not None:
             raise DiskFull(detail)
 
     def _prepare_input(self, data: bytes, path: Path, fit: Fit) -> tuple[str, ...]:
@@ -591,6 +607,7 @@ class AnimateService:
             image_limits=self._config.image_limits,
             image_formats=allowed_formats(),
             is_moderator=member.is_moderator,
+            disk_full=await self.disk_full() is not None,
         )
 
     async def guild_settings(self, guild_id: int) -> GuildSettings:

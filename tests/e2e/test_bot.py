@@ -371,6 +371,9 @@ async def test_a_full_disk_refuses_clips_with_a_clear_answer_and_costs_nothing(
     # MIN_FREE_DISK_MB above any disk's free space: this disk is as good as full.
     settings = settings_for(fake_discord, tiny_model_dir, data_dir, min_free_disk_mb=2.0**40)
     async with running(settings):
+        await status_shown(fake_discord, "disk is full")  # seen before anyone asks
+        shown = await fake_discord.interaction("help", permissions=MEMBER)
+        assert "New clips are paused" in await reply_text(shown)
         handle = await animate(fake_discord)
         text = await reply_text(handle)
         assert "out of disk space" in text and "not charged" in text and "later" in text

@@ -328,6 +328,9 @@ def test_help_says_how_to_make_a_clip_and_where_the_member_stands() -> None:
     held = messages.help_text(replace(overview, snapshot=QueueSnapshot("no_workers", waiting, ())))
     assert "starts in" not in held and "No GPU worker is connected" in held
     assert "🛡️ **Moderators**: `/quota-admin`" in text
+    assert "disk" not in text
+    full = messages.help_text(replace(overview, disk_full=True))
+    assert "New clips are paused: the bot's server is out of disk space" in full
 
 
 def test_the_status_line_says_how_busy_the_bot_is() -> None:
@@ -346,3 +349,5 @@ def test_the_status_line_says_how_busy_the_bot_is() -> None:
     assert "Making a clip" in messages.presence_text(QueueSnapshot("ready", (), making))
     two = (*making, RunningJob("s", 8, 1, "generating", 1, 25, 1.0))  # two GPU workers
     assert "Making 2 clips" in messages.presence_text(QueueSnapshot("ready", (), two))
+    full = messages.presence_text(QueueSnapshot("ready", waiting, ()), disk_full=True)
+    assert full.startswith("⚠️ Paused: the server's disk is full") and len(full) <= 128

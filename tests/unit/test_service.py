@@ -237,7 +237,7 @@ async def test_bad_image_is_refused_before_anything_is_charged(tmp_path: Path) -
 
 
 async def test_a_full_disk_refuses_new_clips_and_re_rolls_before_anything_is_charged(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     free = {"bytes": 10 * 2**30}
     asked: list[Path] = []
@@ -250,7 +250,9 @@ async def test_a_full_disk_refuses_new_clips_and_re_rolls_before_anything_is_cha
         made = await r.service.submit(ALICE, png(), AnimateOptions(num_inference_steps=1), ORIGIN)
         await _wait_for_state(r.jobs, made.job.job_id, JobState.DELIVERED)
         assert asked and asked[0] == tmp_path / "in"  # where the pictures go
+        assert not (await r.service.overview(ALICE)).disk_full
         free["bytes"] = 100 * 2**20  # under the 256 MiB kept free for the clips in line
+        assert (await r.service.overview(ALICE)).disk_full  # /help and the status say so
         with pytest.raises(DiskFull) as refused:
             await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
         assert "out of disk space" in refused.value.user_message
@@ -261,6 +263,10 @@ async def test_a_full_disk_refuses_new_clips_and_re_rolls_before_anything_is_cha
         assert (await r.service.quota(ALICE)).remaining == 2  # the one clip posted, no more
         assert await r.jobs.active_for_user(1, 10) == []
         assert [p.name for p in (tmp_path / "in").iterdir()] == [f"{made.job.job_id}.png"]
+        # The host is told once, not at each refusal or each look at the status line.
+        told = [r for r in caplog.records if "new clips are refused" in r.getMessage()]
+        assert len(told) == 1 and told[0].levelname == "ERROR"
+        assert "100 MiB free" in told[0].getMessage()
         free["bytes"] = 300 * 2**20  # space freed: clips are taken again
         again = await r.service.submit(ALICE, png(), AnimateOptions(num_inference_steps=1), ORIGIN)
         await _wait_for_state(r.jobs, again.job.job_id, JobState.DELIVERED)
