@@ -156,6 +156,7 @@ async def build_app(
                 keep_inputs_seconds=settings.keep_files_days * 86400,
                 keep_history_seconds=settings.keep_history_days * 86400,
                 min_free_bytes=int(settings.min_free_disk_mb * 2**20),
+                disk_dirs=(settings.outputs_dir, settings.database_path.parent),
             ),
             jobs=jobs,
             quotas=quotas,

@@ -18,12 +18,17 @@ from bot.interactions import defer, member_of, queue_from_interaction
 from bot.presenter import DiscordPresenter, Reencoder
 from bot.service import AnimateService, Member, Origin, Variation
 from bot.views import ClipButton, PictureMenus, StalePictureMenu
-from generation.errors import DISK_FULL_MESSAGE, is_disk_full
+from generation.errors import is_disk_full
 from generation.images import ImageLimits
 
 log = logging.getLogger(__name__)
 
 GENERIC_ERROR = "Something went wrong on my side. You were not charged; please try again."
+# Any command, not only a clip's (a setting, a cancel): the database could not be written.
+DISK_FULL_REPLY = (
+    "The bot's server is out of disk space, so I couldn't do that. Nothing was charged; please "
+    "try again later (the host has to free some space)."
+)
 # How long a shutdown waits for the last events of the stopped queue to be shown.
 PUMP_DRAIN_SECONDS = 10.0
 # A second press of the same button by the same member within this many seconds is a double
@@ -289,7 +294,7 @@ class SvdBot(commands.Bot):
                     "database's folder)",
                     exc_info=error,
                 )
-                text = DISK_FULL_MESSAGE
+                text = DISK_FULL_REPLY
             else:
                 log.error("command failed", exc_info=error)
                 text = GENERIC_ERROR

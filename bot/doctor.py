@@ -65,7 +65,10 @@ def check_all(settings: Settings) -> list[Finding]:
     findings.append(_ffmpeg())
     findings.append(_database(settings.database_path))
     findings.append(_writable("Data folder (DATA_DIR)", settings.data_dir))
-    findings.append(_free_space(settings.data_dir, int(settings.min_free_disk_mb * 2**20)))
+    floor = int(settings.min_free_disk_mb * 2**20)
+    findings.append(_free_space(settings.data_dir, floor))
+    if not settings.database_path.parent.resolve().is_relative_to(settings.data_dir.resolve()):
+        findings.append(_free_space(settings.database_path.parent, floor, where="DATABASE_PATH"))
     findings.append(compile_cache(settings))
     findings.append(_token(settings))
     findings.append(_queue_backend(settings))
@@ -324,15 +327,19 @@ def _writable(label: str, folder: Path) -> Finding:
 
 
 def _free_space(
-    folder: Path, floor_bytes: int, free_bytes: Callable[[Path], int | None] = free_disk_bytes
+    folder: Path,
+    floor_bytes: int,
+    free_bytes: Callable[[Path], int | None] = free_disk_bytes,
+    *,
+    where: str = "DATA_DIR",
 ) -> Finding:
     """Room for pictures and clips: below `floor_bytes` (MIN_FREE_DISK_MB) the bot takes no new
     clips; not fatal, since what is in line still finishes and old clips are cleaned up."""
-    label = "Free disk space"
+    label = "Free disk space" if where == "DATA_DIR" else f"Free disk space ({where})"
     free = free_bytes(folder)
     if free is None:
         return Finding(True, label, f"could not be told for {folder}")
-    detail = f"{free / 2**30:.1f} GiB where DATA_DIR is"
+    detail = f"{free / 2**30:.1f} GiB where {where} is"
     floor = f"{floor_bytes / 2**20:.0f} MiB (MIN_FREE_DISK_MB)"
     if free < floor_bytes:
         return Finding(False, label, f"{detail}: new clips are refused under {floor}; free some")

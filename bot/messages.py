@@ -159,11 +159,17 @@ def kept_for_later_text(job: JobRecord) -> str:
     )
 
 
-def undelivered_text(job: JobRecord) -> str:
+def undelivered_text(job: JobRecord, *, no_room: bool = False) -> str:
+    """`no_room`: the clip is too large for Discord and the disk had no room to shrink it."""
+    why = (
+        "it is too large for Discord, and my server has no disk space left to make it smaller"
+        if no_room
+        else "Discord would not accept the upload"
+    )
     return (
-        f"⚠️ {mention(job.user_id)}, your clip is finished but Discord would not accept the "
-        f"upload. It is kept safe (job `{job.job_id[:8]}`): I will keep trying, and `/queue` "
-        "hands it to you at once. You are not charged until you have it."
+        f"⚠️ {mention(job.user_id)}, your clip is finished but {why}. It is kept safe (job "
+        f"`{job.job_id[:8]}`): I will keep trying, and `/queue` hands it to you at once. You "
+        "are not charged until you have it."
     )
 
 

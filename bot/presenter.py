@@ -22,6 +22,7 @@ import discord
 
 from bot import messages
 from bot.views import cancel_view, clip_view
+from generation.errors import DiskFull
 from generation.jobs import JobEvent
 from storage.jobs import JobRecord
 
@@ -264,6 +265,13 @@ class DiscordPresenter:
         started = time.monotonic()
         try:
             posted = await self._fitting(job, path, budget, post)
+        except DiskFull as exc:
+            # No room to re-encode it smaller: kept, and tried again later, when there may be.
+            log.error("could not re-encode the clip to fit: %s", exc, extra={"job_id": job.job_id})
+            if tell:
+                await self._tell(job, messages.undelivered_text(job, no_room=True))
+                await self._finish_progress(job, final=messages.kept_for_later_text(job))
+            return False
         except discord.HTTPException as exc:
             failure = exc
             why = _not_postable_there(exc)
@@ -409,7 +417,7 @@ class DiscordPresenter:
             posted = await self._fitting(
                 job, event.clip.path, job.max_bytes or DM_UPLOAD_LIMIT, post
             )
-        except discord.HTTPException as exc:
+        except (discord.HTTPException, DiskFull) as exc:
             log.warning("handing the clip over failed: %s", exc, extra={"job_id": job.job_id})
             return False
         await self._posted_at(job, posted)
@@ -430,8 +438,9 @@ class DiscordPresenter:
             sent = await self._fitting(
                 job, path, min(job.max_bytes or DM_UPLOAD_LIMIT, DM_UPLOAD_LIMIT), post
             )
-        except discord.HTTPException as exc:
-            # The member does not take DMs from the bot (50007), or Discord refused the upload.
+        except (discord.HTTPException, DiskFull) as exc:
+            # The member does not take DMs from the bot (50007), Discord refused the upload, or
+            # there was no room on the disk to make it smaller.
             log.warning("could not DM the clip either: %s", exc, extra={"job_id": job.job_id})
             return False
         await self._posted_at(job, sent, dm=True)

@@ -172,6 +172,9 @@ class ServiceConfig:
     # clip's picture (about 1 MB) and file (up to 25 MiB) and the database's growth still fit,
     # so the clips already in line finish instead of failing half-way.
     min_free_bytes: int = MIN_FREE_BYTES
+    # Other folders whose disk must have that room too (the clips', the database's), should
+    # they be on other disks than the pictures'.
+    disk_dirs: tuple[Path, ...] = ()
 
 
 def free_disk_bytes(path: Path) -> int | None:
@@ -368,9 +371,17 @@ class AnimateService:
                     "Use Re-roll for a different take; nothing was charged."
                 )
             options = replace(options, motion_bucket_id=motion, seed=None, preset=None)
+        await self._check_disk()  # before the picture is copied onto that disk
         job_id = uuid.uuid4().hex
         input_path = self._config.inputs_dir / f"{job_id}.png"
-        await asyncio.to_thread(_copy_file, Path(source.input_path or ""), input_path)
+        try:
+            await asyncio.to_thread(_copy_file, Path(source.input_path or ""), input_path)
+        except OSError as exc:
+            input_path.unlink(missing_ok=True)  # a partial copy
+            if is_disk_full(exc):
+                log.error("copying the picture for a new clip: %s", exc)
+                raise DiskFull(f"copying the picture to {input_path}: {exc}") from exc
+            raise
         try:
             return await self._enqueue(
                 member, job_id, input_path, options, origin, (), spoiler=source.spoiler
@@ -395,8 +406,10 @@ class AnimateService:
     async def disk_full(self) -> str | None:
         """Why new clips are refused for want of disk space (for the log), or None when there
         is room. A statvfs in a thread: a hung network disk must not stall the loop."""
-        folder = self._config.inputs_dir
-        free = await asyncio.to_thread(self._free_bytes, folder)
+        folders = (self._config.inputs_dir, *self._config.disk_dirs)
+        found = await asyncio.to_thread(lambda: [(self._free_bytes(f), f) for f in folders])
+        known = [(free, folder) for free, folder in found if free is not None]
+        free, folder = min(known, key=lambda pair: pair[0]) if known else (None, None)
         if free is None or free >= self._config.min_free_bytes:
             if self._disk_was_full:
                 log.info("disk space is back: new clips are taken again")
@@ -426,6 +439,7 @@ class AnimateService:
         except OSError as exc:
             if is_disk_full(exc):
                 path.unlink(missing_ok=True)  # a partial file
+                log.error("saving the picture for a new clip: %s", exc)
                 raise DiskFull(f"saving the picture to {path}: {exc}") from exc
             raise
         return loaded.notes

@@ -199,7 +199,11 @@ def _fit_mp4(
 
             def write(crf: int, size: tuple[int, int] = size, scale: float = scale) -> _Attempt:
                 path = out.with_name(f"{out.name}.{len(tries)}")
-                _write_mp4(frames, path, fps, size, crf, exe, timeout_s)
+                try:
+                    _write_mp4(frames, path, fps, size, crf, exe, timeout_s)
+                except BaseException:
+                    path.unlink(missing_ok=True)  # what ffmpeg wrote before it failed
+                    raise
                 reduced = crf > MP4_CRF or scale < 1.0
                 attempt = _Attempt(path.stat().st_size, *size, reduced=reduced, crf=crf)
                 tries[attempt] = path

@@ -229,12 +229,16 @@ def make_broker(
     )
 
 
+# Worker states in which it takes clips (its heartbeat says which).
+SERVING = frozenset({"ready", "busy"})
+
+
 @dataclass(frozen=True)
 class WorkerInfo:
     """What a worker says of itself in its heartbeat."""
 
     name: str
-    # loading, ready, busy, load_failed, stopping
+    # loading, ready, busy, load_failed, disk_full (for a while), stopping
     state: str
     job_id: str | None = None
     # Frames each model it has looked at makes (for the bot's cost and ETA).

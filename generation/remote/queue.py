@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from taskiq.kicker import AsyncKicker
 
-from generation.errors import Cancelled, GenerationFailed
+from generation.errors import DISK_FULL_MESSAGE, Cancelled, GenerationFailed, is_disk_full
 from generation.eta import EtaEstimator
 from generation.front import (
     DEFAULT_FRAMES,
@@ -40,6 +40,7 @@ from generation.front import (
 from generation.jobs import EventKind, JobEvent
 from generation.queue import FairQueue, QueueClosed
 from generation.remote.broker import (
+    SERVING,
     JobStreamBroker,
     WorkerInfo,
     connect,
@@ -51,9 +52,6 @@ from generation.remote.wire import CLAIM_SECONDS, TASK_NAME, Keys, event_from_js
 
 if TYPE_CHECKING:
     from generation.metrics import Metrics
-
-# Worker states in which it takes clips (its heartbeat says which).
-SERVING = frozenset({"ready", "busy"})
 
 LOST_CLIP_ERROR = (
     "The finished clip was lost on its way back from the GPU; you were not charged. Try again."
@@ -507,7 +505,17 @@ class RedisJobQueue(QueueFront):
             await self._finish(job, EventKind.FAILED, reason="error", error=LOST_CLIP_ERROR)
             return
         path = self._output_dir / f"{job.job_id}.{event.clip.format}"
-        await asyncio.to_thread(_write, path, data)
+        try:
+            await asyncio.to_thread(_write, path, data)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise  # the next tick tries the stored result again
+            # Tried again on every tick, it would hold up the line behind it until it expired.
+            job.log.error("no room on this disk for the clip from the worker: %s", exc)
+            await self._finish(job, EventKind.FAILED, reason="disk", error=DISK_FULL_MESSAGE)
+            with contextlib.suppress(RedisError):
+                await redis.delete(keys.input(job.job_id), keys.output(job.job_id))
+            return
         if event.seconds is not None and event.cost_units:
             self.eta.record_duration(event.cost_units, event.seconds)
         await self._end(job, replace(event, clip=replace(event.clip, path=path)))
@@ -517,8 +525,11 @@ class RedisJobQueue(QueueFront):
 
 def _write(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 __all__ = ["GENERIC_ERROR", "LOST_CLIP_ERROR", "RedisJobQueue", "WorkerInfo"]

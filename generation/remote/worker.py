@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,12 +44,14 @@ from generation.jobs import EventKind, JobEvent, JobRequest, valid_job_id
 from generation.options import AnimateOptions
 from generation.queue import QueueClosed
 from generation.remote.broker import (
+    SERVING,
     JobStreamBroker,
     Outage,
     Room,
     WorkerInfo,
     connect,
     honour_cancel,
+    live_workers,
     make_broker,
 )
 from generation.remote.wire import CLAIM_SECONDS, TASK_NAME, Keys, event_to_json
@@ -96,6 +99,7 @@ class RemoteWorker:
         claim_seconds: float = CLAIM_SECONDS,
         cancel_poll_seconds: float = 0.5,
         grace_seconds: float = 60.0,
+        disk_pause_seconds: float = 60.0,
     ) -> None:
         self._runtime = runtime
         self._url = redis_url
@@ -113,6 +117,9 @@ class RemoteWorker:
         # The jobs in hand, oldest first: at most one on the GPU, the others `_encoding`.
         self._held: list[str] = []
         self._encoding: set[str] = set()
+        # Its disk was full: it takes no clip before then (monotonic time).
+        self._no_room_until = 0.0
+        self._disk_pause = disk_pause_seconds
         self._room = Room()
         self._frames: dict[str, int] = {}
         self._stopping = False
@@ -229,6 +236,8 @@ class RemoteWorker:
         # is what the bot looks for before it sends a lost message again.
         on_gpu = [job_id for job_id in self._held if job_id not in self._encoding]
         state = "busy" if on_gpu else self._runtime.state
+        if state == "ready" and time.monotonic() < self._no_room_until:
+            state = "disk_full"  # not counted on by the bot meanwhile
         job_id = on_gpu[-1] if on_gpu else (self._held[-1] if self._held else None)
         return WorkerInfo(self.name, state, job_id, dict(self._frames) or None)
 
@@ -320,6 +329,8 @@ class RemoteWorker:
                 # The outcome must reach Redis, however long Redis is away: it is the clip.
                 await self._retried("storing a result", lambda: self._store(outcome))
                 self.jobs_done += 1
+                if outcome.kind is EventKind.FAILED and outcome.reason == "disk":
+                    await self._pause_for_disk(f"saving the clip of job {job_id}")
             await self._retried("acknowledging a job", context.ack)
         finally:
             renew.cancel()
@@ -332,7 +343,10 @@ class RemoteWorker:
             # A clip past its time limit was answered, but its engine call may still hold the
             # GPU: the next message waits (the room stays closed until this returns) rather
             # than sitting here behind it while another worker is free.
-            while self._runtime.stuck_job_id is not None and not self._stopping:  # noqa: ASYNC110
+            # Likewise while this worker's disk is full (see `_no_room`).
+            while not self._stopping and (  # noqa: ASYNC110
+                self._runtime.stuck_job_id is not None or time.monotonic() < self._no_room_until
+            ):
                 await asyncio.sleep(self._poll)  # rare, and the runtime has no event for it
             request_path = self._work_dir / f"{job_id}.png"
             await asyncio.to_thread(request_path.unlink, True)
@@ -354,9 +368,10 @@ class RemoteWorker:
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
-            # Handed back, it would come round to this worker again and again.
-            log.error("[job %s] this worker's disk is full: %s", job_id, exc)
             request.input_path.unlink(missing_ok=True)
+            await self._pause_for_disk(str(exc))
+            if await self._another_serves():
+                return None  # handed back, for a worker with room
             return self._terminal(request, EventKind.FAILED, "disk", DISK_FULL_MESSAGE)
         events = self._runtime.subscribe(job_id)
         try:
@@ -441,6 +456,27 @@ class RemoteWorker:
                     await self._runtime.cancel(job_id)
             except RedisError as exc:
                 log.warning("[job %s] lost Redis while running: %s", job_id, exc)
+
+    async def _pause_for_disk(self, detail: str) -> None:
+        """This worker's disk is full: it takes no clip for a while (the next would fail the
+        same way), and says so, so the bot does not count on it meanwhile."""
+        self._no_room_until = time.monotonic() + self._disk_pause
+        log.error(
+            "worker %s: the disk is full (%s); taking no clips for %.0f s",
+            self.name,
+            detail,
+            self._disk_pause,
+        )
+        await self._say_alive()
+
+    async def _another_serves(self) -> bool:
+        """Whether another worker takes clips now, to hand a clip to. With none, a clip this
+        worker cannot make fails refunded: handed back, it would only come round here again."""
+        try:
+            workers = await live_workers(self._client(), self._keys)
+        except RedisError:
+            return False
+        return any(w.name != self.name and w.state in SERVING for w in workers)
 
     async def _release(self, job_id: str) -> None:
         with contextlib.suppress(RedisError):

@@ -21,10 +21,11 @@ from PIL import Image
 
 from bot.app import App, build_app
 from bot.settings import Settings
-from generation.errors import GenerationFailed
+from generation.errors import DiskFull, GenerationFailed
 from generation.fake_engine import FakeEngine
 from generation.reencode import read_frames
 from generation.results import Engine
+from storage.member_defaults import MemberDefaultsStore
 from tests.fakes.discord_models import FakeMessage
 from tests.fakes.discord_server import FakeDiscordServer
 
@@ -54,6 +55,8 @@ def settings_for(server: FakeDiscordServer, model: Path, data: Path, **extra: An
         "database_path": data / "bot.sqlite3",
         "data_dir": data,
         "default_quota": 3,
+        # Whatever the CI machine's disk holds: the disk floor has a test of its own.
+        "min_free_disk_mb": 0,
         "_env_file": None,
     }
     values.update(extra)
@@ -382,6 +385,19 @@ async def test_a_full_disk_refuses_clips_with_a_clear_answer_and_costs_nothing(
         assert "**3** of 3" in await reply_text(quota)
         queue = await fake_discord.interaction("queue", permissions=MEMBER)
         assert "You have no clips waiting" in await reply_text(queue)
+
+
+async def test_a_setting_the_full_database_cannot_save_says_so(
+    bot: App, fake_discord: FakeDiscordServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def full(*_args: Any, **_kwargs: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")  # SQLite's own words
+
+    monkeypatch.setattr(MemberDefaultsStore, "update", full)
+    handle = await fake_discord.interaction("defaults", {"motion": 200}, permissions=MEMBER)
+    text = await reply_text(handle)
+    assert "out of disk space, so I couldn't do that" in text and "try again later" in text
+    assert handle.ephemeral
 
 
 @pytest.mark.parametrize("failure", ["expired", "hung up"])
@@ -1092,6 +1108,28 @@ async def test_upload_refused_as_too_large_is_reencoded_smaller(
     await _until_delivered(bot)
     # Neither the clip nor its smaller copy is left on the disk once it is posted.
     assert list(bot.settings.outputs_dir.iterdir()) == []
+
+
+async def test_a_clip_too_large_with_no_room_to_shrink_it_is_kept_and_the_member_told(
+    bot: App, fake_discord: FakeDiscordServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_room(path: Path, budget: int) -> Path:
+        raise DiskFull(f"re-encoding {path.name}: No space left on device")
+
+    monkeypatch.setattr(bot.bot.presenter, "_reencode", no_room)
+    handle = await _progress_posted(fake_discord)
+    fake_discord.faults.add(
+        "POST",
+        r"^/webhooks/\d+/[^/]+$",
+        413,
+        {"code": 40005, "message": "Request entity too large"},
+        times=1,
+    )
+    told = await handle.wait_followup(lambda m: "no disk space left" in m.content, timeout=30)
+    assert "kept safe" in told.content and "not charged" in told.content
+    await asyncio.sleep(0.3)
+    assert not [m for m in fake_discord.messages(fake_discord.channel) if m.attachments]
+    assert len(list(bot.settings.outputs_dir.iterdir())) == 1  # the clip, kept for a retry
 
 
 async def test_a_clip_that_fails_before_on_ready_still_reaches_its_member(

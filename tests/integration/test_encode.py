@@ -389,13 +389,17 @@ def test_frames_must_be_uint8_rgb(frames: np.ndarray, tmp_path: Path) -> None:
 
 
 def test_ffmpeg_that_cannot_write_for_a_full_disk_says_the_disk_is_full(tmp_path: Path) -> None:
+    # It writes part of its output (the last argument), then finds no room for the rest.
     full = fake_ffmpeg(
         tmp_path,
-        "cat >/dev/null; echo 'av_interleaved_write_frame(): No space left on device' >&2; exit 1",
+        'cat >/dev/null; for last; do :; done; echo half > "$last"; '
+        "echo 'av_interleaved_write_frame(): No space left on device' >&2; exit 1",
     )
-    target = tmp_path / "clip.mp4"
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    target = clips / "clip.mp4"
     with pytest.raises(DiskFull) as caught:
         encode_clip(moving_clip(2, 64, 64), target, format="mp4", fps=7, ffmpeg=full)
     assert caught.value.reason == "disk" and "No space left" in caught.value.detail
     assert "out of disk space" in caught.value.user_message
-    assert not target.exists()
+    assert list(clips.iterdir()) == []  # nothing half-written left on the full disk

@@ -22,6 +22,7 @@ from generation.errors import GenerationFailed, GPUUnusable
 from generation.fake_engine import FakeEncoder, FakeEngine
 from generation.jobs import EventKind, JobEvent, JobRequest
 from generation.options import AnimateOptions
+from generation.remote import queue as remote_queue
 from generation.remote.broker import Room, connect, make_broker
 from generation.remote.queue import RedisJobQueue
 from generation.remote.wire import TASK_NAME, Keys
@@ -504,3 +505,49 @@ async def test_a_worker_whose_disk_is_full_fails_the_clip_refunded_rather_than_p
     (end,) = [e for e in rig.events if e.job_id == "a" and e.terminal]
     assert (end.kind, end.reason) == (EventKind.FAILED, "disk")
     assert "out of disk space" in (end.error or "") and "not charged" in (end.error or "")
+    # And it takes no clips for a while, saying so: the next would fail the same way.
+    await rig.wait_for(lambda: [w.state for w in rig.queue.workers] == ["disk_full"], within=3)
+
+
+async def test_a_worker_whose_disk_is_full_hands_the_clip_to_one_with_room(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write = Path.write_bytes
+
+    def full(self: Path, data: Any) -> int:
+        if self.parent == rig.tmp / "w1":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    rig.start_worker("w2", step_seconds=0.2)
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("a", 1, steps=10))  # 2 s on w2
+    await rig.wait_for(lambda: EventKind.STEP in rig.kinds("a"))
+    rig.start_worker("w1")  # free, so the next clip is read by it, and its disk is full
+    await rig.wait_for(lambda: len(rig.queue.workers) == 2)
+    await rig.queue.submit(rig.request("b", 2, steps=1))
+    await rig.wait_for(lambda: EventKind.DONE in rig.kinds("b"), within=20)
+    assert [e.kind for e in rig.events if e.job_id == "b" and e.terminal] == [EventKind.DONE]
+    assert {w.name: w.state for w in rig.queue.workers}["w1"] == "disk_full"
+
+
+async def test_a_clip_the_bots_full_disk_cannot_take_fails_refunded_and_the_line_goes_on(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tried again on every tick, the clip would hold up the line behind it for a day.
+    def full(path: Path, data: bytes) -> None:
+        if path.stem == "a":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(path, data)
+
+    write = remote_queue._write
+    monkeypatch.setattr(remote_queue, "_write", full)
+    rig.start_worker("w1")
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("a", 1))
+    await rig.queue.submit(rig.request("b", 2))
+    await rig.wait_for(lambda: EventKind.DONE in rig.kinds("b"))
+    (end,) = [e for e in rig.events if e.job_id == "a" and e.terminal]
+    assert (end.kind, end.reason) == (EventKind.FAILED, "disk")
+    assert "out of disk space" in (end.error or "")

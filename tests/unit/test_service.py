@@ -118,6 +118,7 @@ async def rig(
     redelivery: RedeliveryPolicy | None = None,
     metrics: Metrics | None = None,
     free_bytes: Callable[[Path], int | None] = lambda _folder: 2**40,
+    disk_dirs: tuple[Path, ...] = (),
 ) -> AsyncIterator[Rig]:
     engine = engine or FakeEngine(frames=4, step_seconds=0.001)
     async with await Database.open(tmp_path / "bot.sqlite3") as db:
@@ -136,6 +137,7 @@ async def rig(
                 models=["m"],
                 resolution=256,
                 redelivery=redelivery or RedeliveryPolicy(),
+                disk_dirs=disk_dirs,
             ),
             jobs=jobs,
             quotas=quotas,
@@ -270,6 +272,19 @@ async def test_a_full_disk_refuses_new_clips_and_re_rolls_before_anything_is_cha
         free["bytes"] = 300 * 2**20  # space freed: clips are taken again
         again = await r.service.submit(ALICE, png(), AnimateOptions(num_inference_steps=1), ORIGIN)
         await _wait_for_state(r.jobs, again.job.job_id, JobState.DELIVERED)
+
+
+async def test_the_fullest_of_the_disks_in_use_decides(tmp_path: Path) -> None:
+    # The database on a disk of its own that is full, the pictures' disk with room.
+    database = tmp_path / "db"
+    room = {tmp_path / "in": 10 * 2**30, database: 10 * 2**20}
+    async with rig(tmp_path, free_bytes=room.get, disk_dirs=(database,)) as r:
+        detail = await r.service.disk_full()
+        assert detail is not None and "10 MiB free" in detail and str(database) in detail
+        with pytest.raises(DiskFull):
+            await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        room[database] = 2**30
+        assert await r.service.disk_full() is None
 
 
 async def test_a_disk_that_fills_while_the_picture_is_saved_costs_nothing(
