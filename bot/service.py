@@ -60,6 +60,8 @@ MAX_ATTEMPTS = 2
 # Pictures decoded at once (each may take up to about a gigabyte at the pixel limit).
 DECODES_AT_ONCE = 2
 MIN_FREE_BYTES = 256 * 2**20
+# How long a look at the free disk space may take before it counts as no answer.
+DISK_PROBE_SECONDS = 2.0
 # Discord's default per-file upload limit, for records that do not say.
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 
@@ -219,6 +221,7 @@ class AnimateService:
         self._config = config
         self._free_bytes = free_bytes
         self._disk_was_full = False
+        self._disk_probe: asyncio.Future[list[tuple[int | None, Path]]] | None = None
         self._metrics = metrics
         self._clock = clock
         self._jobs = jobs
@@ -405,9 +408,17 @@ class AnimateService:
 
     async def disk_full(self) -> str | None:
         """Why new clips are refused for want of disk space (for the log), or None when there
-        is room. A statvfs in a thread: a hung network disk must not stall the loop."""
+        is room, or no answer. A statvfs in a thread, one at a time and waited for briefly: a
+        hung network disk must stall neither the loop nor, thread by thread, its executor."""
         folders = (self._config.inputs_dir, *self._config.disk_dirs)
-        found = await asyncio.to_thread(lambda: [(self._free_bytes(f), f) for f in folders])
+        if self._disk_probe is None or self._disk_probe.done():
+            self._disk_probe = asyncio.ensure_future(
+                asyncio.to_thread(lambda: [(self._free_bytes(f), f) for f in folders])
+            )
+        try:
+            found = await asyncio.wait_for(asyncio.shield(self._disk_probe), DISK_PROBE_SECONDS)
+        except TimeoutError:
+            return None  # no answer: no clip is refused for it
         known = [(free, folder) for free, folder in found if free is not None]
         free, folder = min(known, key=lambda pair: pair[0]) if known else (None, None)
         if free is None or free >= self._config.min_free_bytes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
@@ -94,8 +95,13 @@ class Room:
         self._message: object | None = None
         self._job_id: str | None = None
         self._closed = False
+        self._paused_until = 0.0
         self._free = asyncio.Event()
         self._free.set()
+
+    def pause_until(self, when: float) -> None:
+        """No reads before `when` (monotonic time): the worker cannot take a clip till then."""
+        self._paused_until = max(self._paused_until, when)
 
     def close(self) -> None:
         """No more reads, for good (the worker is stopping)."""
@@ -103,7 +109,12 @@ class Room:
         self._free.clear()
 
     async def wait(self) -> None:
-        await self._free.wait()
+        while True:
+            await self._free.wait()
+            left = self._paused_until - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(left)
 
     def take(self, message: object) -> None:
         self._message, self._job_id = message, None

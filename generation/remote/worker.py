@@ -235,9 +235,12 @@ class RemoteWorker:
         # Busy while a clip is on the GPU; one only encoding leaves the GPU free, and "ready"
         # is what the bot looks for before it sends a lost message again.
         on_gpu = [job_id for job_id in self._held if job_id not in self._encoding]
-        state = "busy" if on_gpu else self._runtime.state
-        if state == "ready" and time.monotonic() < self._no_room_until:
-            state = "disk_full"  # not counted on by the bot meanwhile
+        if time.monotonic() < self._no_room_until:
+            state = "disk_full"  # not counted on by the bot, nor by a worker handing a clip on
+        elif on_gpu or self._runtime.stuck_job_id is not None:
+            state = "busy"  # a clip past its time limit may still hold the GPU
+        else:
+            state = self._runtime.state
         job_id = on_gpu[-1] if on_gpu else (self._held[-1] if self._held else None)
         return WorkerInfo(self.name, state, job_id, dict(self._frames) or None)
 
@@ -276,6 +279,14 @@ class RemoteWorker:
             return
         redis, keys = self._client(), self._keys
         jlog = JobLog(log, {"job_id": job_id})
+        if time.monotonic() < self._no_room_until:
+            # Read as this worker's disk filled: a worker with room makes it, or this one once
+            # its pause is over.
+            jlog.info("no room on this worker's disk for now; handed back")
+            with contextlib.suppress(NoResultError):
+                await self._retried("handing a job back", context.requeue)
+            await self._retried("acknowledging a job", context.ack)
+            return
         while True:
             stored = await self._retried("reading a result", lambda: redis.get(keys.result(job_id)))
             if stored is not None:
@@ -315,7 +326,7 @@ class RemoteWorker:
                 group=group,
             )
             outcome = await self._run(request)
-            if outcome is None:  # shutting down: another worker takes it
+            if outcome is None:  # shutting down, or no room on this disk: another worker takes it
                 jlog.info("handed back for another worker")
                 # Our claim goes first: a worker reading the message while it still stood would
                 # leave the job to us, and acknowledge it.
@@ -329,7 +340,8 @@ class RemoteWorker:
                 # The outcome must reach Redis, however long Redis is away: it is the clip.
                 await self._retried("storing a result", lambda: self._store(outcome))
                 self.jobs_done += 1
-                if outcome.kind is EventKind.FAILED and outcome.reason == "disk":
+                paused = time.monotonic() < self._no_room_until
+                if outcome.kind is EventKind.FAILED and outcome.reason == "disk" and not paused:
                     await self._pause_for_disk(f"saving the clip of job {job_id}")
             await self._retried("acknowledging a job", context.ack)
         finally:
@@ -343,10 +355,7 @@ class RemoteWorker:
             # A clip past its time limit was answered, but its engine call may still hold the
             # GPU: the next message waits (the room stays closed until this returns) rather
             # than sitting here behind it while another worker is free.
-            # Likewise while this worker's disk is full (see `_no_room`).
-            while not self._stopping and (  # noqa: ASYNC110
-                self._runtime.stuck_job_id is not None or time.monotonic() < self._no_room_until
-            ):
+            while self._runtime.stuck_job_id is not None and not self._stopping:  # noqa: ASYNC110
                 await asyncio.sleep(self._poll)  # rare, and the runtime has no event for it
             request_path = self._work_dir / f"{job_id}.png"
             await asyncio.to_thread(request_path.unlink, True)
@@ -461,6 +470,7 @@ class RemoteWorker:
         """This worker's disk is full: it takes no clip for a while (the next would fail the
         same way), and says so, so the bot does not count on it meanwhile."""
         self._no_room_until = time.monotonic() + self._disk_pause
+        self._room.pause_until(self._no_room_until)  # an encoding clip may have opened it
         log.error(
             "worker %s: the disk is full (%s); taking no clips for %.0f s",
             self.name,

@@ -509,6 +509,43 @@ async def test_a_worker_whose_disk_is_full_fails_the_clip_refunded_rather_than_p
     await rig.wait_for(lambda: [w.state for w in rig.queue.workers] == ["disk_full"], within=3)
 
 
+class _DiskFullEncoder(FakeEncoder):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+async def test_a_worker_whose_disk_fills_while_saving_a_clip_reads_no_more_for_a_while(
+    rig: Rig,
+) -> None:
+    # Its last clip's encoding had opened it for the next message: the pause must close it.
+    rig.start_worker("w1", encoder=_DiskFullEncoder())
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("a", 1, steps=1))
+    await rig.wait_for(lambda: any(e.terminal for e in rig.events if e.job_id == "a"))
+    (end,) = [e for e in rig.events if e.job_id == "a" and e.terminal]
+    assert (end.kind, end.reason) == (EventKind.FAILED, "disk")
+    await rig.wait_for(lambda: [w.state for w in rig.queue.workers] == ["disk_full"], within=3)
+    # The bot sends it nothing meanwhile ...
+    await rig.queue.submit(rig.request("b", 2, steps=1))
+    # ... and a message sent again (a lost one, a restart) waits on the stream.
+    extra = uuid.uuid4().hex
+    broker = make_broker(rig.server.url, rig.keys, reclaim_seconds=30)
+    redis = connect(rig.server.url)
+    try:
+        await redis.set(rig.keys.input(extra), rig.picture.read_bytes())
+        kicker: Any = AsyncKicker(TASK_NAME, broker, {})
+        options = AnimateOptions(num_inference_steps=1, seed=1).to_dict()
+        await kicker.kiq(job_id=extra, options=options, max_bytes=10**7, user_id=9, group=0)
+        await asyncio.sleep(0.8)
+        assert await redis.get(rig.keys.result(extra)) is None  # not tried, so not failed
+        assert [g["lag"] for g in await redis.xinfo_groups(rig.keys.stream)] == [1]
+    finally:
+        await redis.aclose()
+        await broker.shutdown()
+    assert EventKind.STARTED not in rig.kinds("b")
+    assert not any(e.terminal for e in rig.events if e.job_id == "b")
+
+
 async def test_a_worker_whose_disk_is_full_hands_the_clip_to_one_with_room(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -522,7 +559,7 @@ async def test_a_worker_whose_disk_is_full_hands_the_clip_to_one_with_room(
     monkeypatch.setattr(Path, "write_bytes", full)
     rig.start_worker("w2", step_seconds=0.2)
     await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
-    await rig.queue.submit(rig.request("a", 1, steps=10))  # 2 s on w2
+    await rig.queue.submit(rig.request("a", 1, steps=25))  # 5 s on w2
     await rig.wait_for(lambda: EventKind.STEP in rig.kinds("a"))
     rig.start_worker("w1")  # free, so the next clip is read by it, and its disk is full
     await rig.wait_for(lambda: len(rig.queue.workers) == 2)

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import io
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,7 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
+from bot import service as service_module
 from bot.service import AnimateService, Member, Origin, RedeliveryPolicy, ServiceConfig
 from generation.errors import (
     DiskFull,
@@ -285,6 +287,33 @@ async def test_the_fullest_of_the_disks_in_use_decides(tmp_path: Path) -> None:
             await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
         room[database] = 2**30
         assert await r.service.disk_full() is None
+
+
+async def test_a_disk_that_does_not_answer_stalls_nothing_and_refuses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hung network mount: statvfs never returns. One look at a time, each waited for briefly.
+    monkeypatch.setattr(service_module, "DISK_PROBE_SECONDS", 0.2)
+    answer = threading.Event()
+    looks: list[Path] = []
+
+    def hung(folder: Path) -> int:
+        looks.append(folder)
+        answer.wait(10)
+        return 2**40
+
+    async with rig(tmp_path, free_bytes=hung) as r:
+        try:
+            started = time.monotonic()
+            assert await asyncio.gather(*(r.service.disk_full() for _ in range(5))) == [None] * 5
+            assert time.monotonic() - started < 2
+            made = await r.service.submit(
+                ALICE, png(), AnimateOptions(num_inference_steps=1), ORIGIN
+            )
+            assert len(looks) == 1  # one thread held by the hung disk, not one per look
+        finally:
+            answer.set()
+        await _wait_for_state(r.jobs, made.job.job_id, JobState.DELIVERED)
 
 
 async def test_a_disk_that_fills_while_the_picture_is_saved_costs_nothing(
