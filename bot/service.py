@@ -179,6 +179,12 @@ class ServiceConfig:
     disk_dirs: tuple[Path, ...] = ()
 
 
+def _probe_settled(probe: asyncio.Future[Any]) -> None:
+    """Read a disk probe's outcome, which its waiters may have given up on."""
+    if not probe.cancelled() and (exc := probe.exception()) is not None:
+        log.warning("could not tell the free disk space: %s", exc)
+
+
 def free_disk_bytes(path: Path) -> int | None:
     """Free space on the disk that holds `path` (or would: the folder may not exist yet);
     None when it cannot be told, and then no clip is refused for it."""
@@ -415,8 +421,11 @@ class AnimateService:
             self._disk_probe = asyncio.ensure_future(
                 asyncio.to_thread(lambda: [(self._free_bytes(f), f) for f in folders])
             )
+            self._disk_probe.add_done_callback(_probe_settled)
         try:
-            found = await asyncio.wait_for(asyncio.shield(self._disk_probe), DISK_PROBE_SECONDS)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
+            async with asyncio.timeout(DISK_PROBE_SECONDS):
+                found = await asyncio.shield(self._disk_probe)
         except TimeoutError:
             return None  # no answer: no clip is refused for it
         known = [(free, folder) for free, folder in found if free is not None]
@@ -1072,6 +1081,8 @@ class AnimateService:
         return forgotten
 
     async def close(self) -> None:
+        if self._disk_probe is not None:
+            self._disk_probe.cancel()  # its thread may be stuck on a hung disk: not waited for
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, timeout=30)

@@ -114,9 +114,10 @@ class RemoteWorker:
         self._poll = cancel_poll_seconds
         self._grace = grace_seconds
         self._redis: Redis | None = None
-        # The jobs in hand, oldest first: at most one on the GPU, the others `_encoding`.
+        # The jobs in hand, oldest first; those handed to the runtime and not yet encoding are
+        # `_on_gpu` (at most one: waiting for it or on it).
         self._held: list[str] = []
-        self._encoding: set[str] = set()
+        self._on_gpu: set[str] = set()
         # Its disk was full: it takes no clip before then (monotonic time).
         self._no_room_until = 0.0
         self._disk_pause = disk_pause_seconds
@@ -234,13 +235,15 @@ class RemoteWorker:
     def _info(self) -> WorkerInfo:
         # Busy while a clip is on the GPU; one only encoding leaves the GPU free, and "ready"
         # is what the bot looks for before it sends a lost message again.
-        on_gpu = [job_id for job_id in self._held if job_id not in self._encoding]
-        if time.monotonic() < self._no_room_until:
-            state = "disk_full"  # not counted on by the bot, nor by a worker handing a clip on
-        elif on_gpu or self._runtime.stuck_job_id is not None:
-            state = "busy"  # a clip past its time limit may still hold the GPU
-        else:
-            state = self._runtime.state
+        state = self._runtime.state  # loading, stuck, ... say so whatever else holds
+        if state == "ready":
+            if self._on_gpu or self._runtime.stuck_job_id is not None:
+                # Counted on by the bot for that clip (a clip past its time limit may still
+                # hold the GPU), even while its disk is full.
+                state = "busy"
+            elif time.monotonic() < self._no_room_until:
+                state = "disk_full"  # not counted on by the bot, nor by a worker handing on
+        on_gpu = [job_id for job_id in self._held if job_id in self._on_gpu]
         job_id = on_gpu[-1] if on_gpu else (self._held[-1] if self._held else None)
         return WorkerInfo(self.name, state, job_id, dict(self._frames) or None)
 
@@ -349,7 +352,7 @@ class RemoteWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await renew
             self._held.remove(job_id)
-            self._encoding.discard(job_id)
+            self._on_gpu.discard(job_id)
             await self._release(job_id)
             await self._say_alive()
             # A clip past its time limit was answered, but its engine call may still hold the
@@ -384,6 +387,7 @@ class RemoteWorker:
             return self._terminal(request, EventKind.FAILED, "disk", DISK_FULL_MESSAGE)
         events = self._runtime.subscribe(job_id)
         try:
+            self._on_gpu.add(job_id)
             await self._runtime.submit(request, resume=True)
         except QueueClosed:  # read as the worker began to stop: handed back
             return None
@@ -399,7 +403,7 @@ class RemoteWorker:
             if event.terminal:
                 return event
             if event.kind is EventKind.ENCODING:
-                self._encoding.add(job_id)
+                self._on_gpu.discard(job_id)
                 self._room.free_job(job_id)  # the GPU is free for the next message
                 await self._say_alive()
             try:

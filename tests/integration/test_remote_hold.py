@@ -527,7 +527,8 @@ async def test_a_worker_whose_disk_fills_while_saving_a_clip_reads_no_more_for_a
     await rig.wait_for(lambda: [w.state for w in rig.queue.workers] == ["disk_full"], within=3)
     # The bot sends it nothing meanwhile ...
     await rig.queue.submit(rig.request("b", 2, steps=1))
-    # ... and a message sent again (a lost one, a restart) waits on the stream.
+    # ... and a message sent again (a lost one, a restart) is not tried: it waits on the stream,
+    # or, read by the look under way when the disk filled, is handed back to it.
     extra = uuid.uuid4().hex
     broker = make_broker(rig.server.url, rig.keys, reclaim_seconds=30)
     redis = connect(rig.server.url)

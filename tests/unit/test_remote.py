@@ -174,3 +174,30 @@ async def test_a_message_with_a_job_id_that_is_a_path_is_dropped_and_names_no_fi
     context = Acks()
     await worker.handle("../../victim", {}, 1_000, 1, 0, context)  # type: ignore[arg-type]
     assert victim.read_bytes() == b"keep me" and context.count == 1
+
+
+async def test_a_workers_heartbeat_says_what_the_bot_may_count_on(tmp_path: Path) -> None:
+    # The bot counts "ready" and "busy" workers as GPUs. A worker whose disk is full is neither,
+    # unless a clip is on its GPU: then it is busy with that clip, or a free GPU elsewhere waits.
+    import time
+
+    from generation.fake_engine import FakeEngine
+    from generation.remote.worker import RemoteWorker
+    from generation.worker import LocalJobQueue
+
+    runtime = LocalJobQueue(FakeEngine(frames=4), output_dir=tmp_path / "out")
+    worker = RemoteWorker(
+        runtime, redis_url="redis://127.0.0.1:1/0", work_dir=tmp_path / "in", reclaim_seconds=60
+    )
+    await runtime.start()
+    await runtime.loaded()
+    try:
+        assert worker._info().state == "ready"
+        worker._no_room_until = time.monotonic() + 60
+        assert worker._info().state == "disk_full"
+        worker._held.append("b")
+        worker._on_gpu.add("b")
+        info = worker._info()
+        assert (info.state, info.job_id) == ("busy", "b")
+    finally:
+        await runtime.stop(0)
