@@ -841,12 +841,13 @@ class AnimateService:
             current = await self._jobs.get(job.job_id)
             if (
                 current is not None
-                and current.state in (JobState.RUNNING, JobState.ENCODING)
+                and current.state in (JobState.QUEUED, JobState.RUNNING, JobState.ENCODING)
                 and event.clip is not None
                 and await _exists(str(event.clip.path))
             ):
-                # The "done" write was lost (the database locked past its timeout): the clip is
-                # made and on disk, so record it now rather than leave it unposted.
+                # The "done" write was lost (the database locked past its timeout, or full),
+                # and with it perhaps the start's: the clip is made and on disk, so record it
+                # now (the start first, see `journal`) rather than leave it unposted.
                 await self._record_done(event)
                 current = await self._jobs.get(job.job_id)
             if current is None or current.state is not JobState.DONE:

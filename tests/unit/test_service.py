@@ -914,6 +914,22 @@ async def test_a_clip_whose_done_could_not_be_recorded_is_still_posted_and_charg
         assert (await r.service.quota(ALICE)).remaining == 2
 
 
+async def test_a_clip_none_of_whose_progress_could_be_recorded_is_still_posted_and_charged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its start, its encoding and its end each failed to record at their first write (the
+    # database locked, or full): the row still says "queued" when the clip is done.
+    async with rig(tmp_path) as r:
+        lost = _locked(monkeypatch, r.jobs, JobState.RUNNING, times=3)
+        accepted = await r.service.submit(
+            ALICE, png(), AnimateOptions(num_inference_steps=3), ORIGIN
+        )
+        await _wait_for_state(r.jobs, accepted.job.job_id, JobState.DELIVERED)
+        assert lost == [accepted.job.job_id] * 3
+        assert r.presenter.delivered == [accepted.job.job_id]
+        assert (await r.service.quota(ALICE)).remaining == 2
+
+
 async def test_a_posted_clip_whose_record_failed_is_not_handed_over_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
