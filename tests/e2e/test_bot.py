@@ -1089,18 +1089,23 @@ async def test_a_followup_discord_stored_before_a_server_error_is_not_left_twice
     assert len([m for m in clips if not m.deleted]) == 1  # ... and one copy was deleted
 
 
-async def test_upload_refused_as_too_large_is_reencoded_smaller(
-    bot: App, fake_discord: FakeDiscordServer
-) -> None:
-    await _progress_posted(fake_discord)
-    # The clip's own upload is the next followup.
-    fake_discord.faults.add(
+def _refuse_the_next_upload_as_too_large(server: FakeDiscordServer) -> None:
+    """Discord's 413 to the next followup (once the progress message is up: the clip's)."""
+    server.faults.add(
         "POST",
         r"^/webhooks/\d+/[^/]+$",
         413,
         {"code": 40005, "message": "Request entity too large"},
         times=1,
     )
+
+
+async def test_upload_refused_as_too_large_is_reencoded_smaller(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    await _progress_posted(fake_discord)
+    # The clip's own upload is the next followup.
+    _refuse_the_next_upload_as_too_large(fake_discord)
     message = await clip_message(fake_discord)
     refused = [r for r in fake_discord.requests if r.status == 413]
     assert len(refused) == 1 and refused[0].files  # it was the clip that was refused
@@ -1118,13 +1123,7 @@ async def test_a_clip_too_large_with_no_room_to_shrink_it_is_kept_and_the_member
 
     monkeypatch.setattr(bot.bot.presenter, "_reencode", no_room)
     handle = await _progress_posted(fake_discord)
-    fake_discord.faults.add(
-        "POST",
-        r"^/webhooks/\d+/[^/]+$",
-        413,
-        {"code": 40005, "message": "Request entity too large"},
-        times=1,
-    )
+    _refuse_the_next_upload_as_too_large(fake_discord)
     told = await handle.wait_followup(lambda m: "no disk space left" in m.content, timeout=30)
     assert "kept safe" in told.content and "not charged" in told.content
     await asyncio.sleep(0.3)

@@ -200,6 +200,21 @@ async def _unread(rig: Rig) -> int:
         await redis.aclose()
 
 
+async def _send_again(rig: Rig, job_id: str) -> None:
+    """A job message on the stream as the bot sends one again (a lost one, after a restart):
+    not through the bot's line, which sends none while no GPU is free."""
+    broker = make_broker(rig.server.url, rig.keys, reclaim_seconds=30)
+    redis = connect(rig.server.url)
+    try:
+        await redis.set(rig.keys.input(job_id), rig.picture.read_bytes())
+        kicker: Any = AsyncKicker(TASK_NAME, broker, {})
+        options = AnimateOptions(num_inference_steps=1, seed=1).to_dict()
+        await kicker.kiq(job_id=job_id, options=options, max_bytes=10**7, user_id=9, group=0)
+    finally:
+        await redis.aclose()
+        await broker.shutdown()
+
+
 async def test_a_worker_reads_the_next_message_only_once_its_gpu_is_free(rig: Rig) -> None:
     # A message read while the GPU is busy would wait on this worker while another could make
     # it. The bot sends none then; a message sent again (a lost one, a restart) may still come.
@@ -208,13 +223,9 @@ async def test_a_worker_reads_the_next_message_only_once_its_gpu_is_free(rig: Ri
     await rig.queue.submit(rig.request("long", 1, steps=10))  # 2 s on the GPU
     await rig.wait_for(lambda: EventKind.STEP in rig.kinds("long"))
     extra = uuid.uuid4().hex
-    broker = make_broker(rig.server.url, rig.keys, reclaim_seconds=30)
     redis = connect(rig.server.url)
     try:
-        await redis.set(rig.keys.input(extra), rig.picture.read_bytes())
-        kicker: Any = AsyncKicker(TASK_NAME, broker, {})
-        options = AnimateOptions(num_inference_steps=1, seed=1).to_dict()
-        await kicker.kiq(job_id=extra, options=options, max_bytes=10**7, user_id=9, group=0)
+        await _send_again(rig, extra)
         await asyncio.sleep(0.8)
         assert EventKind.ENCODING not in rig.kinds("long")
         groups = await redis.xinfo_groups(rig.keys.stream)
@@ -226,7 +237,6 @@ async def test_a_worker_reads_the_next_message_only_once_its_gpu_is_free(rig: Ri
             await asyncio.sleep(0.05)
     finally:
         await redis.aclose()
-        await broker.shutdown()
 
 
 async def test_a_worker_only_encoding_says_it_is_ready_for_a_clip(rig: Rig) -> None:
@@ -530,19 +540,14 @@ async def test_a_worker_whose_disk_fills_while_saving_a_clip_reads_no_more_for_a
     # ... and a message sent again (a lost one, a restart) is not tried: it waits on the stream,
     # or, read by the look under way when the disk filled, is handed back to it.
     extra = uuid.uuid4().hex
-    broker = make_broker(rig.server.url, rig.keys, reclaim_seconds=30)
     redis = connect(rig.server.url)
     try:
-        await redis.set(rig.keys.input(extra), rig.picture.read_bytes())
-        kicker: Any = AsyncKicker(TASK_NAME, broker, {})
-        options = AnimateOptions(num_inference_steps=1, seed=1).to_dict()
-        await kicker.kiq(job_id=extra, options=options, max_bytes=10**7, user_id=9, group=0)
+        await _send_again(rig, extra)
         await asyncio.sleep(0.8)
         assert await redis.get(rig.keys.result(extra)) is None  # not tried, so not failed
         assert [g["lag"] for g in await redis.xinfo_groups(rig.keys.stream)] == [1]
     finally:
         await redis.aclose()
-        await broker.shutdown()
     assert EventKind.STARTED not in rig.kinds("b")
     assert not any(e.terminal for e in rig.events if e.job_id == "b")
 
