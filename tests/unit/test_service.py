@@ -204,18 +204,29 @@ def _locked(
     return lost
 
 
+@pytest.mark.parametrize(
+    "lost_writes",
+    [
+        # The database was locked past its timeout as the clip started: the row stayed
+        # "queued", and "done" cannot follow "queued": the clip was never posted, nor could it
+        # be cancelled.
+        1,
+        # Its start, its encoding and its end each failed to record at their first write (the
+        # database locked, or full): the row still says "queued" when the clip is done.
+        3,
+    ],
+    ids=["its start", "all its progress"],
+)
 async def test_a_clip_whose_start_could_not_be_recorded_is_still_posted_and_charged(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lost_writes: int
 ) -> None:
-    # The database was locked past its timeout as the clip started: the row stayed "queued", and
-    # "done" cannot follow "queued": the clip was never posted, nor could it be cancelled.
     async with rig(tmp_path) as r:
-        lost = _locked(monkeypatch, r.jobs, JobState.RUNNING, times=1)
+        lost = _locked(monkeypatch, r.jobs, JobState.RUNNING, times=lost_writes)
         accepted = await r.service.submit(
             ALICE, png(), AnimateOptions(num_inference_steps=3), ORIGIN
         )
         await _wait_for_state(r.jobs, accepted.job.job_id, JobState.DELIVERED)
-        assert lost == [accepted.job.job_id]
+        assert lost == [accepted.job.job_id] * lost_writes
         assert r.presenter.delivered == [accepted.job.job_id]
         assert (await r.service.quota(ALICE)).remaining == 2
 
@@ -905,22 +916,6 @@ async def test_a_clip_whose_done_could_not_be_recorded_is_still_posted_and_charg
         # The journal's write, then the delivery's first two tries: the lock lasts.
         lost = _locked(monkeypatch, r.jobs, JobState.DONE, times=3)
         monkeypatch.setattr(r.service, "record_retry_seconds", 0.01)
-        accepted = await r.service.submit(
-            ALICE, png(), AnimateOptions(num_inference_steps=3), ORIGIN
-        )
-        await _wait_for_state(r.jobs, accepted.job.job_id, JobState.DELIVERED)
-        assert lost == [accepted.job.job_id] * 3
-        assert r.presenter.delivered == [accepted.job.job_id]
-        assert (await r.service.quota(ALICE)).remaining == 2
-
-
-async def test_a_clip_none_of_whose_progress_could_be_recorded_is_still_posted_and_charged(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Its start, its encoding and its end each failed to record at their first write (the
-    # database locked, or full): the row still says "queued" when the clip is done.
-    async with rig(tmp_path) as r:
-        lost = _locked(monkeypatch, r.jobs, JobState.RUNNING, times=3)
         accepted = await r.service.submit(
             ALICE, png(), AnimateOptions(num_inference_steps=3), ORIGIN
         )
