@@ -823,8 +823,10 @@ class AnimateService:
                 # Uploading can take seconds: other jobs' progress must not wait for it.
                 self._spawn(self._deliver(presenter, job, event))
             case EventKind.FAILED:
+                self._spawn(self._record_end(event))
                 await presenter.failed(job, event.error or "Something went wrong.")
             case EventKind.CANCELLED:
+                self._spawn(self._record_end(event))
                 await presenter.cancelled(job)
             case EventKind.INTERRUPTED:
                 await presenter.interrupted(job, event)
@@ -871,17 +873,41 @@ class AnimateService:
         finally:
             self._delivering.discard(job.job_id)
 
-    async def _record_done(self, event: JobEvent, tries: int = 6) -> None:
-        """The journal's "done", again, for as long as the lock that lost it may last (about
-        ten minutes in all): in the delivery's own task, so no one else waits for it."""
+    async def _record_done(self, event: JobEvent) -> None:
+        """The journal's "done", again: in the delivery's own task, so no one else waits."""
+        await self._recorded_again(lambda: self.journal(event), "a finished clip")
+
+    async def _record_end(self, event: JobEvent) -> None:
+        """The journal's "failed" or "cancelled", again if it was lost (the database locked
+        past its timeout, or full): the member was told they were not charged, and without it
+        the clip's reservation stayed held, and its row "running", until the next restart,
+        which would make the clip again and charge it when posted."""
+
+        async def settle() -> None:
+            current = await self._jobs.get(event.job_id)
+            if current is None or current.state in (JobState.DONE, JobState.DELIVERED):
+                return
+            if current.state.finished:
+                # The state was written, its refund lost (a no-op when it was not).
+                await self._quotas.refund(event.job_id)
+            else:
+                await self.journal(event)
+
+        await self._recorded_again(settle, f"a {event.kind.value} clip")
+
+    async def _recorded_again(
+        self, record: Callable[[], Awaitable[None]], what: str, tries: int = 6
+    ) -> None:
+        """`record` until it works, for as long as the lock that made it fail may last (about
+        ten minutes in all)."""
         for attempt in range(tries):
             try:
-                await self.journal(event)
+                await record()
                 return
-            except sqlite3.OperationalError:  # locked, busy: what passes; nothing else does
+            except sqlite3.OperationalError:  # locked, busy, full: what passes; nothing else
                 if attempt == tries - 1:
                     raise
-                log.warning("recording a finished clip failed; trying again", exc_info=True)
+                log.warning("recording %s failed; trying again", what, exc_info=True)
                 await asyncio.sleep(self.record_retry_seconds * 2**attempt)
 
     def _refused_before(self, job: JobRecord) -> _Undelivered | None:

@@ -394,6 +394,59 @@ async def test_a_clip_the_engine_refuses_the_options_of_is_refunded(tmp_path: Pa
         assert (await r.service.quota(ALICE)).remaining == 3
 
 
+@pytest.mark.parametrize("lost", ["failed", "refund", "cancelled"])
+async def test_a_clip_whose_end_could_not_be_recorded_is_still_refunded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lost: str
+) -> None:
+    # The member was told they were not charged, but the database was locked (or full) as the
+    # clip failed, or was cancelled: its reservation stayed held, and its row "running", until a
+    # restart made the clip again and charged it when posted.
+    def oom(options: AnimateOptions) -> BaseException | None:
+        return (
+            GenerationFailed("The GPU ran out of memory.", reason="oom")
+            if lost != "cancelled"
+            else None
+        )
+
+    engine = FakeEngine(
+        frames=4, step_seconds=0.05 if lost == "cancelled" else 0.001, fail_when=oom
+    )
+    async with rig(tmp_path, engine) as r:
+        monkeypatch.setattr(r.service, "record_retry_seconds", 0.01)
+        if lost == "refund":
+            refund, refunds = r.quotas.refund, []
+
+            async def locked_refund(job_id: str) -> bool:
+                if len(refunds) < 2:  # the journal's, then the first try again
+                    refunds.append(job_id)
+                    raise sqlite3.OperationalError("database is locked")
+                return await refund(job_id)
+
+            monkeypatch.setattr(r.quotas, "refund", locked_refund)
+            writes = refunds
+        else:
+            end = JobState.FAILED if lost == "failed" else JobState.CANCELLED
+            writes = _locked(monkeypatch, r.jobs, end, times=2)
+        accepted = await r.service.submit(
+            ALICE, png(), AnimateOptions(num_inference_steps=20), ORIGIN
+        )
+        job_id = accepted.job.job_id
+        if lost == "cancelled":
+            await _wait_for_state(r.jobs, job_id, JobState.RUNNING)
+            assert [job.job_id for job in await r.service.cancel(ALICE, job_id)] == [job_id]
+        await r.presenter.until(1)
+        async with asyncio.timeout(10):
+            while True:  # the retries run in a task of their own
+                if await r.quotas.reservation_state(job_id) == "refunded":
+                    break
+                await asyncio.sleep(0.01)
+        assert writes == [job_id] * 2  # lost twice, recorded at the third try
+        final = JobState.CANCELLED if lost == "cancelled" else JobState.FAILED
+        assert (await r.jobs.get(job_id)).state is final  # type: ignore[union-attr]
+        assert (await r.service.quota(ALICE)).remaining == 3
+        assert r.presenter.delivered == []
+
+
 async def test_the_per_member_cap_counts_every_server_and_says_so(tmp_path: Path) -> None:
     engine = FakeEngine(frames=4, step_seconds=0.5)
     async with rig(tmp_path, engine) as r:
