@@ -32,6 +32,9 @@ def to_srgb(image: Image.Image) -> Image.Image:
         return image
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        # Read here, not where it is compared: a colour-space field that is not ASCII raises
+        # UnicodeDecodeError (a ValueError), and a damaged profile must cost nothing.
+        profile_space = source.profile.xcolor_space.strip()
     except (OSError, ValueError, TypeError, ImageCms.PyCMSError):
         log.info("ignoring a damaged colour profile")
         return image
@@ -41,10 +44,8 @@ def to_srgb(image: Image.Image) -> Image.Image:
         keyed = "transparency" in image.info
         image = image.convert(("LA" if image.mode == "L" else "RGBA") if keyed else "RGB")
     space = _SPACE_OF_MODE.get(image.mode)
-    if space is None or source.profile.xcolor_space.strip() != space:
-        log.info(
-            "ignoring a %s colour profile on a %s picture", source.profile.xcolor_space, image.mode
-        )
+    if space is None or profile_space != space:
+        log.info("ignoring a %s colour profile on a %s picture", profile_space, image.mode)
         return image
     alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
     pixels = image.convert(image.mode[:-1]) if alpha is not None else image

@@ -24,7 +24,10 @@ from generation.options import Fit
 # own plugin) and HEIC (pillow-heif's libheif) photos that phones take.
 WEB_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 # ISO base media file brands (bytes 8-12 of the file) of HEIF and AVIF pictures.
-_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
+_HEIF_BRANDS = (
+    *(b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"),
+    *(b"avif", b"avis"),
+)
 SEND_INSTEAD = "Please send a PNG, JPEG, WebP or GIF picture."
 # Transparent areas become this colour: what most people expect behind a logo or sticker.
 BACKGROUND = (255, 255, 255)
@@ -197,8 +200,9 @@ def _open(data: bytes, limits: ImageLimits) -> ImageFile.ImageFile:
             # Named a HEIC/AVIF picture, but its decoder could not make sense of it.
             raise InvalidImage(_CORRUPT) from None
         raise InvalidImage(f"I couldn't read that file as a picture. {SEND_INSTEAD}") from None
-    except (OSError, SyntaxError, ValueError, EOFError):
-        # A recognised type whose header is damaged.
+    # A recognised type whose header is damaged. Any type: Pillow's plugins raise many (OSError,
+    # SyntaxError, ValueError, EOFError; the AVIF plugin's RuntimeError "Failed to decode image").
+    except Exception:
         raise InvalidImage(_CORRUPT) from None
     return image
 

@@ -183,8 +183,14 @@ def test_a_grey_picture_with_a_grey_profile_is_converted() -> None:
 
 @pytest.mark.parametrize(
     "profile",
-    [b"not a profile at all", display_p3_gamma()[:200], gray_gamma()],
-    ids=["garbage", "truncated", "grey-profile-on-colour"],
+    [
+        b"not a profile at all",
+        display_p3_gamma()[:200],
+        gray_gamma(),
+        # Its colour-space field is not ASCII: reading it raised UnicodeDecodeError.
+        display_p3_gamma()[:16] + b"\xfdGB " + display_p3_gamma()[20:],
+    ],
+    ids=["garbage", "truncated", "grey-profile-on-colour", "non-ascii-colour-space"],
 )
 def test_a_damaged_or_mismatched_profile_keeps_the_pixels_as_stored(profile: bytes) -> None:
     data = tagged((200, 120, 90), "RGB", profile)
