@@ -829,6 +829,10 @@ class AnimateService:
                 self._spawn(self._record_end(event))
                 await presenter.cancelled(job)
             case EventKind.INTERRUPTED:
+                if job.state.finished:
+                    # Cancelled while the shutdown's events waited their turn: its message says
+                    # so, and "it will be made after the restart" would overwrite it for good.
+                    return
                 await presenter.interrupted(job, event)
             case _:
                 await presenter.show(job, event)

@@ -33,7 +33,7 @@ from generation.errors import (
     TooManyJobs,
 )
 from generation.fake_engine import FakeEncoder, FakeEngine
-from generation.jobs import JobEvent
+from generation.jobs import EventKind, JobEvent
 from generation.metrics import Metrics
 from generation.options import AnimateOptions
 from generation.queue import QueueClosed
@@ -532,6 +532,37 @@ async def test_a_waiting_clip_cancelled_during_a_shutdown_stays_cancelled(tmp_pa
         assert record is not None and record.state is JobState.CANCELLED  # not made after it
         assert waiting.job.job_id in r.presenter.cancels
         assert (await r.service.quota(ALICE)).remaining == 2  # only the clip that was made
+
+
+async def test_a_clip_cancelled_before_its_shutdown_notice_is_shown_is_not_said_to_come(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shutdown's "interrupted" events are shown one Discord call at a time, so the member's
+    # Cancel can land first; "it will be made after the restart" then replaced "cancelled".
+    async with rig(tmp_path, FakeEngine(frames=4, step_seconds=0.05)) as r:
+        gate = asyncio.Event()
+        dispatch = r.service._dispatch
+
+        async def behind(presenter: Any, event: JobEvent) -> None:
+            if event.kind is EventKind.INTERRUPTED:
+                await gate.wait()
+            await dispatch(presenter, event)
+
+        monkeypatch.setattr(r.service, "_dispatch", behind)
+        await r.service.submit(ALICE, png(), AnimateOptions(num_inference_steps=10), ORIGIN)
+        waiting = await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        stopping = asyncio.create_task(r.queue.stop(5))
+        await _wait_for_state(r.jobs, waiting.job.job_id, JobState.QUEUED)
+        for _ in range(200):
+            if r.queue.snapshot().state == "stopping":
+                break
+            await asyncio.sleep(0.01)
+        assert await r.service.cancel(ALICE, waiting.job.job_id)
+        gate.set()
+        await stopping
+        await r.presenter.until(2)  # the running clip delivered, the waiting one cancelled
+        assert r.presenter.cancels == [waiting.job.job_id]
+        assert r.presenter.interruptions == []
 
 
 async def test_cancels_during_a_shutdown_are_honoured_for_every_clip(tmp_path: Path) -> None:
