@@ -241,18 +241,28 @@ class DiscordPresenter:
     # ------------------------------------------------------------------ outcomes
 
     async def deliver(
-        self, job: JobRecord, event: JobEvent, *, tell: bool = True, again: bool = False
+        self,
+        job: JobRecord,
+        event: JobEvent,
+        *,
+        tell: bool = True,
+        again: bool = False,
+        posted: Callable[[], Awaitable[None]] | None = None,
     ) -> bool:
         """Post the clip: through the interaction, else the channel, else the member's DMs.
 
         False when none of them took it (the clip stays on disk for a later try); `tell` says
         whether to tell the member so. `again`: an earlier try may have reached Discord, so
-        look in the channel first."""
+        look in the channel first. `posted` is awaited the moment Discord has the clip, before
+        the tidying up (looking for repeats, ending the progress message) that may wait on
+        Discord's rate limits for a while."""
         assert event.clip is not None
         path = event.clip.path
         budget = job.max_bytes or event.clip.size_bytes
+        has_it = posted or _nothing
         job = await self._after_the_command_flow(job)
         if again and (found := await self._already_posted(job)) is not None:
+            await has_it()
             await self._posted_at(job, found)
             await self._finish_progress(job)
             return True
@@ -285,12 +295,13 @@ class DiscordPresenter:
                     exc.text or exc.code,
                     extra={"job_id": job.job_id},
                 )
-                if await self._send_by_dm(job, event, path, why):
+                if await self._send_by_dm(job, event, path, why, has_it):
                     await self._finish_progress(job)
                     return True
             # discord.py has retried a 5xx for half a minute already. Discord may have stored
             # the clip before failing (a blind retry would post it twice): look.
             elif exc.status >= 500 and (found := await self._already_posted(job)) is not None:
+                await has_it()
                 await self._posted_at(job, found)
                 await self._finish_progress(job)
                 return True
@@ -303,6 +314,7 @@ class DiscordPresenter:
         # discord.py waits at least a second before it sends a webhook post again: a quicker
         # post was sent once, and needs no look at the channel.
         retried = time.monotonic() - started >= WEBHOOK_RETRY_WAIT
+        await has_it()
         if retried and isinstance(posted, discord.Message) and posted.webhook_id is not None:
             await self._drop_repeats(job, posted)
         await self._posted_at(job, posted)
@@ -424,7 +436,14 @@ class DiscordPresenter:
         await self._finish_progress(job)
         return True
 
-    async def _send_by_dm(self, job: JobRecord, event: JobEvent, path: Path, why: str) -> bool:
+    async def _send_by_dm(
+        self,
+        job: JobRecord,
+        event: JobEvent,
+        path: Path,
+        why: str,
+        posted: Callable[[], Awaitable[None]],
+    ) -> bool:
         async def post(clip: Path) -> Any:
             # No buttons: Re-roll and Delete act on a server, and a DM has none.
             return await channel.send(
@@ -443,6 +462,7 @@ class DiscordPresenter:
             # there was no room on the disk to make it smaller.
             log.warning("could not DM the clip either: %s", exc, extra={"job_id": job.job_id})
             return False
+        await posted()
         await self._posted_at(job, sent, dm=True)
         return True
 
@@ -567,3 +587,7 @@ class DiscordPresenter:
                     raise
         channel = self._client.get_partial_messageable(job.channel_id)
         await channel.get_partial_message(message_id).delete()
+
+
+async def _nothing() -> None:
+    pass

@@ -127,11 +127,19 @@ class Presenter(Protocol):
         """Progress (queued, position, started, step, decoding, encoding). Must return quickly."""
 
     async def deliver(
-        self, job: JobRecord, event: JobEvent, *, tell: bool = True, again: bool = False
+        self,
+        job: JobRecord,
+        event: JobEvent,
+        *,
+        tell: bool = True,
+        again: bool = False,
+        posted: Callable[[], Awaitable[None]] | None = None,
     ) -> bool:
         """Post the finished clip; True once it is posted, False when it stays on disk.
         `tell`: say so to the member when it fails (a retry does not say it again). `again`:
-        an earlier try (before a restart, too) may have been posted after all: check first."""
+        an earlier try (before a restart, too) may have been posted after all: check first.
+        `posted`: awaited as soon as Discord has the clip, before any tidying up (the progress
+        message, repeats), so that a crash meanwhile cannot leave it to be posted again."""
 
     async def failed(self, job: JobRecord, message: str) -> None:
         """Tell the member the job failed, why, and that they were not charged."""
@@ -860,18 +868,28 @@ class AnimateService:
                 return  # handed over to the member (or failed) since this event was sent
             retry = self._undelivered.get(job.job_id) or self._refused_before(current)
             told = retry is not None and retry.told
+            recorded = False
+            done = current
+
+            async def posted() -> None:
+                nonlocal recorded
+                if not recorded:
+                    recorded = True
+                    self._undelivered.pop(done.job_id, None)
+                    await self._delivered(done, event)
+
             try:
                 delivered = await presenter.deliver(
-                    current, event, tell=not told, again=again or retry is not None
+                    current, event, tell=not told, again=again or retry is not None, posted=posted
                 )
                 told = True  # a refusal was told (or, on a retry, had been)
             except Exception:
-                # Not posted, and not lost: the clip stays on disk in state "done".
+                # Not posted, and not lost: the clip stays on disk in state "done". (Or posted,
+                # and the tidying up after it failed: recorded already.)
                 log.exception("delivering the clip failed", extra={"job_id": job.job_id})
-                delivered = False
+                delivered = recorded
             if delivered:
-                self._undelivered.pop(job.job_id, None)
-                await self._delivered(current, event)
+                await posted()  # if the presenter did not say so the moment it was posted
                 return
             await self._undeliverable(presenter, current, retry, told=told)
         finally:

@@ -1089,6 +1089,28 @@ async def test_a_followup_discord_stored_before_a_server_error_is_not_left_twice
     assert len([m for m in clips if not m.deleted]) == 1  # ... and one copy was deleted
 
 
+async def test_a_posted_clip_is_recorded_before_its_progress_message_is_tidied_away(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    handle = await animate(fake_discord, steps=10)
+    await reply_text(handle)
+    progress = await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)
+    # Discord holds the progress message's removal back (a 429): a crash or a stop meanwhile
+    # left a posted clip recorded as not posted, to be posted again after the restart.
+    fake_discord.faults.rate_limit("DELETE", rf"/messages/{progress.id}$", retry_after=4)
+    await clip_message(fake_discord)
+    await _until_delivered(bot, within=3)
+
+    def gone() -> bool:
+        everything = fake_discord.world.messages.in_channel(
+            fake_discord.channel.id, include_deleted=True
+        )
+        return next(m for m in everything if m.id == progress.id).deleted
+
+    assert not gone()  # still waiting out the rate limit
+    await eventually(gone, within=10)
+
+
 def _refuse_the_next_upload_as_too_large(server: FakeDiscordServer) -> None:
     """Discord's 413 to the next followup (once the progress message is up: the clip's)."""
     server.faults.add(

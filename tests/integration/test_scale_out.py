@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +60,13 @@ class Recorder:
         pass
 
     async def deliver(
-        self, job: JobRecord, event: JobEvent, *, tell: bool = True, again: bool = False
+        self,
+        job: JobRecord,
+        event: JobEvent,
+        *,
+        tell: bool = True,
+        again: bool = False,
+        posted: Callable[[], Awaitable[None]] | None = None,
     ) -> bool:
         assert event.clip is not None and event.clip.path.exists()
         self.delivered.append(job.job_id)

@@ -10,7 +10,7 @@ import io
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -64,6 +64,8 @@ class Recorder:
     cancels: list[str] = field(default_factory=list)
     interruptions: list[str] = field(default_factory=list)
     refuse_uploads: bool = False
+    # Posted, then what comes after (ending the progress message) raises.
+    tidying_fails: bool = False
     # One entry per delivery attempt: whether the member was to be told of a refusal.
     attempts: list[bool] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -72,14 +74,24 @@ class Recorder:
         pass
 
     async def deliver(
-        self, job: JobRecord, event: JobEvent, *, tell: bool = True, again: bool = False
+        self,
+        job: JobRecord,
+        event: JobEvent,
+        *,
+        tell: bool = True,
+        again: bool = False,
+        posted: Callable[[], Awaitable[None]] | None = None,
     ) -> bool:
         self.attempts.append(tell)
         self.changed.set()
         if self.refuse_uploads:
             return False
         self.delivered.append(job.job_id)
+        if posted is not None:
+            await posted()
         self.changed.set()
+        if self.tidying_fails:
+            raise RuntimeError("the progress message could not be tidied away")
         return True
 
     async def failed(self, job: JobRecord, message: str) -> None:
@@ -991,6 +1003,22 @@ async def test_a_refused_clip_is_handed_over_when_the_member_asks(tmp_path: Path
         assert await r.service.redeliver_due(r.presenter) == 0
         assert await r.service.hand_over(ALICE, post) == []
         assert len(posted) == 1 and len(r.presenter.attempts) == 1
+
+
+async def test_a_posted_clip_whose_tidying_up_failed_is_charged_once_and_not_posted_again(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    async with rig(tmp_path, clock=clock, redelivery=BY_HAND) as r:
+        r.presenter.tidying_fails = True
+        accepted = await r.service.submit(
+            ALICE, png(), AnimateOptions(num_inference_steps=3), ORIGIN
+        )
+        await _wait_for_state(r.jobs, accepted.job.job_id, JobState.DELIVERED)
+        assert (await r.service.quota(ALICE)).remaining == 2
+        clock.now += 3600  # no retry is due: it was posted
+        assert await r.service.redeliver_due(r.presenter) == 0
+        assert r.presenter.delivered == [accepted.job.job_id]
 
 
 async def test_a_clip_whose_done_could_not_be_recorded_is_still_posted_and_charged(
