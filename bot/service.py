@@ -341,10 +341,7 @@ class AnimateService:
         input_path = self._config.inputs_dir / f"{job_id}.png"
         # Decoding a large picture costs seconds and up to a gigabyte: say no first to a member
         # who could not queue it anyway (the reservation checks again, atomically).
-        await self._check_admission(member)
-        status = await self._quotas.status(member.guild_id, member.user_id, member.role_ids)
-        if status.limit is not None and status.remaining == 0:
-            raise QuotaExceeded(status.limit, status.used, status.period, status.next_available_at)
+        await self.precheck(member)
         # Off the event loop, and a few at a time, so a burst of big uploads cannot exhaust RAM.
         async with self._decoding:
             notes = await asyncio.to_thread(
@@ -357,6 +354,15 @@ class AnimateService:
         except BaseException:
             input_path.unlink(missing_ok=True)
             raise
+
+    async def precheck(self, member: Member) -> None:
+        """Refuse, as `submit` would, a member who could not queue a clip now (a full queue, too
+        many clips of theirs, no clips left, a full disk): before their picture is downloaded
+        (up to 25 MiB, and a minute) and decoded. `submit` checks again."""
+        await self._check_admission(member)
+        status = await self._quotas.status(member.guild_id, member.user_id, member.role_ids)
+        if status.limit is not None and status.remaining == 0:
+            raise QuotaExceeded(status.limit, status.used, status.period, status.next_available_at)
 
     async def vary(
         self, member: Member, source_job_id: str, variation: Variation, origin: Origin

@@ -18,6 +18,7 @@ from bot.interactions import TimelyReply, defer, member_of, queue_from_interacti
 from bot.pictures import Picture, message_pictures
 from bot.service import Accepted, Member, Origin
 from bot.views import PicturePicker
+from generation.errors import GenerationError
 
 if TYPE_CHECKING:
     from bot.client import SvdBot
@@ -147,22 +148,22 @@ class AnimateCog(commands.Cog):
             fit=fit,
             model=model,
         )
-        try:
-            # Attachment URLs are signed and expire: download now, not when the job runs.
-            async with asyncio.timeout(DOWNLOAD_TIMEOUT_SECONDS):
-                data = await image.read()
-        except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as exc:
-            # The type only: a connection error's text holds the signed URL.
-            log.info("attachment download failed: %s", type(exc).__name__)
-            await interaction.edit_original_response(
-                content="I couldn't download your picture (its link may have expired). "
-                "Please post or upload it again."
-            )
-            return
-
         spoiler = image.is_spoiler()
 
         async def submit(member: Member, origin: Origin) -> Accepted:
+            # A member who could not queue it anyway is told so before the download.
+            await service.precheck(member)
+            try:
+                # Attachment URLs are signed and expire: download now, not when the job runs.
+                async with asyncio.timeout(DOWNLOAD_TIMEOUT_SECONDS):
+                    data = await image.read()
+            except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as exc:
+                # The type only: a connection error's text holds the signed URL.
+                log.info("attachment download failed: %s", type(exc).__name__)
+                raise GenerationError(
+                    "I couldn't download your picture (its link may have expired). "
+                    "Please post or upload it again."
+                ) from None
             return await service.submit(member, data, options, origin, spoiler=spoiler)
 
         await queue_from_interaction(interaction, service, submit)

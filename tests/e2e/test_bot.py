@@ -434,9 +434,15 @@ async def test_quota_runs_out_and_a_moderator_resets_it(
 
     await animate(fake_discord)
     await clip_message(fake_discord, member.id)
+
+    def downloads() -> int:
+        return sum(r.path.startswith("/cdn/attachments/") for r in fake_discord.requests)
+
+    before = downloads()
     refused = await animate(fake_discord)
     text = await reply_text(refused)
     assert "1" in text and "<t:" in text, text
+    assert downloads() == before  # refused before its picture was downloaded
     # /help tells the member where they stand here; moderators also read their commands.
     told = await fake_discord.interaction("help", permissions=MEMBER)
     text = await reply_text(told)
