@@ -325,23 +325,27 @@ class AnimateService:
     async def submit(
         self,
         member: Member,
-        image_bytes: bytes,
+        image: bytes | Callable[[], Awaitable[bytes]],
         options: AnimateOptions,
         origin: Origin,
         *,
         spoiler: bool = False,
     ) -> Accepted:
         """Check the image, reserve a clip, store the input, record and queue the job;
-        `spoiler`: the picture was marked as one, so its clip is posted as one.
+        `image`: its bytes, or how to download them (called once the member is known to be
+        able to queue, so a refusal costs no download); `spoiler`: the picture was marked as
+        one, so its clip is posted as one.
 
         Raises a `GenerationError` (bad image, queue full...) or `QuotaExceeded`; in every such
         case nothing is charged.
         """
         job_id = uuid.uuid4().hex
         input_path = self._config.inputs_dir / f"{job_id}.png"
-        # Decoding a large picture costs seconds and up to a gigabyte: say no first to a member
-        # who could not queue it anyway (the reservation checks again, atomically).
-        await self.precheck(member)
+        # Downloading (up to 25 MiB, and a minute) and decoding a large picture (seconds, up to
+        # a gigabyte): say no first to a member who could not queue it anyway (the reservation
+        # checks again, atomically).
+        await self._precheck(member)
+        image_bytes = image if isinstance(image, bytes) else await image()
         # Off the event loop, and a few at a time, so a burst of big uploads cannot exhaust RAM.
         async with self._decoding:
             notes = await asyncio.to_thread(
@@ -355,10 +359,9 @@ class AnimateService:
             input_path.unlink(missing_ok=True)
             raise
 
-    async def precheck(self, member: Member) -> None:
-        """Refuse, as `submit` would, a member who could not queue a clip now (a full queue, too
-        many clips of theirs, no clips left, a full disk): before their picture is downloaded
-        (up to 25 MiB, and a minute) and decoded. `submit` checks again."""
+    async def _precheck(self, member: Member) -> None:
+        """Refuse a member who could not queue a clip now (a full queue, too many clips of
+        theirs, no clips left, a full disk)."""
         await self._check_admission(member)
         status = await self._quotas.status(member.guild_id, member.user_id, member.role_ids)
         if status.limit is not None and status.remaining == 0:

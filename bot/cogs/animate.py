@@ -150,13 +150,11 @@ class AnimateCog(commands.Cog):
         )
         spoiler = image.is_spoiler()
 
-        async def submit(member: Member, origin: Origin) -> Accepted:
-            # A member who could not queue it anyway is told so before the download.
-            await service.precheck(member)
+        async def download() -> bytes:
             try:
                 # Attachment URLs are signed and expire: download now, not when the job runs.
                 async with asyncio.timeout(DOWNLOAD_TIMEOUT_SECONDS):
-                    data = await image.read()
+                    return await image.read()
             except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as exc:
                 # The type only: a connection error's text holds the signed URL.
                 log.info("attachment download failed: %s", type(exc).__name__)
@@ -164,7 +162,10 @@ class AnimateCog(commands.Cog):
                     "I couldn't download your picture (its link may have expired). "
                     "Please post or upload it again."
                 ) from None
-            return await service.submit(member, data, options, origin, spoiler=spoiler)
+
+        async def submit(member: Member, origin: Origin) -> Accepted:
+            # The download only once the member is known to be able to queue it.
+            return await service.submit(member, download, options, origin, spoiler=spoiler)
 
         await queue_from_interaction(interaction, service, submit)
 
