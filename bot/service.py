@@ -824,6 +824,12 @@ class AnimateService:
                 event = await _done_event(job)
                 if not await post(job, event):
                     refused.append(job)
+                    if job_id not in self._undelivered:
+                        # Claimed before the pump's own delivery, which then left it to us:
+                        # without a retry of its own, nothing would post it before a restart.
+                        now = self._clock()
+                        since = now - _seconds_since_done(job)
+                        self._undelivered[job_id] = _Undelivered(since=since, next_at=now)
                     continue
                 self._undelivered.pop(job_id, None)
                 await self._delivered(job, event)

@@ -1061,6 +1061,44 @@ async def test_a_posted_clip_whose_record_failed_is_not_handed_over_again(
         assert jobs == []  # not listed as "finished: posting it now"
 
 
+async def test_a_clip_a_refused_hand_over_took_from_the_pump_is_still_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The member's /queue claims the clip the moment it is made, before the pump's own
+    # delivery, which then leaves it alone; the hand-over is refused too.
+    clock = ManualClock()
+    async with rig(tmp_path, clock=clock, redelivery=BY_HAND) as r:
+        gate = asyncio.Event()
+        skipped = asyncio.Event()
+        dispatch = r.service._dispatch
+
+        async def behind(presenter: Any, event: JobEvent) -> None:
+            if event.kind is EventKind.DONE:
+                await gate.wait()
+            await dispatch(presenter, event)
+            if event.kind is EventKind.DONE:
+                skipped.set()
+
+        monkeypatch.setattr(r.service, "_dispatch", behind)
+        accepted = await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        job_id = accepted.job.job_id
+        await _wait_for_state(r.jobs, job_id, JobState.DONE)
+
+        async def refuse(job: JobRecord, event: JobEvent) -> bool:
+            gate.set()
+            await skipped.wait()
+            await asyncio.sleep(0.05)  # the pump's delivery task runs, and finds it claimed
+            return False
+
+        assert [job.job_id for job in await r.service.hand_over(ALICE, refuse)] == [job_id]
+        assert r.presenter.attempts == []
+        assert await r.service.redeliver_due(r.presenter) == 1
+        await _wait_for_state(r.jobs, job_id, JobState.DELIVERED)
+        assert r.presenter.delivered == [job_id]
+        assert r.presenter.attempts == [True]  # told, if it is refused: the progress message ends
+        assert (await r.service.quota(ALICE)).remaining == 2
+
+
 async def test_a_hand_over_and_a_retry_at_the_same_moment_post_the_clip_once(
     tmp_path: Path,
 ) -> None:
