@@ -89,6 +89,12 @@ def _not_postable_there(exc: discord.HTTPException) -> str | None:
     return None
 
 
+def _message_gone(exc: discord.HTTPException) -> bool:
+    """Whether the progress message can no longer be edited at all: deleted (by a moderator,
+    or with its channel), or the bot may no longer see its channel."""
+    return isinstance(exc, discord.Forbidden) or exc.code in (UNKNOWN_MESSAGE, UNKNOWN_CHANNEL)
+
+
 def _size(path: Path) -> int:
     return path.stat().st_size
 
@@ -152,12 +158,15 @@ class DiscordPresenter:
         self._progress: dict[str, _Progress] = {}
         # Tokens Discord has told us are dead, so we stop trying them.
         self._dead_tokens: set[str] = set()
+        # Jobs whose progress message was deleted (or its channel shut to the bot): not edited
+        # again, since each refusal counts toward the invalid requests Discord bans a bot for.
+        self._gone: set[str] = set()
 
     # ------------------------------------------------------------------ progress
 
     async def show(self, job: JobRecord, event: JobEvent) -> None:
         state = self._progress.setdefault(job.job_id, _Progress())
-        if state.finished:
+        if state.finished or job.job_id in self._gone:
             return
         state.text = messages.progress_text(job, event)
         if state.flusher is None or state.flusher.done():
@@ -178,6 +187,9 @@ class DiscordPresenter:
                     shown = await self._edit_progress(job, text)
                 except discord.HTTPException as exc:
                     log.warning("progress edit failed: %s", exc, extra={"job_id": job.job_id})
+                    if _message_gone(exc):
+                        self._gone.add(job.job_id)
+                        return
                     shown = True
                 if shown:
                     state.shown = text
@@ -217,7 +229,8 @@ class DiscordPresenter:
         """Stop progress edits, then remove the progress message (the result replaces it) or,
         with `final`, turn it into that text without buttons. True when that edit was made."""
         current = await self._stop_progress(job)
-        if current.progress_message_id is None:
+        if current.progress_message_id is None or job.job_id in self._gone:
+            self._gone.discard(job.job_id)
             return False
         try:
             if final is None:
@@ -233,7 +246,7 @@ class DiscordPresenter:
         """The bot is shutting down: say so on the progress message at once (not throttled: the
         bot closes next). Its Cancel button stays; it works again once the bot is back."""
         current = await self._stop_progress(job)
-        if current.progress_message_id is not None:
+        if current.progress_message_id is not None and job.job_id not in self._gone:
             with contextlib.suppress(discord.HTTPException):
                 text = messages.progress_text(current, event)
                 await self._edit(current, current.progress_message_id, text)

@@ -1117,6 +1117,23 @@ async def test_a_posted_clip_is_recorded_before_its_progress_message_is_tidied_a
     await eventually(gone, within=10)
 
 
+async def test_a_progress_message_a_moderator_deleted_is_left_alone(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    handle = await animate(fake_discord, steps=10)
+    await reply_text(handle)
+    progress = await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)
+    fake_discord.world.delete_message(progress.id)
+    await clip_message(fake_discord)
+    await _until_delivered(bot)
+    # Each refused edit counts toward the invalid requests Discord bans a bot for: one is enough
+    # to learn the message is gone, and no other step of the clip is sent to it.
+    refused = [
+        r for r in fake_discord.requests if r.path.endswith(f"/{progress.id}") and r.status == 404
+    ]
+    assert len(refused) == 1, [(r.method, r.path) for r in refused]
+
+
 def _refuse_the_next_upload_as_too_large(server: FakeDiscordServer) -> None:
     """Discord's 413 to the next followup (once the progress message is up: the clip's)."""
     server.faults.add(
