@@ -10,6 +10,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 import discord
 
 from bot import messages
@@ -195,12 +196,21 @@ async def _announce(
     if not _bot_can_post(interaction):
         notes.append(messages.CANNOT_POST_HERE)
     note = "".join(f"\nℹ️ {n}" for n in notes)
-    await interaction.edit_original_response(
-        content=messages.accepted_text(
+    got_it = (
+        messages.accepted_text(
             queued.position, queued.eta_seconds, accepted.quota, on_hold=accepted.on_hold
         )
         + note
     )
+    try:
+        await interaction.edit_original_response(content=got_it)
+    except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as exc:
+        # While "thinking…" stands, Discord puts the next followup in its place, ephemeral:
+        # that would be the public progress message, or even the clip. An ephemeral followup
+        # of the answer takes the place instead (or, had the edit landed, is a second copy
+        # only the member sees).
+        log.warning("the answer's edit failed (%s); sending it as a followup", exc)
+        await interaction.followup.send(got_it, ephemeral=True, wait=True)
     # On hold, the public message says so from the start, not a place in a line that stands.
     first = replace(queued, kind=EventKind.STALLED) if accepted.on_hold else queued
     progress = await interaction.followup.send(

@@ -1268,6 +1268,29 @@ async def test_a_discord_error_after_queueing_does_not_say_try_again(
         assert status.used == 1  # one clip, made once and charged once
 
 
+@pytest.mark.usefixtures("quick_discord_retries")
+async def test_a_failed_got_it_edit_leaves_the_progress_message_and_the_clip_public(
+    fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path
+) -> None:
+    settings = settings_for(fake_discord, tiny_model_dir, data_dir)
+    async with running(settings, engine=FakeEngine(step_seconds=0.05, frames=TINY_FRAMES)):
+        # The "Got it" edit fails, retries included. Discord then puts the next followup in
+        # place of "thinking…", as ephemeral as it: the progress message, or the clip.
+        fake_discord.faults.add(
+            "PATCH",
+            r"^/webhooks/\d+/[^/]+/messages/@original$",
+            503,
+            {"message": "unavailable", "code": 0},
+            times=5,
+        )
+        handle = await animate(fake_discord, steps=6)
+        posted = await clip_message(fake_discord, fake_discord.user.id)
+        assert not posted.ephemeral
+        assert "Got it" in await reply_text(handle)
+        progress = [m for m in handle.followups if "clip" in m.content and not m.attachments]
+        assert progress and not any(m.ephemeral for m in progress)
+
+
 async def test_restart_in_the_middle_of_the_queue_loses_nothing(
     fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path
 ) -> None:
