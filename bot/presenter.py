@@ -59,9 +59,9 @@ THREAD_ARCHIVED = 50083
 THREAD_LOCKED = 160005
 
 
-def _nonce(job: JobRecord) -> str:
-    # Discord allows 25 characters; a job id's first 25 hex digits are as unique as we need.
-    return job.job_id[:25]
+def _nonce(job: JobRecord, *, dm: bool = False) -> str:
+    # Discord allows 25 characters; a job id's first 24 hex digits are as unique as we need.
+    return ("d" if dm else "c") + job.job_id[:24]
 
 
 def _clip_file(job: JobRecord, path: Path) -> discord.File:
@@ -462,6 +462,9 @@ class DiscordPresenter:
             return await channel.send(
                 messages.dm_clip_text(job, event, why),
                 file=_clip_file(job, clip),
+                # As in the channel: a retry after a 5xx that Discord had stored is not a
+                # second copy. Its own, in case Discord matches nonces across channels.
+                nonce=_nonce(job, dm=True),
             )
 
         try:

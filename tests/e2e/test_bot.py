@@ -940,6 +940,32 @@ async def test_a_clip_whose_channel_was_deleted_reaches_the_member_by_dm(
     await _until_delivered(bot)
 
 
+@pytest.mark.usefixtures("quick_discord_retries")
+async def test_a_dm_discord_stored_before_a_server_error_is_not_sent_twice(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    await _past_the_token(fake_discord)
+    fake_discord.delete_channel()
+    member = fake_discord.user
+    dm = fake_discord.world.dm_channel(member.id)
+    # Discord keeps the DM, then its edge answers 502 to each of discord.py's tries.
+    fault = fake_discord.faults.server_error(
+        "POST", rf"^/channels/{dm.id}/messages$", status=502, times=5, after_applying=True
+    )
+    await eventually(lambda: fault.fired == 5, CLIP_TIMEOUT)
+
+    # The clip is tried again (the next try made due now).
+    async def tried_again() -> bool:
+        for retry in bot.service._undelivered.values():
+            retry.next_at = 0.0
+        return await bot.service.redeliver_due(bot.bot.presenter) == 1
+
+    await eventually(tried_again, 10)
+    await _until_delivered(bot)
+    clips = [m for m in fake_discord.dms(member) if m.attachments]
+    assert len(clips) == 1, [m.content[:40] for m in clips]
+
+
 async def test_a_clip_too_large_for_a_dm_is_re_encoded_to_fit(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:
