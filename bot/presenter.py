@@ -397,22 +397,26 @@ class DiscordPresenter:
     ) -> Any:
         """`send(clip)`, with the clip re-encoded smaller first when it is over `budget`, and
         again each time Discord answers 413 (its limit is lower than we were told): shrunk to
-        fit, never dropped."""
+        fit, never dropped. Each smaller copy is made from the clip itself, not from the last
+        copy, whose losses it would add to its own."""
+        clip = path
         if await asyncio.to_thread(_size, path) > budget:
-            path = await asyncio.to_thread(self._reencode, path, budget)
+            path = await asyncio.to_thread(self._reencode, clip, budget)
         while True:
             try:
                 return await send(path)
             except discord.HTTPException as exc:
                 if exc.status != 413 or budget <= MIN_REENCODE_BYTES:
                     raise
-                budget //= 2
+                # Discord's limit is below the file it refused, whatever its size: a copy made
+                # to a budget the file already met would be the same size, and refused again.
+                budget = min(budget // 2, await asyncio.to_thread(_size, path) - 1)
                 log.info(
                     "upload refused (413); re-encoding to %d bytes",
                     budget,
                     extra={"job_id": job.job_id},
                 )
-                path = await asyncio.to_thread(self._reencode, path, budget)
+                path = await asyncio.to_thread(self._reencode, clip, budget)
 
     async def _already_posted(self, job: JobRecord) -> discord.Message | None:
         """The job's clip, if it is in the channel already (unknown is no)."""

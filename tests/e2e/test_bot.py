@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bot import presenter as presenter_module
 from bot.app import App, build_app
 from bot.settings import Settings
 from generation.errors import DiskFull, GenerationFailed
@@ -1183,6 +1184,32 @@ async def test_upload_refused_as_too_large_is_reencoded_smaller(
     assert message.attachments[0].size < refused[0].files[0].size  # and re-encoded smaller
     await _until_delivered(bot)
     # Neither the clip nor its smaller copy is left on the disk once it is posted.
+    assert list(bot.settings.outputs_dir.iterdir()) == []
+
+
+async def test_a_clip_refused_as_too_large_twice_is_shrunk_from_the_clip_itself(
+    bot: App, fake_discord: FakeDiscordServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reencode = bot.bot.presenter._reencode
+    sources: list[tuple[str, int]] = []
+
+    def spy(path: Path, budget: int) -> Path:
+        sources.append((path.name, budget))
+        return reencode(path, budget)
+
+    monkeypatch.setattr(bot.bot.presenter, "_reencode", spy)
+    # The test's clips are tiny: shrinking one twice goes below the floor meant for real ones.
+    monkeypatch.setattr(presenter_module, "MIN_REENCODE_BYTES", 1024)
+    await _progress_posted(fake_discord)
+    _refuse_the_next_upload_as_too_large(fake_discord)
+    _refuse_the_next_upload_as_too_large(fake_discord)
+    message = await clip_message(fake_discord)
+    refused = [r for r in fake_discord.requests if r.status == 413]
+    assert len(refused) == 2 and message.attachments[0].size < refused[1].files[0].size
+    # Each copy from the clip as made: a copy of a copy would add its losses to the first's.
+    assert len(sources) == 2 and len({name for name, _ in sources}) == 1, sources
+    assert sources[1][1] < sources[0][1]
+    await _until_delivered(bot)
     assert list(bot.settings.outputs_dir.iterdir()) == []
 
 
