@@ -291,7 +291,11 @@ class AnimateService:
             )
         model = given.get("model")
         if model is not None and model not in self._config.models:
-            raise InvalidOptions("model", "That model is not available on this server.")
+            raise InvalidOptions(
+                "model",
+                "That model is no longer available on this server. Pick one from the `model` "
+                "list again, or leave it out for the server's default.",
+            )
         if preset is not None:
             options = AnimateOptions.from_preset(preset, **given)
         else:

@@ -41,8 +41,29 @@ NO_PICTURE = (
 
 
 def _model_label(model: str) -> str:
-    """A short, readable choice name for a hub id or a folder (Discord allows 100 chars)."""
-    return model.rstrip("/").split("/")[-1][:100] or model[:100]
+    """A short, readable choice name for a hub id or a folder (Discord allows 100 chars). A
+    folder in Hugging Face's cache (`.../models--org--name/snapshots/<commit>`) is named for
+    its model, not for the commit hash that ends its path."""
+    parts = model.rstrip("/").split("/")
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3].split("--")[-1][:100]
+    return parts[-1][:100] or model[:100]
+
+
+def _model_labels(models: list[str]) -> list[str]:
+    """Each model's label, told apart with a number where two would read the same (two
+    snapshots of one model, two folders of one name)."""
+    labels = [_model_label(m) for m in models]
+    counts = {label: labels.count(label) for label in labels}
+    seen: dict[str, int] = {}
+    told_apart = []
+    for label in labels:
+        if counts[label] > 1:
+            seen[label] = seen.get(label, 0) + 1
+            suffix = f" ({seen[label]})"
+            label = label[: 100 - len(suffix)] + suffix
+        told_apart.append(label)
+    return told_apart
 
 
 def _model_value(model: str) -> str:
@@ -312,8 +333,10 @@ def build_animate_command(
     callback: Any = animate
     descriptions = dict(OPTION_DESCRIPTIONS)
     if len(models) > 1:
+        shown = models[:25]
         choices = [
-            app_commands.Choice(name=_model_label(m), value=_model_value(m)) for m in models[:25]
+            app_commands.Choice(name=label, value=_model_value(m))
+            for m, label in zip(shown, _model_labels(shown), strict=True)
         ]
         callback = app_commands.choices(model=choices)(animate)
     else:

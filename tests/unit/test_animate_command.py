@@ -34,6 +34,24 @@ def test_several_models_are_offered_by_their_short_names() -> None:
     ]
 
 
+def test_a_hub_cache_snapshot_is_named_for_its_model_and_like_names_are_told_apart() -> None:
+    cache = "/cache/huggingface/hub/models--stabilityai--stable-video-diffusion-img2vid"
+    options = options_of(
+        [
+            f"{cache}-xt/snapshots/9cf024d5bfa8f56622af86c884f26a52f6676f2e",
+            f"{cache}/snapshots/43ae2d1c3f3b1e2e5f5c3a1e0d1f2e3a4b5c6d7e/",
+            "/models/a/svd",
+            "/models/b/svd",
+        ]
+    )
+    assert [c.name for c in options["model"].choices] == [
+        "stable-video-diffusion-img2vid-xt",
+        "stable-video-diffusion-img2vid",
+        "svd (1)",
+        "svd (2)",
+    ]
+
+
 def test_quality_is_best_or_a_labelled_draft() -> None:
     quality = options_of(["m"])["quality"]
     assert not quality.required

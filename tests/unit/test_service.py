@@ -661,6 +661,16 @@ async def test_steps_above_the_servers_cap_are_refused(tmp_path: Path) -> None:
         assert "at most 30 steps" in info.value.user_message
 
 
+async def test_a_model_the_host_no_longer_runs_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        assert (await r.service.build_options(1, model="m")).model == "m"
+        with pytest.raises(InvalidOptions) as info:
+            await r.service.build_options(1, model="stabilityai/gone")
+        assert info.value.field == "model"
+        assert "no longer available" in info.value.user_message
+        assert "leave it out" in info.value.user_message
+
+
 async def test_a_lowered_step_cap_applies_to_default_steps_and_re_rolls(tmp_path: Path) -> None:
     async with rig(tmp_path) as r:
         made = await r.service.submit(ALICE, png(), AnimateOptions(num_inference_steps=20), ORIGIN)
