@@ -77,12 +77,16 @@ class LinkedPicture:
             return bytes(data)
 
     def _too_large(self) -> InvalidImage:
-        mib = self.max_bytes / 2**20
-        limit = f"{mib:.0f}" if mib >= 1 else f"{mib:.2f}"
         return InvalidImage(
-            f"That picture is over {limit} MiB, the most I accept. Please send a smaller one "
-            "(a JPEG is usually much smaller than a PNG)."
+            f"That picture is over {mib(self.max_bytes)} MiB, the most I accept. Please send a "
+            "smaller one (a JPEG is usually much smaller than a PNG)."
         )
+
+
+def mib(size: int) -> str:
+    """A size limit in MiB as a member reads it: whole, unless it is under one."""
+    value = size / 2**20
+    return f"{value:.0f}" if value >= 1 else f"{value:.2f}"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from discord.ext import commands
 
 from bot import messages
 from bot.interactions import TimelyReply, defer, member_of, queue_from_interaction
-from bot.pictures import Picture, message_pictures
+from bot.pictures import Picture, message_pictures, mib
 from bot.service import Accepted, Member, Origin
 from bot.views import PicturePicker
 from generation.errors import GenerationError
@@ -108,15 +108,25 @@ class AnimateCog(commands.Cog):
             return
         limit = self.bot.config.image_limits.max_bytes
         found = message_pictures(message, self.bot.http, max_bytes=limit)
+        # A file Discord says is too large would only be refused once picked: not offered.
+        # (A linked picture's size is not known, 0, until its download stops past the limit.)
+        fitting = [f for f in found if f.picture.size <= limit]
         if not found:
             await interaction.response.send_message(NO_PICTURE, ephemeral=True)
-        elif len(found) == 1:
-            await self.animate(interaction, found[0].picture)
+        elif len(fitting) <= 1:
+            # The one that fits; or, when none does, the first, refused with its size.
+            await self.animate(interaction, (fitting or found)[0].picture)
         else:
             picker = PicturePicker(
-                found, self._animate_picked, asked=interaction, menus=self.bot.picture_menus
+                fitting, self._animate_picked, asked=interaction, menus=self.bot.picture_menus
             )
-            await interaction.response.send_message(picker.text, view=picker, ephemeral=True)
+            text = picker.text
+            if left_out := len(found) - len(fitting):
+                text += (
+                    f"\n-# {left_out} more {'is' if left_out == 1 else 'are'} over "
+                    f"{mib(limit)} MiB, the most I accept, and not listed."
+                )
+            await interaction.response.send_message(text, view=picker, ephemeral=True)
 
     async def _animate_picked(self, interaction: discord.Interaction, picture: Picture) -> None:
         # A menu's callback: its errors reach no command error handler, so they are answered here.
@@ -195,7 +205,7 @@ class AnimateCog(commands.Cog):
         if image.size > limit:
             return (
                 f"That file is {image.size / 2**20:.1f} MiB; the most I accept is "
-                f"{limit / 2**20:.0f} MiB. Please send a smaller picture."
+                f"{mib(limit)} MiB. Please send a smaller picture."
             )
         content_type = (image.content_type or "").split(";")[0].strip().lower()
         if content_type and not content_type.startswith("image/"):

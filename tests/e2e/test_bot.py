@@ -309,6 +309,34 @@ async def _apps_animate(fake_discord: FakeDiscordServer, tmp_path: Path) -> None
     assert names[0].startswith("SPOILER_clip-") and names[1].startswith("clip-"), names
 
 
+async def test_pictures_over_the_size_limit_are_not_offered_in_the_menu(
+    fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path
+) -> None:
+    settings = settings_for(fake_discord, tiny_model_dir, data_dir, max_image_mb=0.25)
+    small, large = picture(), picture(640, 400, seed=2)  # about 190 KiB and 750 KiB
+    assert len(small) < 0.25 * 2**20 < len(large)
+    async with running(settings):
+        album = fake_discord.post(
+            attachments=[
+                ("big.png", large, "image/png"),
+                ("a.png", small, "image/png"),
+                ("b.png", picture(seed=3), "image/png"),
+            ]
+        )
+        asked = await fake_discord.message_command("Animate", album)
+        text = await reply_text(asked)
+        assert "1 more is over 0 MiB" not in text and "1 more is over" in text, text
+        menu = asked.original
+        assert menu is not None
+        (select,) = [c for c in menu.iter_components() if c["type"] == 3]
+        assert [o["label"] for o in select["options"]] == ["1. a.png", "2. b.png"]
+        # With only one that fits, it is the one animated, without a menu.
+        pair = fake_discord.post(
+            attachments=[("big.png", large, "image/png"), ("a.png", small, "image/png")]
+        )
+        assert "Got it" in await reply_text(await fake_discord.message_command("Animate", pair))
+
+
 async def test_a_picture_menu_from_before_a_restart_says_it_expired(
     fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path
 ) -> None:
