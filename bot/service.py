@@ -355,13 +355,9 @@ class AnimateService:
             notes = await asyncio.to_thread(
                 self._prepare_input, image_bytes, input_path, options.fit
             )
-        try:
-            return await self._enqueue(
-                member, job_id, input_path, options, origin, notes, spoiler=spoiler
-            )
-        except BaseException:
-            input_path.unlink(missing_ok=True)
-            raise
+        return await self._enqueue(
+            member, job_id, input_path, options, origin, notes, spoiler=spoiler
+        )
 
     async def _precheck(self, member: Member) -> None:
         """Refuse a member who could not queue a clip now (a full queue, too many clips of
@@ -412,13 +408,9 @@ class AnimateService:
                 log.error("copying the picture for a new clip: %s", exc)
                 raise DiskFull(f"copying the picture to {input_path}: {exc}") from exc
             raise
-        try:
-            return await self._enqueue(
-                member, job_id, input_path, options, origin, (), spoiler=source.spoiler
-            )
-        except BaseException:
-            input_path.unlink(missing_ok=True)
-            raise
+        return await self._enqueue(
+            member, job_id, input_path, options, origin, (), spoiler=source.spoiler
+        )
 
     async def _check_admission(self, member: Member) -> None:
         await self._check_disk()
@@ -496,6 +488,41 @@ class AnimateService:
         *,
         spoiler: bool,
     ) -> Accepted:
+        """Reserve, record and queue the job whose picture is at `input_path`. Until it is
+        queued, any failure removes the picture; once it is, the picture is the job's."""
+        try:
+            record, queued, quota = await self._reserve_and_queue(
+                member, job_id, input_path, options, origin, spoiler=spoiler
+            )
+        except BaseException:
+            # Inline, not in a thread: a cancelled task must not be left awaiting its clean-up.
+            input_path.unlink(missing_ok=True)  # noqa: ASYNC240
+            raise
+        try:
+            stored = await self._jobs.get(job_id)
+        except Exception:
+            # Queued: it will be made whatever this read says, and the record as written serves.
+            log.warning("could not read the job back", exc_info=True, extra={"job_id": job_id})
+            stored = None
+        state = self._queue.snapshot().state
+        on_hold = state == "no_workers"
+        if state == "loading":
+            # The wait estimate counts clips only; loading (and compiling) comes first.
+            notes = (*notes, _LOADING_NOTE)
+        return Accepted(
+            job=stored or record, queued=queued, quota=quota, notes=notes, on_hold=on_hold
+        )
+
+    async def _reserve_and_queue(
+        self,
+        member: Member,
+        job_id: str,
+        input_path: Path,
+        options: AnimateOptions,
+        origin: Origin,
+        *,
+        spoiler: bool,
+    ) -> tuple[JobRecord, JobEvent, QuotaStatus]:
         # Fix the seed now so the record (and a retry after a restart) reproduces the same clip.
         options = options.with_seed(options.seed)
         # A full queue or too many clips of this member's: refuse before anything is reserved.
@@ -535,15 +562,7 @@ class AnimateService:
                 log.exception("could not mark the job failed", extra={"job_id": job_id})
             await self._quotas.refund(job_id)
             raise
-        stored = await self._jobs.get(job_id)
-        state = self._queue.snapshot().state
-        on_hold = state == "no_workers"
-        if state == "loading":
-            # The wait estimate counts clips only; loading (and compiling) comes first.
-            notes = (*notes, _LOADING_NOTE)
-        return Accepted(
-            job=stored or record, queued=queued, quota=quota, notes=notes, on_hold=on_hold
-        )
+        return record, queued, quota
 
     def _cost(self, options: AnimateOptions) -> int:
         # The queue's own measure, so the durations stored with it seed its estimates.

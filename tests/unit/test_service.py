@@ -671,6 +671,37 @@ async def test_a_model_the_host_no_longer_runs_is_refused_with_what_to_do(tmp_pa
         assert "leave it out" in info.value.user_message
 
 
+async def test_a_queued_clip_keeps_its_picture_when_reading_it_back_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with rig(tmp_path, FakeEngine(frames=4, step_seconds=0.05)) as r:
+        submit, get = r.queue.submit, r.jobs.get
+        queued: list[str] = []
+
+        async def submitted(request: Any) -> JobEvent:
+            event = await submit(request)
+            queued.append(request.job_id)
+            return event
+
+        async def locked_once(job_id: str) -> JobRecord | None:
+            if queued == [job_id]:
+                queued.append("read")  # the read right after the submit, once
+                raise sqlite3.OperationalError("database is locked")
+            return await get(job_id)
+
+        monkeypatch.setattr(r.queue, "submit", submitted)
+        monkeypatch.setattr(r.jobs, "get", locked_once)
+        accepted = await r.service.submit(
+            ALICE, png(), AnimateOptions(num_inference_steps=3), ORIGIN
+        )
+        assert queued[-1] == "read"
+        assert accepted.job.input_path and await asyncio.to_thread(
+            Path(accepted.job.input_path).exists
+        )
+        await _wait_for_state(r.jobs, accepted.job.job_id, JobState.DELIVERED)
+        assert (await r.service.quota(ALICE)).remaining == 2
+
+
 async def test_a_lowered_step_cap_applies_to_default_steps_and_re_rolls(tmp_path: Path) -> None:
     async with rig(tmp_path) as r:
         made = await r.service.submit(ALICE, png(), AnimateOptions(num_inference_steps=20), ORIGIN)
