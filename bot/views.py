@@ -12,7 +12,8 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ClassVar, cast
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal, cast
 
 import discord
 
@@ -97,15 +98,27 @@ PICK_ID = "svd:pick:"
 # Menus this process made, by token, and when: a pick on any other was made before a restart.
 # Kept well past their timeout (a menu that could not be closed then can still be picked).
 PICK_TOKENS_KEPT_SECONDS = 4 * PICK_TIMEOUT_SECONDS
-PictureMenus = dict[str, float]
+
+
+@dataclass(frozen=True)
+class MenuState:
+    """A picture menu this process made: when, and how it ended (None while it is open)."""
+
+    made: float
+    ended: Literal["picked", "expired"] | None = None
+
+
+PictureMenus = dict[str, MenuState]
 
 
 class StalePictureMenu(
     discord.ui.DynamicItem[discord.ui.Select[Any]], template=rf"{PICK_ID}(?P<token>[0-9a-f]{{16}})"
 ):
-    """A pick on a picture menu made before a restart: its pictures are no longer known, so it
-    says so and closes, instead of Discord's "This interaction failed". (A live menu's pick is
-    its `PicturePicker`'s: this item sees the token and leaves it alone.)"""
+    """A pick on a picture menu no `PicturePicker` listens to any more, answered instead of
+    Discord's "This interaction failed": one made before a restart (its pictures are no longer
+    known) or one that timed out says so and closes; a second pick on one already picked from
+    (discord.py drops a view once it stops) is told so. (A live menu's pick is its picker's:
+    this item sees the token and leaves it alone.)"""
 
     def __init__(self, token: str, select: discord.ui.Select[Any] | None = None) -> None:
         super().__init__(select or discord.ui.Select(custom_id=f"{PICK_ID}{token}"))
@@ -125,10 +138,14 @@ class StalePictureMenu(
     async def callback(self, interaction: discord.Interaction) -> None:
         from bot.client import SvdBot
 
-        if self.token in cast(SvdBot, interaction.client).picture_menus:
+        state = cast(SvdBot, interaction.client).picture_menus.get(self.token)
+        if state is not None and state.ended is None:
             return
         with contextlib.suppress(discord.HTTPException):
-            await interaction.response.edit_message(content=PICK_EXPIRED, view=None)
+            if state is not None and state.ended == "picked":
+                await interaction.response.send_message(PICKED_ALREADY, ephemeral=True)
+            else:
+                await interaction.response.edit_message(content=PICK_EXPIRED, view=None)
 
 
 class PicturePicker(discord.ui.View):
@@ -148,10 +165,12 @@ class PicturePicker(discord.ui.View):
         """`menus`: this process's menus (the bot's), to which this one is added."""
         super().__init__(timeout=timeout)
         now = time.monotonic()
-        for old in [t for t, made in menus.items() if now - made > PICK_TOKENS_KEPT_SECONDS]:
+        for old in [t for t, m in menus.items() if now - m.made > PICK_TOKENS_KEPT_SECONDS]:
             del menus[old]
         token = secrets.token_hex(8)
-        menus[token] = now
+        menus[token] = MenuState(now)
+        self._menus = menus
+        self._token = token
         self._total = len(found)
         self._found = list(found)[:MAX_PICTURE_CHOICES]
         self._on_pick = on_pick
@@ -184,6 +203,7 @@ class PicturePicker(discord.ui.View):
                 await interaction.response.send_message(PICKED_ALREADY, ephemeral=True)
             return
         self.stop()
+        self._ended("picked")
         chosen = self._found[int(self._select.values[0])].picture
         # The menu closes while the clip is asked for (whose answer must reach Discord within
         # 3 s of the pick, so it does not wait for this), not after its download.
@@ -199,6 +219,13 @@ class PicturePicker(discord.ui.View):
                 content=f"Picked **{discord.utils.escape_markdown(filename)}**.", view=None
             )
 
+    def _ended(self, how: Literal["picked", "expired"]) -> None:
+        # discord.py forgets a stopped view: later picks reach StalePictureMenu, which answers.
+        state = self._menus.get(self._token)
+        if state is not None:
+            self._menus[self._token] = replace(state, ended=how)
+
     async def on_timeout(self) -> None:
+        self._ended("expired")
         with contextlib.suppress(discord.HTTPException):
             await self._asked.edit_original_response(content=PICK_EXPIRED, view=None)

@@ -337,6 +337,34 @@ async def test_pictures_over_the_size_limit_are_not_offered_in_the_menu(
         assert "Got it" in await reply_text(await fake_discord.message_command("Animate", pair))
 
 
+async def test_a_second_pick_on_a_picture_menu_is_told_it_was_picked_already(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    album = fake_discord.post(
+        attachments=[("a.png", picture(), "image/png"), ("b.png", picture(seed=2), "image/png")]
+    )
+    asked = await fake_discord.message_command("Animate", album)
+    assert "2 pictures" in await reply_text(asked)
+    menu = asked.original
+    assert menu is not None
+    (select,) = [c for c in menu.iter_components() if c["type"] == 3]
+    # The menu could not be closed after the pick (Discord refused the edit): it stays open.
+    fake_discord.faults.add(
+        "PATCH",
+        rf"^/webhooks/\d+/{asked.token}/messages/@original$",
+        404,
+        {"message": "Unknown Webhook", "code": 10015},
+    )
+    first = await fake_discord.click(menu, select["custom_id"], values=["0"])
+    assert "Got it" in await reply_text(first)
+    second = await fake_discord.click(menu, select["custom_id"], values=["1"])
+    # Not Discord's "This interaction failed": answered, and no second clip queued.
+    assert "already picked" in await reply_text(second)
+    assert second.ephemeral
+    quota = await fake_discord.interaction("quota", permissions=MEMBER)
+    assert "**2** of 3" in await reply_text(quota)
+
+
 async def test_a_picture_menu_from_before_a_restart_says_it_expired(
     fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path
 ) -> None:

@@ -215,12 +215,12 @@ async def test_a_linked_pictures_download_stops_past_the_limit() -> None:
 def test_each_menu_is_known_by_a_token_and_old_ones_are_forgotten() -> None:
     import time
 
-    from bot.views import PICK_ID, PICK_TOKENS_KEPT_SECONDS
+    from bot.views import PICK_ID, PICK_TOKENS_KEPT_SECONDS, MenuState
 
     async def on_pick(interaction: Any, picture: Any) -> None:
         raise AssertionError("no pick")
 
-    menus = {"0" * 16: time.monotonic() - PICK_TOKENS_KEPT_SECONDS - 1}
+    menus = {"0" * 16: MenuState(time.monotonic() - PICK_TOKENS_KEPT_SECONDS - 1)}
     picker = PicturePicker(found(2), on_pick, asked=Asked(), menus=menus)  # type: ignore[arg-type]
     (select,) = picker.children
     assert isinstance(select, discord.ui.Select) and select.custom_id.startswith(PICK_ID)
