@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -464,7 +464,7 @@ def _job_line(job: JobRecord, snapshot: QueueSnapshot) -> str:
     return f"{short} is {job.state.value}"
 
 
-# The moderators' list stops here, inside Discord's 2000 characters with room for the header.
+# The moderators' list stops here at most (fewer when their lines, with links, are long).
 GUILD_QUEUE_SHOWN = 15
 
 
@@ -480,12 +480,36 @@ def guild_queue_text(jobs: Sequence[JobRecord], snapshot: QueueSnapshot) -> str:
     place.update({w.job_id: w.position for w in snapshot.waiting})
     ordered = sorted(jobs, key=lambda job: place.get(job.job_id, len(place) + 1))
     lines = [f"• {mention(job.user_id)}: {_job_line(job, snapshot)}" for job in ordered]
-    shown = lines[:GUILD_QUEUE_SHOWN]
-    if len(lines) > len(shown):
-        shown.append(f"…and {len(lines) - len(shown)} more.")
-    return truncate(
-        head + "\n" + "\n".join(shown) + "\nEach clip's progress message has its Cancel button."
+    return _as_many_as_fit(
+        [head],
+        lines,
+        lambda left: f"…and {left} more.",
+        tail="Each clip's progress message has its Cancel button.",
+        most=GUILD_QUEUE_SHOWN,
     )
+
+
+def _as_many_as_fit(
+    head: list[str],
+    lines: Sequence[str],
+    more: Callable[[int], str],
+    *,
+    tail: str | None = None,
+    most: int | None = None,
+) -> str:
+    """`head`, then as many of `lines` (up to `most`) as fit in a message with `tail`, and
+    `more(n)` for the n left out: cut whole lines, never in the middle of a link."""
+    end = [tail] if tail is not None else []
+    room = MAX_CONTENT - sum(len(text) + 1 for text in (*head, *end, more(len(lines))))
+    shown: list[str] = []
+    for line in lines[:most]:
+        room -= len(line) + 1
+        if room < 0:
+            break
+        shown.append(line)
+    if len(shown) < len(lines):
+        shown.append(more(len(lines) - len(shown)))
+    return "\n".join([*head, *shown, *end])
 
 
 def history_text(jobs: Sequence[JobRecord]) -> str:
@@ -542,15 +566,16 @@ def audit_text(entries: Sequence[AuditEntry]) -> str:
     """`/quota-admin log`: who changed what, newest first, one line each."""
     if not entries:
         return "📜 No moderator has changed a limit or setting on this server yet."
-    lines = ["📜 Latest changes, newest first:"]
-    for shown, entry in enumerate(entries):
-        line = f"{relative_time(entry.created_at)} <@{entry.actor_id}> {_audit_change(entry)}"
-        if sum(len(text) + 1 for text in lines) + len(line) > 1900:  # Discord's 2000 characters
-            # Said, so that a moderator looking for an older change knows the list was cut.
-            lines.append(f"…and {len(entries) - shown} older, too long to show here.")
-            break
-        lines.append(line)
-    return "\n".join(lines)
+    lines = [
+        f"{relative_time(entry.created_at)} <@{entry.actor_id}> {_audit_change(entry)}"
+        for entry in entries
+    ]
+    # Said, so that a moderator looking for an older change knows the list was cut.
+    return _as_many_as_fit(
+        ["📜 Latest changes, newest first:"],
+        lines,
+        lambda left: f"…and {left} older, too long to show here.",
+    )
 
 
 def _audit_change(entry: AuditEntry) -> str:

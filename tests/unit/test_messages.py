@@ -253,6 +253,30 @@ def test_the_moderators_queue_lists_this_servers_clips_in_the_order_they_are_mad
     assert "…and 15 more." in long and len(long) <= messages.MAX_CONTENT
     empty = messages.guild_queue_text([], snapshot)
     assert "Nothing of this server's is waiting" in empty
+    # With Discord's real ids (19 digits) a line is about 170 characters: fifteen do not fit
+    # in one message, and the list is cut by whole lines, its end still said.
+    big = 1_577_707_244_630_310_943
+
+    def real(n: int) -> JobRecord:
+        return JobRecord(
+            job_id=f"{n:032x}",
+            guild_id=big,
+            channel_id=big + 1,
+            user_id=big + 100 + n,
+            progress_message_id=big + 1000 + n,
+        )
+
+    waits = tuple(
+        WaitingJob(f"{n:032x}", big + 100 + n, big, n, 3600.0 * n, 625) for n in range(1, 21)
+    )
+    crowded = messages.guild_queue_text(
+        [real(n) for n in range(1, 21)], QueueSnapshot("ready", waits, ())
+    )
+    assert len(crowded) <= messages.MAX_CONTENT
+    listed = [line for line in crowded.splitlines() if line.startswith("• ")]
+    assert all("starting in about" in line for line in listed)  # none cut short
+    assert f"…and {20 - len(listed)} more." in crowded and 5 < len(listed) < 15
+    assert crowded.splitlines()[-1].startswith("Each clip's progress message")
 
 
 def test_history_links_each_posted_clip_and_says_how_the_others_ended() -> None:
