@@ -426,10 +426,18 @@ class DiscordPresenter:
             return found[0]
         return None
 
-    async def hand_over(self, followup: discord.Webhook, job: JobRecord, event: JobEvent) -> bool:
+    async def hand_over(
+        self,
+        followup: discord.Webhook,
+        job: JobRecord,
+        event: JobEvent,
+        *,
+        posted: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool:
         """Post a clip Discord refused earlier through `followup`, the webhook of a command the
         member just used: its token is fresh and it needs none of the bot's channel permissions.
-        """
+        `posted`, as for `deliver`: awaited the moment Discord has the clip, before the tidying
+        up, whose failure then no longer counts against a clip that is up."""
         assert event.clip is not None
         view = clip_view(job.job_id, motion=job.options.get("motion_bucket_id"))
 
@@ -443,14 +451,20 @@ class DiscordPresenter:
             )
 
         try:
-            posted = await self._fitting(
-                job, event.clip.path, job.max_bytes or DM_UPLOAD_LIMIT, post
-            )
-        except (discord.HTTPException, DiskFull) as exc:
+            sent = await self._fitting(job, event.clip.path, job.max_bytes or DM_UPLOAD_LIMIT, post)
+        except Exception as exc:
+            # Refused, no room to shrink it, the connection lost, the re-encode failed: kept
+            # for a later try, like any clip Discord would not take.
             log.warning("handing the clip over failed: %s", exc, extra={"job_id": job.job_id})
             return False
-        await self._posted_at(job, posted)
-        await self._finish_progress(job)
+        await (posted or _nothing)()
+        try:
+            await self._posted_at(job, sent)
+            await self._finish_progress(job)
+        except Exception:
+            log.exception(
+                "tidying up after a handed-over clip failed", extra={"job_id": job.job_id}
+            )
         return True
 
     async def _send_by_dm(

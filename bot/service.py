@@ -217,6 +217,25 @@ class _Undelivered:
     told: bool = False
 
 
+class _OnPosted:
+    """What the Discord layer awaits the moment a clip is posted: records it (charged,
+    delivered) the first time only, and remembers that it did."""
+
+    def __init__(self, record: Callable[[], Awaitable[None]]) -> None:
+        self._record = record
+        self.recorded = False
+
+    async def __call__(self) -> None:
+        if not self.recorded:
+            self.recorded = True
+            await self._record()
+
+
+# The Discord layer's hand-over of one clip: (job, its "done" event, what to await once it is
+# posted) → whether it was posted.
+HandOver = Callable[[JobRecord, JobEvent, Callable[[], Awaitable[None]]], Awaitable[bool]]
+
+
 class AnimateService:
     def __init__(
         self,
@@ -824,13 +843,12 @@ class AnimateService:
             started += 1
         return started
 
-    async def hand_over(
-        self, member: Member, post: Callable[[JobRecord, JobEvent], Awaitable[bool]]
-    ) -> list[JobRecord]:
+    async def hand_over(self, member: Member, post: HandOver) -> list[JobRecord]:
         """Give the member their finished clips that Discord refused earlier, through `post`
-        (the Discord layer answers a command of theirs with them, on its fresh token). Each one
-        posted is charged and done with. Returns the jobs `post` could not post; clips being
-        posted by someone else right now are left to them."""
+        (the Discord layer answers a command of theirs with them, on its fresh token; it awaits
+        its third argument the moment Discord has the clip). Each one posted is charged and done
+        with. Returns the jobs `post` could not post; clips being posted by someone else right
+        now are left to them."""
         refused = []
         for listed in await self._jobs.active_for_user(member.guild_id, member.user_id):
             job_id = listed.job_id
@@ -845,7 +863,15 @@ class AnimateService:
                 if not await _exists(job.output_path):
                     continue
                 event = await _done_event(job)
-                if not await post(job, event):
+                posted = self._on_posted(job, event)
+                try:
+                    handed = await post(job, event, posted)
+                except Exception:
+                    # One clip's failure must not cost the member the others (nor their
+                    # /queue answer); posted already, it counts as posted.
+                    log.exception("handing the clip over failed", extra={"job_id": job_id})
+                    handed = posted.recorded
+                if not handed:
                     refused.append(job)
                     if job_id not in self._undelivered:
                         # Claimed before the pump's own delivery, which then left it to us:
@@ -854,8 +880,7 @@ class AnimateService:
                         since = now - _seconds_since_done(job)
                         self._undelivered[job_id] = _Undelivered(since=since, next_at=now)
                     continue
-                self._undelivered.pop(job_id, None)
-                await self._delivered(job, event)
+                await posted()  # if `post` did not say so the moment it was posted
             finally:
                 self._delivering.discard(job_id)
         return refused
@@ -906,16 +931,7 @@ class AnimateService:
                 return  # handed over to the member (or failed) since this event was sent
             retry = self._undelivered.get(job.job_id) or self._refused_before(current)
             told = retry is not None and retry.told
-            recorded = False
-            done = current
-
-            async def posted() -> None:
-                nonlocal recorded
-                if not recorded:
-                    recorded = True
-                    self._undelivered.pop(done.job_id, None)
-                    await self._delivered(done, event)
-
+            posted = self._on_posted(current, event)
             try:
                 delivered = await presenter.deliver(
                     current, event, tell=not told, again=again or retry is not None, posted=posted
@@ -925,7 +941,7 @@ class AnimateService:
                 # Not posted, and not lost: the clip stays on disk in state "done". (Or posted,
                 # and the tidying up after it failed: recorded already.)
                 log.exception("delivering the clip failed", extra={"job_id": job.job_id})
-                delivered = recorded
+                delivered = posted.recorded
             if delivered:
                 await posted()  # if the presenter did not say so the moment it was posted
                 return
@@ -1006,6 +1022,13 @@ class AnimateService:
             retry.next_at - now,
             extra={"job_id": job.job_id},
         )
+
+    def _on_posted(self, job: JobRecord, event: JobEvent) -> _OnPosted:
+        async def record() -> None:
+            self._undelivered.pop(job.job_id, None)
+            await self._delivered(job, event)
+
+        return _OnPosted(record)
 
     async def _delivered(self, job: JobRecord, event: JobEvent) -> None:
         try:

@@ -226,9 +226,16 @@ class AnimateCog(commands.Cog):
         # A finished clip Discord refused earlier (the bot may not post in its channel, the
         # member takes no DMs, an outage): this command's fresh token can post it now.
         presenter, followup = self.bot.presenter, interaction.followup
-        refused = await service.hand_over(
-            member, lambda job, event: presenter.hand_over(followup, job, event)
-        )
+        try:
+            refused = await service.hand_over(
+                member,
+                lambda job, event, posted: presenter.hand_over(followup, job, event, posted=posted),
+            )
+        except Exception:
+            # The list is answered; the error handler's "try again" would replace it, for
+            # clips that stay kept and are tried again anyway.
+            log.exception("handing over refused clips failed")
+            return
         if refused:
             await followup.send(messages.not_handed_over_text(refused), ephemeral=True)
 

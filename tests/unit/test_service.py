@@ -1023,10 +1023,10 @@ async def test_a_refused_clip_is_handed_over_when_the_member_asks(tmp_path: Path
         job_id = await _a_refused_clip(r)
         posted: list[tuple[str, bool]] = []
 
-        async def refuse(job: JobRecord, event: JobEvent) -> bool:
+        async def refuse(job: JobRecord, event: JobEvent, on_posted: Any) -> bool:
             return False
 
-        async def post(job: JobRecord, event: JobEvent) -> bool:
+        async def post(job: JobRecord, event: JobEvent, on_posted: Any) -> bool:
             assert event.clip is not None
             posted.append((job.job_id, await asyncio.to_thread(event.clip.path.exists)))
             return True
@@ -1044,6 +1044,42 @@ async def test_a_refused_clip_is_handed_over_when_the_member_asks(tmp_path: Path
         assert await r.service.redeliver_due(r.presenter) == 0
         assert await r.service.hand_over(ALICE, post) == []
         assert len(posted) == 1 and len(r.presenter.attempts) == 1
+
+
+async def test_a_hand_over_that_fails_costs_the_member_neither_other_clips_nor_a_second_post(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    async with rig(tmp_path, clock=clock, redelivery=BY_HAND) as r:
+        r.presenter.refuse_uploads = True
+        first = (await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)).job.job_id
+        second = (await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)).job.job_id
+        await _attempts(r, 2)
+        posted: list[str] = []
+
+        async def flaky(job: JobRecord, event: JobEvent, on_posted: Any) -> bool:
+            if job.job_id == first:
+                raise ConnectionResetError("the connection dropped before Discord answered")
+            posted.append(job.job_id)
+            await on_posted()
+            raise RuntimeError("the progress message could not be tidied away")
+
+        # One clip's lost connection leaves the other to be posted; the one posted counts as
+        # posted although what came after failed.
+        refused = await r.service.hand_over(ALICE, flaky)
+        assert [job.job_id for job in refused] == [first] and posted == [second]
+        assert (await r.jobs.get(second)).state is JobState.DELIVERED  # type: ignore[union-attr]
+        assert (await r.jobs.get(first)).state is JobState.DONE  # type: ignore[union-attr]
+        assert (await r.service.quota(ALICE)).remaining == 1  # one charged, one held
+
+        async def post(job: JobRecord, event: JobEvent, on_posted: Any) -> bool:
+            posted.append(job.job_id)
+            return True
+
+        assert await r.service.hand_over(ALICE, post) == []
+        assert posted == [second, first]  # the second is not posted again
+        assert (await r.service.quota(ALICE)).remaining == 1  # each charged once
+        assert (await r.jobs.get(first)).state is JobState.DELIVERED  # type: ignore[union-attr]
 
 
 async def test_a_posted_clip_whose_tidying_up_failed_is_charged_once_and_not_posted_again(
@@ -1091,7 +1127,7 @@ async def test_a_posted_clip_whose_record_failed_is_not_handed_over_again(
         assert (await r.jobs.get(accepted.job.job_id)).state is JobState.DONE  # type: ignore[union-attr]
         posted: list[str] = []
 
-        async def post(job: JobRecord, event: JobEvent) -> bool:
+        async def post(job: JobRecord, event: JobEvent, on_posted: Any) -> bool:
             posted.append(job.job_id)
             return True
 
@@ -1125,7 +1161,7 @@ async def test_a_clip_a_refused_hand_over_took_from_the_pump_is_still_tried_agai
         job_id = accepted.job.job_id
         await _wait_for_state(r.jobs, job_id, JobState.DONE)
 
-        async def refuse(job: JobRecord, event: JobEvent) -> bool:
+        async def refuse(job: JobRecord, event: JobEvent, on_posted: Any) -> bool:
             gate.set()
             await skipped.wait()
             await asyncio.sleep(0.05)  # the pump's delivery task runs, and finds it claimed
@@ -1150,7 +1186,7 @@ async def test_a_hand_over_and_a_retry_at_the_same_moment_post_the_clip_once(
         clock.now += 61
         posted: list[str] = []
 
-        async def post(job: JobRecord, event: JobEvent) -> bool:
+        async def post(job: JobRecord, event: JobEvent, on_posted: Any) -> bool:
             posted.append(job.job_id)
             return True
 
