@@ -204,7 +204,10 @@ class DiscordPresenter:
                 # rather than post a second one.
                 return False
             # A job resumed after a restart whose progress message was never posted.
-            message = await self._send(current, text, view=cancel_view(job.job_id))
+            # Without a ping, as the command's own progress message: only the outcome pings.
+            message = await self._send(
+                current, text, view=cancel_view(job.job_id), mentions=discord.AllowedMentions.none()
+            )
             await self._set_progress_message(job.job_id, message.id)
             return True
         await self._edit(current, current.progress_message_id, text)

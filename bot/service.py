@@ -269,6 +269,8 @@ class AnimateService:
         self._delivering: set[str] = set()
         # Clips posted whose record could not be written (see `_delivered`): never again.
         self._posted: set[str] = set()
+        # Progress messages whose id could not be written yet (see `set_progress_message`).
+        self._progress_ids: dict[str, int] = {}
         self._decoding = asyncio.Semaphore(DECODES_AT_ONCE)
         self._undelivered: dict[str, _Undelivered] = {}
 
@@ -707,7 +709,11 @@ class AnimateService:
         return await self._guilds.get(guild_id)
 
     async def job(self, job_id: str) -> JobRecord | None:
-        return await self._jobs.get(job_id)
+        job = await self._jobs.get(job_id)
+        kept = self._progress_ids.get(job_id)
+        if job is not None and job.progress_message_id is None and kept is not None:
+            return replace(job, progress_message_id=kept)
+        return job
 
     async def can_delete(self, member: Member, job_id: str, named: int | None = None) -> bool:
         """The requester or a moderator. `named`: the member the clip's own message names first,
@@ -734,7 +740,21 @@ class AnimateService:
             await self._moderated(member, "clip.delete", job_id, owner)
 
     async def set_progress_message(self, job_id: str, message_id: int) -> None:
-        await self._jobs.update(job_id, progress_message_id=message_id)
+        """Remember the job's public progress message. When the write fails (the database
+        locked past its timeout, or full), `job` still reports it while the write is tried
+        again: without it the presenter would post a second progress message and leave this
+        one as it was, its Cancel button on a finished clip."""
+
+        async def write() -> None:
+            await self._jobs.update(job_id, progress_message_id=message_id)
+            self._progress_ids.pop(job_id, None)
+
+        try:
+            await write()
+        except sqlite3.OperationalError:
+            log.warning("could not record the progress message", extra={"job_id": job_id})
+            self._progress_ids[job_id] = message_id
+            self._spawn(self._recorded_again(write, "a progress message", tries=5))
 
     async def set_clip_message(self, job_id: str, url: str) -> None:
         """Where the clip was posted, for `/history` (a DM or another channel's `/queue` too)."""

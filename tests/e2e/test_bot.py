@@ -1400,6 +1400,66 @@ async def test_a_failed_got_it_edit_leaves_the_progress_message_and_the_clip_pub
         assert progress and not any(m.ephemeral for m in progress)
 
 
+async def test_a_progress_message_whose_id_was_not_saved_is_still_the_only_one(
+    fake_discord: FakeDiscordServer,
+    tiny_model_dir: Path,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = settings_for(fake_discord, tiny_model_dir, data_dir)
+    async with running(settings, engine=FakeEngine(step_seconds=0.5, frames=TINY_FRAMES)) as app:
+        jobs = app.service._jobs
+        update = jobs.update
+        lost: list[int] = []
+
+        async def locked(job_id: str, **changes: Any) -> Any:
+            if "progress_message_id" in changes and not lost:
+                lost.append(changes["progress_message_id"])
+                raise sqlite3.OperationalError("database is locked")
+            return await update(job_id, **changes)
+
+        monkeypatch.setattr(jobs, "update", locked)
+        monkeypatch.setattr(presenter_module, "PROGRESS_POST_GRACE", timedelta(seconds=0))
+        handle = await animate(fake_discord, steps=8)
+        await clip_message(fake_discord, fake_discord.user.id)
+        await _until_delivered(app)
+        everything = fake_discord.world.messages.in_channel(
+            fake_discord.channel.id, include_deleted=True
+        )
+        progress = [m for m in everything if "svd:cancel:" in str(m.custom_ids)]
+        # One progress message, followed to the end and tidied away: not a second one posted
+        # beside it, with the first left saying "next in line" and offering Cancel for ever.
+        assert [m.id for m in progress] == lost and progress[0].deleted
+        assert progress[0].edits > 0
+        assert "Got it" in await reply_text(handle)
+
+
+@pytest.mark.usefixtures("quick_discord_retries")
+async def test_a_progress_message_the_bot_posts_itself_pings_no_one(
+    fake_discord: FakeDiscordServer,
+    tiny_model_dir: Path,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = settings_for(fake_discord, tiny_model_dir, data_dir)
+    monkeypatch.setattr(presenter_module, "PROGRESS_POST_GRACE", timedelta(seconds=0))
+    async with running(settings, engine=FakeEngine(step_seconds=0.5, frames=TINY_FRAMES)) as app:
+        # The command's own progress message fails, retries included: the bot posts it itself.
+        fake_discord.faults.add(
+            "POST", r"^/webhooks/\d+/[^/]+$", 503, {"message": "unavailable", "code": 0}, times=5
+        )
+        await animate(fake_discord, steps=8)
+        await clip_message(fake_discord, fake_discord.user.id)
+        await _until_delivered(app)
+        posts = [
+            r
+            for r in fake_discord.requests
+            if r.method == "POST" and r.status == 200 and "svd:cancel:" in str(r.json)
+        ]
+        assert len(posts) == 1, posts
+        assert str(fake_discord.user.id) not in str(posts[0].json.get("allowed_mentions"))
+
+
 async def test_restart_in_the_middle_of_the_queue_loses_nothing(
     fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path
 ) -> None:
