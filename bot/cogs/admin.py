@@ -40,6 +40,13 @@ class EveryoneRole(Exception):
     )
 
 
+class EveryoneModerator(Exception):
+    user_message = (
+        "@everyone would make every member a moderator, able to change anyone's limits and "
+        "cancel anyone's clips. Pick a role only your moderators have."
+    )
+
+
 class ManageServerOnly(Exception):
     user_message = (
         "Only members with the Manage Server permission can choose the moderator role "
@@ -311,7 +318,7 @@ class QuotaAdmin(
                 if not interaction.permissions.manage_guild:
                     raise ManageServerOnly()
                 if moderator_role is not None and moderator_role.is_default():
-                    raise EveryoneRole()
+                    raise EveryoneModerator()
                 role_id = (
                     None if clear_moderator_role or moderator_role is None else moderator_role.id
                 )

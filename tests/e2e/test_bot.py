@@ -726,6 +726,11 @@ async def test_moderators_clear_a_limit_but_only_managers_pick_moderators(
     assert "✅" in await quota_admin(mod, "set", MEMBER, user=member.id, limit="1")
     refused = await quota_admin(mod, "config", MEMBER, moderator_role=fake_discord.guild.id)
     assert "Manage Server" in refused
+    # @everyone as the moderator role: refused, saying what it would do, not about limits.
+    everyone = await quota_admin(
+        admin, "config", MANAGE_GUILD, moderator_role=fake_discord.guild.id
+    )
+    assert "every member a moderator" in everyone and "default" not in everyone, everyone
     assert "default" in await quota_admin(
         mod, "role", MEMBER, role=fake_discord.guild.id, limit="2"
     )
