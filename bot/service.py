@@ -42,6 +42,7 @@ from generation.options import (
     AnimateOptions,
     Fit,
 )
+from generation.queue import QueueClosed
 from generation.results import EncodedClip
 from storage.errors import JobNotFound, QuotaExceeded
 from storage.jobs import JobRecord, JobState, JobStore
@@ -1093,6 +1094,13 @@ class AnimateService:
         for job in await self._jobs.unfinished():
             try:
                 outcome = await self._resume_one(presenter, job)
+            except QueueClosed:
+                # The bot began stopping while it started (a stop signal, a GPU it gave up on):
+                # this clip and the rest stay as they are, for the next start, not failed.
+                log.warning(
+                    "stopping while resuming; the rest of the clips wait for the next start"
+                )
+                break
             except Exception:
                 # One bad record must not keep every later clip out of the queue.
                 log.exception("could not resume this clip", extra={"job_id": job.job_id})

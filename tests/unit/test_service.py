@@ -511,6 +511,30 @@ async def test_a_restart_settles_reservations_a_crash_left_behind(tmp_path: Path
         assert await r.quotas.reservation_state("never-written") == "refunded"
 
 
+async def test_clips_left_by_a_stop_during_start_up_wait_for_the_next_start(
+    tmp_path: Path,
+) -> None:
+    slow = FakeEngine(frames=4, step_seconds=0.5)
+    async with rig(tmp_path, slow) as r:
+        first = await r.service.submit(ALICE, png(), AnimateOptions(num_inference_steps=10), ORIGIN)
+        second = await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        await _wait_for_state(r.jobs, first.job.job_id, JobState.RUNNING)
+    ids = [first.job.job_id, second.job.job_id]
+    # The next start is stopped while it resumes (a stop signal, a GPU given up on at load).
+    async with rig(tmp_path) as r:
+        await r.queue.stop(1)
+        counts = await r.service.resume(r.presenter)
+        assert counts["failed"] == 0 and r.presenter.failures == []
+        states = [(await r.jobs.get(job_id)).state for job_id in ids]  # type: ignore[union-attr]
+        assert JobState.FAILED not in states, states
+        assert (await r.service.quota(ALICE)).remaining == 1  # both still held, none refunded
+    async with rig(tmp_path) as r:
+        await r.service.resume(r.presenter)
+        for job_id in ids:
+            await _wait_for_state(r.jobs, job_id, JobState.DELIVERED)
+        assert (await r.service.quota(ALICE)).remaining == 1  # each charged once
+
+
 async def test_a_clip_cancelled_while_encoding_is_not_posted_or_charged(tmp_path: Path) -> None:
     async with rig(tmp_path, encoder=FakeEncoder(seconds=0.5)) as r:
         accepted = await r.service.submit(
