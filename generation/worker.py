@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -96,6 +96,17 @@ def open_prepared(path: Path) -> Image.Image:
     """Open an image the caller already checked and fitted (see `JobRequest.input_path`)."""
     with Image.open(path) as image:
         return image.convert("RGB")
+
+
+ENCODE_TIMEOUT_MESSAGE = (
+    "Saving this clip as a video took longer than the {limit:.0f}-second limit and was stopped; "
+    "you were not charged. Try again without smooth or bounce, or as MP4 rather than GIF."
+)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def encoders_for(cpus: int) -> int:
@@ -572,14 +583,32 @@ class LocalJobQueue(QueueFront):
             interpolate=options.interpolate,
             ping_pong=options.ping_pong,
         )
+        loop = asyncio.get_running_loop()
+        began: asyncio.Future[None] = loop.create_future()
+
+        def timed() -> EncodedClip:
+            loop.call_soon_threadsafe(_settle, began)
+            return encode()
+
+        future = loop.run_in_executor(self._encode_pool, timed)
+        # The limit counts from the encode's start: a clip waiting for an encoder thread that a
+        # slow one still holds has not begun, and must not time out for it.
+        waits: set[asyncio.Future[Any]] = {began, future}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         started = time.perf_counter()
-        future = asyncio.get_running_loop().run_in_executor(self._encode_pool, encode)
         try:
             clip = await asyncio.wait_for(asyncio.shield(future), self._job_timeout)
         except TimeoutError:
             job.request_stop("timeout")
             job.log.error("encoding took longer than %.0fs", self._job_timeout)
-            await self._finish(job, EventKind.FAILED, reason="timeout", error=GENERIC_ERROR)
+            # The thread goes on (ffmpeg is not stopped from here): what it writes is removed.
+            future.add_done_callback(lambda _done: path.unlink(missing_ok=True))
+            await self._finish(
+                job,
+                EventKind.FAILED,
+                reason="timeout",
+                error=ENCODE_TIMEOUT_MESSAGE.format(limit=self._job_timeout),
+            )
             return
         except Exception as exc:
             await self._fail(job, exc, "encoding")

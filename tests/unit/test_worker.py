@@ -880,6 +880,37 @@ async def test_one_encoder_keeps_the_order_clips_were_made_in(
     assert [e.job_id for e in h.terminal()] == ["A1", "B1"]
 
 
+@dataclass
+class _SlowFor(FakeEncoder):
+    """Takes `slow_seconds` for the clip of `slow_job`, no time for the others."""
+
+    slow_job: str = ""
+    slow_seconds: float = 0.0
+
+    def __call__(self, frames: Any, path: Path, **kwargs: Any) -> Any:
+        if path.stem == self.slow_job:
+            time.sleep(self.slow_seconds)
+        return super().__call__(frames, path, **kwargs)
+
+
+async def test_an_encode_past_the_time_limit_fails_alone_and_leaves_no_file(
+    make: Callable[..., Harness],
+) -> None:
+    h = make(encoder=_SlowFor(slow_job="A1", slow_seconds=1.0), job_timeout=0.5)
+    await h.runtime.submit(h.request("A1", 1))
+    await h.runtime.submit(h.request("B1", 2))
+    await h.runtime.start()
+    await h.wait_terminal("B1")
+    outcomes = {e.job_id: e for e in h.terminal()}
+    assert outcomes["A1"].kind is EventKind.FAILED and outcomes["A1"].reason == "timeout"
+    error = outcomes["A1"].error or ""
+    assert "Saving this clip" in error and "not charged" in error and "GPU" not in error
+    # B1 waited for the one encoder thread A1's encode still held: its own encode is quick.
+    assert outcomes["B1"].kind is EventKind.DONE
+    await asyncio.sleep(0.8)  # A1's encode ends, late
+    assert sorted(p.stem for p in h.output_dir.iterdir()) == ["B1"]
+
+
 def test_a_containers_cpu_quota_limits_the_cores_counted(tmp_path: Path) -> None:
     v2 = tmp_path / "v2"
     v2.mkdir()
