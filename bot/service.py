@@ -1052,19 +1052,26 @@ class AnimateService:
         return _OnPosted(record)
 
     async def _delivered(self, job: JobRecord, event: JobEvent) -> None:
+        async def record() -> None:
+            await self._quotas.charge(job.job_id)  # a no-op once charged
+            current = await self._jobs.get(job.job_id)
+            if current is None or current.state is not JobState.DELIVERED:
+                await self._jobs.set_state(job.job_id, JobState.DELIVERED)
+            if job.output_path or event.clip:
+                path = Path(job.output_path) if job.output_path else event.clip.path  # type: ignore[union-attr]
+                await asyncio.to_thread(_remove_clip, path)
+
         try:
-            await self._quotas.charge(job.job_id)
-            await self._jobs.set_state(job.job_id, JobState.DELIVERED)
-        except Exception:
-            # Posted, but not recorded (the database locked past its timeout, a full disk): the
-            # row still says "done", and the member's next /queue would post it again. After a
-            # restart, the look at the channel finds it posted and records it then.
+            await record()
+        except Exception as exc:
+            # Posted, but not recorded: the row still says "done", and the member's next /queue
+            # would post it again, a restart look for it in the channel (where a DM or a /queue
+            # hand-over is not found). Never again in this process, and written again while the
+            # lock that stopped it may last.
             self._posted.add(job.job_id)
             log.exception("posted, but recording it failed", extra={"job_id": job.job_id})
-            return
-        if job.output_path or event.clip:
-            path = Path(job.output_path) if job.output_path else event.clip.path  # type: ignore[union-attr]
-            await asyncio.to_thread(_remove_clip, path)
+            if isinstance(exc, sqlite3.OperationalError):
+                self._spawn(self._recorded_again(record, "a posted clip"))
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -1143,6 +1143,7 @@ async def test_a_posted_clip_whose_record_failed_is_not_handed_over_again(
 ) -> None:
     async with rig(tmp_path) as r:
         _locked(monkeypatch, r.jobs, JobState.DELIVERED, times=None)
+        monkeypatch.setattr(r.service, "record_retry_seconds", 0.001)  # its tries run out soon
         accepted = await r.service.submit(
             ALICE, png(), AnimateOptions(num_inference_steps=3), ORIGIN
         )
@@ -1198,6 +1199,22 @@ async def test_a_clip_a_refused_hand_over_took_from_the_pump_is_still_tried_agai
         assert r.presenter.delivered == [job_id]
         assert r.presenter.attempts == [True]  # told, if it is refused: the progress message ends
         assert (await r.service.quota(ALICE)).remaining == 2
+
+
+async def test_a_posted_clip_whose_record_failed_once_is_recorded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with rig(tmp_path) as r:
+        lost = _locked(monkeypatch, r.jobs, JobState.DELIVERED, times=2)
+        monkeypatch.setattr(r.service, "record_retry_seconds", 0.01)
+        accepted = await r.service.submit(
+            ALICE, png(), AnimateOptions(num_inference_steps=3), ORIGIN
+        )
+        job = await _wait_for_state(r.jobs, accepted.job.job_id, JobState.DELIVERED)
+        assert len(lost) == 2 and r.presenter.delivered == [accepted.job.job_id]
+        assert (await r.service.quota(ALICE)).remaining == 2
+        assert job.output_path is not None
+        assert not await asyncio.to_thread(Path(job.output_path).exists)  # the clip's file gone
 
 
 async def test_a_hand_over_and_a_retry_at_the_same_moment_post_the_clip_once(
