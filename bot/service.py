@@ -1138,6 +1138,11 @@ class AnimateService:
             event = await _done_event(job)
             self._spawn(self._deliver(presenter, job, event, again=True))
             return "redelivered"
+        if await self._quotas.reservation_state(job.job_id) == "refunded":
+            # Refused as it was queued (a full queue...) and refunded, but the "failed" written
+            # first was lost: the member was told then. Not made now, nor a second message.
+            await self._jobs.set_state(job.job_id, JobState.FAILED, error=_NOT_QUEUED_MESSAGE)
+            return "failed"
         model = job.options.get("model")
         if model is not None and model not in self._config.models:
             # The host took the model off the list while the clip waited.
@@ -1248,6 +1253,7 @@ _LOADING_NOTE = (
     "The bot has just started and is still loading the model, so your clip may start later "
     "than that."
 )
+_NOT_QUEUED_MESSAGE = "This clip could not be queued. You were not charged."
 _UNRESUMABLE_MESSAGE = (
     "This clip could not be picked up again after the bot restarted. "
     "You were not charged; please use `/animate` again."

@@ -30,6 +30,7 @@ from generation.errors import (
     GPUUnusable,
     InvalidImage,
     InvalidOptions,
+    QueueFull,
     TooManyJobs,
 )
 from generation.fake_engine import FakeEncoder, FakeEngine
@@ -533,6 +534,31 @@ async def test_clips_left_by_a_stop_during_start_up_wait_for_the_next_start(
         for job_id in ids:
             await _wait_for_state(r.jobs, job_id, JobState.DELIVERED)
         assert (await r.service.quota(ALICE)).remaining == 1  # each charged once
+
+
+async def test_a_refused_clip_whose_failure_was_not_written_is_not_made_after_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with rig(tmp_path) as r:
+
+        async def full(request: Any, **kwargs: Any) -> JobEvent:
+            raise QueueFull(50, 50)
+
+        monkeypatch.setattr(r.queue, "submit", full)
+        _locked(monkeypatch, r.jobs, JobState.FAILED, times=1)
+        with pytest.raises(QueueFull):
+            await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        (left,) = await r.jobs.unfinished()  # "failed" was lost; the refund was not
+        assert (await r.service.quota(ALICE)).remaining == 3
+    async with rig(tmp_path) as r:
+        counts = await r.service.resume(r.presenter)
+        # The member was told "the queue is full, nothing was charged" then: not told again
+        # that its files were lost, nor is the clip made now, for free.
+        assert counts["failed"] == 1 and r.presenter.failures == []
+        assert (await r.jobs.get(left.job_id)).state is JobState.FAILED  # type: ignore[union-attr]
+        await asyncio.sleep(0.1)
+        assert r.engine.runs == 0
+        assert (await r.service.quota(ALICE)).remaining == 3
 
 
 async def test_a_clip_cancelled_while_encoding_is_not_posted_or_charged(tmp_path: Path) -> None:
