@@ -29,6 +29,8 @@ DISK_FULL_REPLY = (
     "The bot's server is out of disk space, so I couldn't do that. Nothing was charged; please "
     "try again later (the host has to free some space)."
 )
+# Servers whose commands are looked at on start, for a bot registered with `sync --guild`.
+GUILDS_CHECKED_FOR_COMMANDS = 5
 # How long a shutdown waits for the last events of the stopped queue to be shown.
 PUMP_DRAIN_SECONDS = 10.0
 # A second press of the same button by the same member within this many seconds is a double
@@ -96,6 +98,7 @@ class SvdBot(commands.Bot):
         self._clicks: dict[tuple[int, str], tuple[float, asyncio.Future[bool]]] = {}
         # The picture menus (Apps → Animate) this process made: see StalePictureMenu.
         self.picture_menus: PictureMenus = {}
+        self._commands_checked = False
         self.tree.on_error = self.on_app_command_error  # type: ignore[method-assign]
 
     async def setup_hook(self) -> None:
@@ -126,6 +129,31 @@ class SvdBot(commands.Bot):
 
     async def on_ready(self) -> None:
         log.info("connected as %s to %d guild(s)", self.user, len(self.guilds))
+        if not self._commands_checked:
+            self._commands_checked = True  # on_ready comes again after each reconnect
+            try:
+                registered = await self._commands_registered()
+            except discord.HTTPException as exc:
+                log.debug("could not list the registered commands: %s", exc)
+                registered = True
+            if not registered:
+                # The bot runs, and members see no /animate: the host's likeliest first mistake.
+                log.warning(
+                    "no slash commands are registered with Discord yet, so members cannot see "
+                    "/animate: run `./run.sh sync --guild YOUR_SERVER_ID` (instant) or "
+                    "`./run.sh sync` (every server), or with Docker "
+                    "`docker compose run --rm bot sync --guild YOUR_SERVER_ID`"
+                )
+
+    async def _commands_registered(self) -> bool:
+        """Whether /animate is registered globally or in one of the first few servers the bot
+        is in (`sync --guild` registers it there only)."""
+        if any(c.name == "animate" for c in await self.tree.fetch_commands()):
+            return True
+        for guild in self.guilds[:GUILDS_CHECKED_FOR_COMMANDS]:
+            if any(c.name == "animate" for c in await self.tree.fetch_commands(guild=guild)):
+                return True
+        return not self.guilds  # in no server yet: nothing to see there either way
 
     async def _show_presence(self) -> None:
         """The queue in the bot's status line, so members see how busy it is before asking."""

@@ -3,8 +3,11 @@ it must touch nothing of the clips that bot is making."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from bot.app import sync_commands
@@ -12,7 +15,7 @@ from storage.database import Database
 from storage.jobs import JobRecord, JobState, JobStore
 from storage.quotas import QuotaStore
 from storage.settings import GuildSettingsStore
-from tests.e2e.test_bot import settings_for
+from tests.e2e.test_bot import eventually, running, settings_for
 from tests.fakes.discord_server import FakeDiscordServer
 
 
@@ -61,3 +64,29 @@ async def test_sync_beside_a_running_bot_leaves_its_clips_alone(
     finally:
         await database.close()
     assert fake_discord.messages() == []  # nobody was told anything
+
+
+async def test_a_bot_whose_commands_were_never_registered_tells_the_host_how(
+    fake_discord: FakeDiscordServer,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = settings_for(fake_discord, tiny_model_dir, tmp_path / "data")
+
+    def warned() -> bool:
+        return any("sync --guild" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.WARNING, logger="bot.client"):
+        async with running(settings):
+            await eventually(warned, 10)
+    caplog.clear()
+    # Registered for the one server (as the README's first steps do): no warning next time.
+    fake_discord.world.global_commands.clear()
+    token = settings.discord_token.get_secret_value() if settings.discord_token else ""
+    await sync_commands(settings, token, fake_discord.guild.id)
+    with caplog.at_level(logging.WARNING, logger="bot.client"):
+        async with running(settings, until_ready=True) as app:
+            await asyncio.sleep(0.5)  # on_ready's look has been answered
+            assert app.bot.is_ready()
+    assert not warned()
