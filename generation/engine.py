@@ -116,6 +116,10 @@ def gpu_unusable(device: str) -> bool:
         return True
 
 
+# The resolution at which a clip made on the CPU takes minutes rather than an hour.
+CPU_FRIENDLY_RESOLUTION = 512
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -177,6 +181,16 @@ class SVDEngine:
             raise ValueError("at least one model is needed")
         self.models: tuple[str, ...] = tuple(dict.fromkeys(names))
         self.device = resolve_device(device)
+        if device == "auto" and self.device == "cpu" and resolution > CPU_FRIENDLY_RESOLUTION:
+            # Most often a host's mistake (no --gpus, a CPU-only torch, an old driver), which
+            # the clips' time limit would otherwise be the first to show.
+            log.warning(
+                "no CUDA GPU is visible, so clips are made on the CPU: many minutes each at "
+                "resolution %d. Check the driver (and the container's GPU access) or set "
+                "RESOLUTION=%d to try it this way",
+                resolution,
+                CPU_FRIENDLY_RESOLUTION,
+            )
         self.memory_mode: MemoryMode = memory_mode
         self.resolution = resolution
         self.plan_settings = plan_settings or PlanSettings()

@@ -7,6 +7,7 @@ the engine takes any size that is a multiple of 8 and the CPU time is shared.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -549,3 +550,19 @@ def test_on_cuda_the_fast_plan_compiles_once_and_matches_full(
     assert compile_counters() == compiled
     assert got.plan == "fast"
     assert np.abs(got.frames.astype(int) - expected).mean() < 2.0
+
+
+def test_a_host_without_a_gpu_is_warned_at_full_size_and_not_at_a_small_one(
+    tiny_svd_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DEVICE=auto on a machine whose GPU is not visible (no --gpus, a CPU-only torch).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="generation.engine"):
+        SVDEngine([str(tiny_svd_dir)], device="auto", resolution=1024)
+    (warning,) = [r.getMessage() for r in caplog.records if "no CUDA GPU" in r.getMessage()]
+    assert "RESOLUTION=512" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="generation.engine"):
+        SVDEngine([str(tiny_svd_dir)], device="auto", resolution=512)
+        SVDEngine([str(tiny_svd_dir)], device="cpu", resolution=1024)  # chosen: no warning
+    assert not [r for r in caplog.records if "no CUDA GPU" in r.getMessage()]
