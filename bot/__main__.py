@@ -138,7 +138,20 @@ def _run_async(command: str, settings: Settings, token: str, args: argparse.Name
 
     try:
         if command == "sync":
-            names = asyncio.run(sync_commands(settings, token, args.guild))
+            try:
+                names = asyncio.run(sync_commands(settings, token, args.guild))
+            except (discord.Forbidden, discord.NotFound) as exc:
+                if args.guild is None:
+                    raise
+                # 50001 Missing Access or 10004 Unknown Guild: the id, or the invite.
+                print(
+                    f"svd-bot: Discord would not register the commands in server {args.guild} "
+                    f"({exc.text or exc.status}). Check the id (right-click the server → Copy "
+                    "Server ID, with Developer Mode on) and that the bot was invited there with "
+                    "the applications.commands scope.",
+                    file=sys.stderr,
+                )
+                return 2
             where = f"server {args.guild}" if args.guild else "all servers (may take up to an hour)"
             print(f"Registered {len(names)} commands in {where}: {', '.join(sorted(names))}")
             return 0

@@ -65,6 +65,27 @@ async def test_sync_registers_the_commands_in_one_server(
     assert discord_server.commands() == []  # nothing global: sync happens only where asked
 
 
+async def test_sync_to_a_server_the_bot_is_not_in_says_what_to_check(
+    discord_server: FakeDiscordServer, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot",
+        "sync",
+        "--guild",
+        "123456789012345678",  # a mistyped id
+        env={**os.environ, **host_env(discord_server, tiny_model_dir, tmp_path)},
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output = (await asyncio.wait_for(process.communicate(), 120))[0].decode()
+    assert process.returncode == 2, output
+    assert "Check the id" in output and "applications.commands" in output
+    assert "Traceback" not in output
+
+
 async def test_the_bot_runs_and_stops_cleanly_on_sigterm(
     discord_server: FakeDiscordServer, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
