@@ -22,6 +22,7 @@ from generation.engine import SVDEngine
 from generation.images import ImageLimits
 from generation.jobs import JobEvent
 from generation.metrics import Metrics, serve_metrics
+from generation.models import quiet_libraries
 from generation.plans import PlanSettings
 from generation.queue import FairQueue
 from generation.reencode import reencode_file
@@ -55,6 +56,7 @@ def image_limits(settings: Settings) -> ImageLimits:
 
 
 def build_engine(settings: Settings, *, device: str | None = None) -> SVDEngine:
+    quiet_libraries()
     cache = settings.compile_cache_path
     return SVDEngine(
         settings.models,

@@ -73,6 +73,10 @@ class SvdBot(commands.Bot):
         intents = discord.Intents.none()
         # Guilds: channels and roles; we never read message content.
         intents.guilds = True
+        # A bot that never joins a voice channel needs neither PyNaCl nor davey: no warning on
+        # each start that looks like something is missing.
+        discord.VoiceClient.warn_nacl = False
+        discord.VoiceClient.warn_dave = False
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,

@@ -190,22 +190,6 @@ def _cause(exc: BaseException) -> str:
     return f" ({type(cause).__name__}: {first[0]})" if first else f" ({type(cause).__name__})"
 
 
-def _quiet_libraries(*, downloads: bool) -> None:
-    """Our progress line replaces diffusers' and transformers' own bars and chatter (a CLI
-    process owns its logging). Hub download bars stay unless --quiet: a first run downloads
-    gigabytes, and a host wants to see that moving."""
-    import diffusers
-    import transformers
-
-    for library in (diffusers, transformers):
-        library.utils.logging.disable_progress_bar()
-        library.utils.logging.set_verbosity_error()
-    if not downloads:
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `svd-animate`; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -233,10 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(err, f"the folder {path.parent} does not exist.", EXIT_USAGE)
 
     # Imported here so that `--help` and bad input answer at once, without loading torch.
-    _quiet_libraries(downloads=not args.quiet)
     from generation.encode import encode_clip
     from generation.engine import SVDEngine
     from generation.images import ImageLimits, fit_image, load_image
+    from generation.models import quiet_libraries
+
+    quiet_libraries(downloads=not args.quiet)
 
     try:
         picture = load_image(data, ImageLimits())

@@ -39,6 +39,23 @@ TORCH_DTYPES: dict[DType, torch.dtype] = {
 }
 
 
+def quiet_libraries(*, downloads: bool = True) -> None:
+    """diffusers' and transformers' own progress bars and chatter (a bar per load, carriage
+    returns in a log, advice such as installing torchvision that this project does not need)
+    off; our own logs say what loads. Hub download bars stay unless `downloads` is False: a
+    first start downloads gigabytes, and a host wants to see that moving."""
+    import diffusers
+    import transformers
+
+    for library in (diffusers, transformers):
+        library.utils.logging.disable_progress_bar()
+        library.utils.logging.set_verbosity_error()
+    if not downloads:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+
+
 class PipelineLoader(Protocol):
     """Makes a pipeline for a model name in a dtype, on the CPU (the engine places it after)."""
 

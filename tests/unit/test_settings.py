@@ -233,3 +233,24 @@ def test_logging_hides_a_token_read_with_a_trailing_newline_and_sql_parameters(
         root.handlers[:], level, sqlite_level = kept
         root.setLevel(level)
         logging.getLogger("aiosqlite").setLevel(sqlite_level)
+
+
+def test_a_started_bot_logs_no_voice_warnings_it_has_no_use_for(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    import discord
+
+    from bot.client import BotConfig, SvdBot
+
+    for flag in ("warn_nacl", "warn_dave"):
+        monkeypatch.setattr(discord.VoiceClient, flag, True)  # as without PyNaCl and davey
+
+    async def nothing(*_args: object) -> None:
+        return None
+
+    service = SimpleNamespace(set_progress_message=nothing, job=nothing, set_clip_message=nothing)
+    with caplog.at_level(logging.WARNING, logger="discord"):
+        SvdBot(service=service, config=BotConfig(models=["m"]), reencode=lambda p, _n: p)  # type: ignore[arg-type]
+    assert not [r for r in caplog.records if "voice will NOT be supported" in r.getMessage()]
