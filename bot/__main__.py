@@ -13,7 +13,13 @@ import threading
 from typing import NoReturn
 
 from bot.logs import configure_logging, redact
-from bot.settings import Settings, SettingsError, load_settings, require_token
+from bot.settings import (
+    Settings,
+    SettingsError,
+    load_settings,
+    require_token,
+    unknown_names,
+)
 
 # EX_TEMPFAIL: "try again". Docker's restart policy and systemd's Restart=on-failure start the
 # bot again on any code but 0; the number tells a host's own scripts why.
@@ -53,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         ok, why = healthy(settings.data_dir / "health.json")
         print(why)
         return 0 if ok else 1
+    for name in unknown_names():  # `check` lists them with the rest
+        logging.getLogger("bot").warning("%s in .env is not a setting; it is ignored", name)
     if command == "worker":
         return _cannot_start(settings) or _end(_run_worker(settings))
     try:

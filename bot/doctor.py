@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from bot.service import free_disk_bytes
-from bot.settings import Settings
+from bot.settings import Settings, unknown_names
 from generation.model_paths import looks_like_path
 
 if TYPE_CHECKING:
@@ -60,6 +60,11 @@ def run_checks(settings: Settings, out: Callable[[str], None] = print) -> int:
 
 def check_all(settings: Settings) -> list[Finding]:
     findings = [Finding(True, "Python", f"{platform.python_version()} ({sys.executable})")]
+    unknown = unknown_names()
+    if unknown:
+        findings.append(
+            Finding(False, "Settings (.env)", "not settings, so ignored: " + ", ".join(unknown))
+        )
     findings.extend(_torch_and_gpu(settings))
     findings.extend(_models(settings))
     findings.append(_ffmpeg())

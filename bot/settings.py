@@ -168,6 +168,25 @@ _TOKEN_HELP = (
 )
 
 
+def unknown_names(env_file: Path = Path(".env")) -> list[str]:
+    """The names in `env_file` that are no setting (a typo: `MEMORY_MOD`), each with the
+    setting it most likely meant; pydantic-settings ignores them without a word."""
+    from difflib import get_close_matches
+
+    from dotenv import dotenv_values
+
+    if not env_file.is_file():
+        return []
+    known = [name.upper() for name in Settings.model_fields]
+    found = []
+    for name in dotenv_values(env_file):
+        if name.upper() in known:
+            continue
+        guess = get_close_matches(name.upper(), known, n=1, cutoff=0.75)
+        found.append(f"{name} (did you mean {guess[0]}?)" if guess else name)
+    return found
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment and `.env`; turn pydantic's errors into plain lines."""
     try:

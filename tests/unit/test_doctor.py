@@ -94,3 +94,25 @@ def test_check_warns_of_a_disk_about_to_refuse_clips(tmp_path: Path) -> None:
     # DATA_DIR not made yet: the disk it will be on (asking makes nothing).
     assert free_disk_bytes(tmp_path / "not" / "yet") is not None
     assert not (tmp_path / "not").exists()
+
+
+def test_a_misspelled_setting_in_env_is_named_with_what_it_likely_meant(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "DISCORD_TOKEN=abc\nMEMORY_MOD=offload\ndefault_qouta=10\nRESOLUTION=512\nMY_NOTE=x\n"
+    )
+    from bot.settings import unknown_names
+
+    assert unknown_names() == [
+        "MEMORY_MOD (did you mean MEMORY_MODE?)",
+        "default_qouta (did you mean DEFAULT_QUOTA?)",
+        "MY_NOTE",
+    ]
+    (found,) = [f for f in doctor.check_all(settings(tmp_path)) if f.label == "Settings (.env)"]
+    assert not found.ok and not found.fatal and "MEMORY_MODE?" in found.detail
+    (tmp_path / ".env").write_text("DISCORD_TOKEN=abc\nRESOLUTION=512\n")
+    assert unknown_names() == []
+    # A .env made from the example (as the README's first command does) has none.
+    assert unknown_names(Path(__file__).resolve().parents[2] / ".env.example") == []
