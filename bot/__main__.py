@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import threading
+from pathlib import Path
 from typing import NoReturn
 
 from bot.logs import configure_logging, redact
@@ -80,8 +81,19 @@ def _cannot_start(settings: Settings) -> int:
     for problem in problems:
         print(f"svd-bot: {problem}", file=sys.stderr)
     if problems:
-        print("svd-bot: fix it in .env (./run.sh check lists everything)", file=sys.stderr)
+        print(f"svd-bot: {_where_to_fix()}", file=sys.stderr)
     return 2 if problems else 0
+
+
+def _where_to_fix(docker_marker: Path = Path("/.dockerenv")) -> str:
+    # In a container, .env is the host's (read by compose), and ./run.sh check would build a
+    # virtual environment on the host and look at it, not at the container.
+    if docker_marker.exists():
+        return (
+            "fix it in .env or docker-compose.yml's environment "
+            "(`docker compose run --rm bot check` lists everything)"
+        )
+    return "fix it in .env (./run.sh check lists everything)"
 
 
 def _exit_for_restart(program: str, reason: Exception) -> NoReturn:

@@ -164,7 +164,7 @@ def test_a_setting_that_cannot_work_stops_the_start_with_a_line_naming_it(
     assert "Traceback" not in result.stderr
     first, hint = result.stderr.strip().splitlines()
     assert setting in first and said in first, first
-    assert "./run.sh check" in hint
+    assert "check` lists everything" in hint or "check lists everything" in hint  # either host
 
 
 def test_check_runs_on_a_cpu_host_and_never_prints_the_token(tmp_path: Path) -> None:
@@ -254,3 +254,15 @@ def test_a_started_bot_logs_no_voice_warnings_it_has_no_use_for(
     with caplog.at_level(logging.WARNING, logger="discord"):
         SvdBot(service=service, config=BotConfig(models=["m"]), reencode=lambda p, _n: p)  # type: ignore[arg-type]
     assert not [r for r in caplog.records if "voice will NOT be supported" in r.getMessage()]
+
+
+def test_a_setting_that_stops_the_bot_says_where_to_fix_it_in_docker_and_out(
+    tmp_path: Path,
+) -> None:
+    from bot.__main__ import _where_to_fix
+
+    bare = _where_to_fix(tmp_path / "no-dockerenv")
+    assert "./run.sh check" in bare and "docker" not in bare
+    (tmp_path / ".dockerenv").write_text("")
+    contained = _where_to_fix(tmp_path / ".dockerenv")
+    assert "docker compose run --rm bot check" in contained and "./run.sh" not in contained
