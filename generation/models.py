@@ -70,8 +70,12 @@ class PretrainedLoader:
         self.local_files_only = local_files_only
 
     def __call__(self, model: str, dtype: torch.dtype) -> Pipeline:
-        if looks_like_path(model) and not Path(model).expanduser().is_dir():
-            raise FileNotFoundError(f"the model folder {model} does not exist")
+        if looks_like_path(model):
+            if not Path(model).expanduser().is_dir():
+                raise FileNotFoundError(f"the model folder {model} does not exist")
+            # diffusers does not expand "~" (nothing in between does): it would take
+            # "~/models/svd" for a hub id, after every check here had found the folder.
+            model = str(Path(model).expanduser())
         kwargs: dict[str, Any] = {
             "dtype": dtype,
             "cache_dir": self.cache_dir,

@@ -496,6 +496,19 @@ def test_fp16_loading_falls_back_when_a_model_has_no_fp16_variant(tiny_svd_dir: 
     assert PretrainedLoader().num_frames(str(tiny_svd_dir)) == FRAMES
 
 
+def test_a_model_folder_under_the_home_folder_loads_as_written(
+    tiny_svd_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SVD_MODEL=~/models/svd: found by every check, then taken for a hub id by diffusers.
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "svd").symlink_to(tiny_svd_dir, target_is_directory=True)
+    monkeypatch.setenv("HOME", str(home))
+    pipe = PretrainedLoader()("~/models/svd", torch.float32)
+    assert pipe.unet.config.num_frames == FRAMES
+    assert PretrainedLoader().num_frames("~/models/svd") == FRAMES
+
+
 def test_a_model_folder_that_does_not_exist_is_not_looked_up_on_the_hub(tmp_path: Path) -> None:
     # Sent to the hub, "./svd-xt" would fail with a puzzling "Repo id must use alphanumeric
     # chars" (or, worse, a download of something else); the host must read the folder is missing.
