@@ -109,11 +109,16 @@ def done_text(job: JobRecord, event: JobEvent) -> str:
         parts.append(f"made in {max(1, round(event.seconds))} s")
     lines = [f"✅ {mention(job.user_id)}, your clip is ready · " + " · ".join(parts)]
     if event.fallback_from:
+        # The load time is then the model's reload under that plan, not a change of model.
+        reload = f" (reloading the model for it took {event.load_seconds:.0f} s)"
         lines.append(
-            "ℹ️ The GPU ran short of memory, so this clip was made with a slower, leaner plan."
+            "ℹ️ The GPU ran short of memory, so this clip was made with a slower, leaner plan"
+            + (reload if event.load_seconds else "")
+            + "."
         )
-    if event.load_seconds:
-        lines.append(f"ℹ️ Switching models took {event.load_seconds:.0f} s.")
+    elif event.load_seconds:
+        # Another model than the last clip's, or the first clip after a failed start-up load.
+        lines.append(f"ℹ️ Loading the model for this clip took {event.load_seconds:.0f} s.")
     if event.clip is not None and event.clip.reduced:
         lines.append("ℹ️ The file was compressed harder to fit Discord's upload limit.")
     lines.extend(f"💡 {hint}" for hint in event.hints)

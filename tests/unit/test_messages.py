@@ -93,6 +93,22 @@ def test_a_clip_on_hold_says_why_it_waits_and_that_nothing_is_charged() -> None:
     assert "about 2 min" in messages.accepted_text(3, 90.0, status)
 
 
+def test_a_clip_remade_under_a_leaner_plan_is_not_said_to_have_switched_models() -> None:
+    from generation.jobs import EventKind, JobEvent
+    from storage.jobs import JobRecord
+
+    job = JobRecord(job_id="j1", guild_id=1, channel_id=2, user_id=42, options={"seed": 5})
+    stepped = messages.done_text(
+        job, JobEvent("j1", EventKind.DONE, seed=5, fallback_from="fast", load_seconds=41.6)
+    )
+    assert "ran short of memory" in stepped and "reloading the model for it took 42 s" in stepped
+    assert "Loading the model" not in stepped and "Switching" not in stepped
+    other = messages.done_text(job, JobEvent("j1", EventKind.DONE, seed=5, load_seconds=20.0))
+    assert "Loading the model for this clip took 20 s" in other
+    plain = messages.done_text(job, JobEvent("j1", EventKind.DONE, seed=5))
+    assert "ℹ️" not in plain
+
+
 def test_a_draft_says_so_with_its_settings() -> None:
     from generation.jobs import EventKind, JobEvent
     from generation.options import AnimateOptions
