@@ -1233,10 +1233,19 @@ class AnimateService:
     async def close(self) -> None:
         if self._disk_probe is not None:
             self._disk_probe.cancel()  # its thread may be stuck on a hung disk: not waited for
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, timeout=30)
+        # Together, within one limit: one at a time, each waited up to the limit, a few
+        # records written again while a lock lasts (minutes, by design) would hold the stop
+        # past what Docker or systemd waits. Whatever is left a restart picks up again.
+        tasks = list(self._tasks)
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=CLOSE_WAIT_SECONDS)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
+
+# How long closing waits for deliveries and records still in progress.
+CLOSE_WAIT_SECONDS = 20.0
 
 # What the queue's per-member cap counts (a clip made but not yet posted is out of the queue).
 _IN_QUEUE = frozenset({JobState.QUEUED, JobState.RUNNING, JobState.ENCODING})

@@ -1243,6 +1243,29 @@ async def test_a_posted_clip_whose_record_failed_once_is_recorded_again(
         assert not await asyncio.to_thread(Path(job.output_path).exists)  # the clip's file gone
 
 
+async def test_closing_does_not_wait_out_records_being_written_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bot.service as service_module
+
+    monkeypatch.setattr(service_module, "CLOSE_WAIT_SECONDS", 0.3)
+    async with rig(tmp_path) as r:
+        update = r.jobs.update
+
+        async def locked(job_id: str, **changes: Any) -> Any:
+            if "progress_message_id" in changes:
+                raise sqlite3.OperationalError("database is locked")
+            return await update(job_id, **changes)
+
+        monkeypatch.setattr(r.jobs, "update", locked)
+        accepted = await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        await r.service.set_progress_message(accepted.job.job_id, 1234)  # tried again, for minutes
+        started = time.monotonic()
+        await r.service.close()
+        # A stop must fit what Docker waits (not 30 s per record still being tried).
+        assert time.monotonic() - started < 3
+
+
 async def test_a_hand_over_and_a_retry_at_the_same_moment_post_the_clip_once(
     tmp_path: Path,
 ) -> None:
