@@ -79,6 +79,19 @@ GPU_FAILED_MESSAGE = (
 )
 
 
+WORKER_ERROR = (
+    "Something went wrong on the GPU worker making this clip. You were not charged; "
+    "please try again."
+)
+
+
+def _failed(job_id: str, user_id: int, exc: Exception) -> JobEvent:
+    """A job this worker could not run: failed (the bot refunds it), with the error's own
+    message for the member when it has one."""
+    message = exc.user_message if isinstance(exc, GenerationError) else WORKER_ERROR
+    return JobEvent(job_id, EventKind.FAILED, user_id=user_id, reason="error", error=message)
+
+
 def default_worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -320,15 +333,24 @@ class RemoteWorker:
         await self._say_alive()
         renew = asyncio.create_task(self._hold(job_id))
         try:
-            request = JobRequest(
-                job_id=job_id,
-                user_id=user_id,
-                options=AnimateOptions.from_dict(options),
-                input_path=self._work_dir / f"{job_id}.png",
-                max_bytes=max_bytes,
-                group=group,
-            )
-            outcome = await self._run(request)
+            try:
+                request = JobRequest(
+                    job_id=job_id,
+                    user_id=user_id,
+                    options=AnimateOptions.from_dict(options),
+                    input_path=self._work_dir / f"{job_id}.png",
+                    max_bytes=max_bytes,
+                    group=group,
+                )
+                outcome = await self._run(request)
+            except (RedisError, QueueClosed):
+                raise  # stopping with Redis away: the message stays for another worker
+            except Exception as exc:
+                # Options this worker's version refuses, its folder unwritable...: the same
+                # every time. Not acknowledged, the job would be sent again for ever and its
+                # member never hear; failed and refunded instead.
+                jlog.exception("the job could not be run on this worker")
+                outcome = _failed(job_id, user_id, exc)
             if outcome is None:  # shutting down, or no room on this disk: another worker takes it
                 jlog.info("handed back for another worker")
                 # Our claim goes first: a worker reading the message while it still stood would
@@ -341,7 +363,16 @@ class RemoteWorker:
                     await self._retried("handing a job back", context.requeue)
             else:
                 # The outcome must reach Redis, however long Redis is away: it is the clip.
-                await self._retried("storing a result", lambda: self._store(outcome))
+                made = outcome
+                try:
+                    await self._retried("storing a result", lambda: self._store(made))
+                except RedisError:
+                    raise
+                except Exception as exc:  # the clip could not be read back from this disk
+                    jlog.exception("the clip could not be stored")
+                    failed = _failed(job_id, user_id, exc)
+                    await self._retried("storing a result", lambda: self._store(failed))
+                    outcome = failed
                 self.jobs_done += 1
                 paused = time.monotonic() < self._no_room_until
                 if outcome.kind is EventKind.FAILED and outcome.reason == "disk" and not paused:
@@ -361,7 +392,8 @@ class RemoteWorker:
             while self._runtime.stuck_job_id is not None and not self._stopping:  # noqa: ASYNC110
                 await asyncio.sleep(self._poll)  # rare, and the runtime has no event for it
             request_path = self._work_dir / f"{job_id}.png"
-            await asyncio.to_thread(request_path.unlink, True)
+            with contextlib.suppress(OSError):  # a folder gone (the job's failure says so)
+                await asyncio.to_thread(request_path.unlink, True)
 
     async def _run(self, request: JobRequest) -> JobEvent | None:
         """Run the job in the local runtime, forwarding its progress; its terminal event, or

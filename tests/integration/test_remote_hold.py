@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -494,6 +495,25 @@ async def test_a_clip_that_broke_a_workers_gpu_fails_refunded_rather_than_going_
     (end,) = [e for e in rig.events if e.job_id == "bad" and e.terminal]
     assert (end.kind, end.reason) == (EventKind.FAILED, "gpu")
     assert "not charged" in (end.error or "")
+
+
+async def test_a_clip_a_worker_cannot_run_fails_refunded_rather_than_being_sent_for_ever(
+    rig: Rig,
+) -> None:
+    rig.start_worker("w1")
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    # The worker's folder is gone, a file in its place (a host's mistake): every try would
+    # fail the same way, and unacknowledged the job went round for ever, its member unanswered.
+    work = rig.tmp / "w1"
+    shutil.rmtree(work)
+    work.write_text("not a folder")
+    await rig.queue.submit(rig.request("stuck", 1))
+    await rig.wait_for(lambda: any(e.terminal for e in rig.events if e.job_id == "stuck"))
+    (end,) = [e for e in rig.events if e.job_id == "stuck" and e.terminal]
+    assert (end.kind, end.reason) == (EventKind.FAILED, "error")
+    assert "not charged" in (end.error or "")
+    await asyncio.sleep(0.5)
+    assert await _unread(rig) == 0 and rig.kinds("stuck").count(EventKind.FAILED) == 1
 
 
 async def test_a_worker_whose_disk_is_full_fails_the_clip_refunded_rather_than_passing_it_round(
