@@ -85,6 +85,15 @@ WORKER_ERROR = (
 )
 
 
+# The claim, renewed only while it is this worker's or no one's (lapsed), in one step.
+_RENEW_CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
 def _failed(job_id: str, user_id: int, exc: Exception) -> JobEvent:
     """A job this worker could not run: failed (the bot refunds it), with the error's own
     message for the member when it has one."""
@@ -131,6 +140,9 @@ class RemoteWorker:
         # `_on_gpu` (at most one: waiting for it or on it).
         self._held: list[str] = []
         self._on_gpu: set[str] = set()
+        # Jobs whose claim another worker took while this one was cut off from Redis (see
+        # `_hold`): theirs now, stopped here, and their outcome here never stored.
+        self._lost: set[str] = set()
         # Its disk was full: it takes no clip before then (monotonic time).
         self._no_room_until = 0.0
         self._disk_pause = disk_pause_seconds
@@ -351,6 +363,12 @@ class RemoteWorker:
                 # member never hear; failed and refunded instead.
                 jlog.exception("the job could not be run on this worker")
                 outcome = _failed(job_id, user_id, exc)
+            if job_id in self._lost:
+                jlog.warning("another worker took this clip over while Redis was away")
+                if outcome is not None and outcome.clip is not None:
+                    await asyncio.to_thread(outcome.clip.path.unlink, True)
+                await self._retried("acknowledging a job", context.ack)
+                return
             if outcome is None:  # shutting down, or no room on this disk: another worker takes it
                 jlog.info("handed back for another worker")
                 # Our claim goes first: a worker reading the message while it still stood would
@@ -384,6 +402,7 @@ class RemoteWorker:
                 await renew
             self._held.remove(job_id)
             self._on_gpu.discard(job_id)
+            self._lost.discard(job_id)
             await self._release(job_id)
             await self._say_alive()
             # A clip past its time limit was answered, but its engine call may still hold the
@@ -495,7 +514,14 @@ class RemoteWorker:
             since_renew += self._poll
             try:
                 if since_renew >= renew_every:
-                    await redis.set(keys.claim(job_id), self.name, px=self._claim_ms)
+                    if not await self._renew(job_id):
+                        # Cut off from Redis past the claim's lease, the job was sent again and
+                        # another worker claimed it: one of the two runs must stop, and theirs
+                        # is the claim. (A plain SET took the claim back, both ran on.)
+                        log.warning("[job %s] another worker took it over; stopping", job_id)
+                        self._lost.add(job_id)
+                        await self._runtime.cancel(job_id)
+                        return
                     since_renew = 0.0
                 if await redis.exists(keys.cancel(job_id)):
                     await self._runtime.cancel(job_id)
@@ -523,6 +549,13 @@ class RemoteWorker:
         except RedisError:
             return False
         return any(w.name != self.name and w.state in SERVING for w in workers)
+
+    async def _renew(self, job_id: str) -> bool:
+        """Renew this worker's claim on the job; False when another worker holds it now."""
+        renewed = await self._client().eval(
+            _RENEW_CLAIM, 1, self._keys.claim(job_id), self.name, str(self._claim_ms)
+        )
+        return bool(renewed)
 
     async def _release(self, job_id: str) -> None:
         with contextlib.suppress(RedisError):

@@ -62,6 +62,7 @@ class Rig:
         engine: FakeEngine | None = None,
         encoder: FakeEncoder | None = None,
         job_timeout: float | None = 600.0,
+        **options: Any,
     ) -> asyncio.Task[None]:
         engine = engine or FakeEngine(step_seconds=step_seconds, frames=4)
         worker = RemoteWorker(
@@ -79,6 +80,7 @@ class Rig:
             heartbeat_seconds=0.2,
             cancel_poll_seconds=0.02,
             grace_seconds=0,
+            **options,
         )
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
@@ -495,6 +497,29 @@ async def test_a_clip_that_broke_a_workers_gpu_fails_refunded_rather_than_going_
     (end,) = [e for e in rig.events if e.job_id == "bad" and e.terminal]
     assert (end.kind, end.reason) == (EventKind.FAILED, "gpu")
     assert "not charged" in (end.error or "")
+
+
+async def test_a_worker_whose_claim_another_took_while_redis_was_away_stops_its_run(
+    rig: Rig,
+) -> None:
+    rig.start_worker("w1", step_seconds=0.2, claim_seconds=1.5)
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("twice", 1, steps=50))
+    await rig.wait_for(lambda: EventKind.STEP in rig.kinds("twice"))
+    # Cut off from Redis past its lease, w1's claim lapsed; the job was sent again, and w2
+    # claimed it. w1 is back: renewing must not take the claim back, leaving both running.
+    redis = connect(rig.server.url)
+    try:
+        await redis.set(rig.keys.claim("twice"), "w2", px=60_000)
+        await asyncio.sleep(1.5)  # w1's next renewal finds w2's claim
+        steps = len([e for e in rig.events if e.kind is EventKind.STEP])
+        await asyncio.sleep(0.6)
+        assert len([e for e in rig.events if e.kind is EventKind.STEP]) == steps  # w1 stopped
+        assert await redis.get(rig.keys.claim("twice")) == b"w2"
+    finally:
+        await redis.aclose()
+    # Nothing of w1's run reaches the member: the clip is w2's to finish.
+    assert not any(e.terminal for e in rig.events if e.job_id == "twice")
 
 
 async def test_a_clip_a_worker_cannot_run_fails_refunded_rather_than_being_sent_for_ever(
