@@ -57,6 +57,9 @@ LOST_CLIP_ERROR = (
     "The finished clip was lost on its way back from the GPU; you were not charged. Try again."
 )
 
+# Ticks a stored result may fail to be taken in (its clip not writable here) before its job fails.
+RESULT_TRIES = 5
+
 
 class RedisJobQueue(QueueFront):
     """`JobQueue` over taskiq + Redis Streams; start `svd-bot worker` on each GPU."""
@@ -105,6 +108,8 @@ class RedisJobQueue(QueueFront):
         self._in_flight: set[str] = set()
         # In flight, with their outcome being taken in (fetching the clip) right now.
         self._ending: set[str] = set()
+        # Results that could not be taken in (see `_reconcile`), by job: how many ticks running.
+        self._untaken: dict[str, int] = {}
         # In flight: when a worker's claim on the job was last seen (none yet: not in here).
         self._claimed_at: dict[str, float] = {}
         # In flight: when its message last went on the stream.
@@ -304,10 +309,29 @@ class RedisJobQueue(QueueFront):
             return
         redis = self._client()
         stored = await redis.mget([self._keys.result(i) for i in ids])
-        for raw in stored:
+        for job_id, raw in zip(ids, stored, strict=True):
             if raw is not None:
-                await self._on_message(raw)
+                await self._take_result(job_id, raw)
         await self._rescue(ids, [raw is not None for raw in stored])
+
+    async def _take_result(self, job_id: str, raw: bytes | str) -> None:
+        """One stored result; its failure is its own. Raised, it ended the tick, and the next
+        one met it again (for as long as the result is kept): no clip was sent to any worker,
+        nor any lost worker's job rescued. A failure that lasts fails the job, refunded."""
+        try:
+            await self._on_message(raw)
+        except RedisError as exc:  # the clip's transfer cut short: the next tick tries again
+            self._log.warning("[job %s] could not take its result in yet: %s", job_id, exc)
+            return
+        except Exception:
+            tries = self._untaken[job_id] = self._untaken.get(job_id, 0) + 1
+            self._log.exception("[job %s] could not take its result in (try %d)", job_id, tries)
+            job = self._jobs.get(job_id)
+            if tries >= RESULT_TRIES and job is not None and not job.finished:
+                await self._finish(job, EventKind.FAILED, reason="error", error=GENERIC_ERROR)
+            else:
+                return
+        self._untaken.pop(job_id, None)
 
     async def _rescue(self, ids: list[str], ended: list[bool]) -> None:
         """A worker killed mid-clip (SIGKILL, a lost machine) stops renewing its claim. Its

@@ -639,3 +639,26 @@ async def test_a_clip_the_bots_full_disk_cannot_take_fails_refunded_and_the_line
     (end,) = [e for e in rig.events if e.job_id == "a" and e.terminal]
     assert (end.kind, end.reason) == (EventKind.FAILED, "disk")
     assert "out of disk space" in (end.error or "")
+
+
+async def test_a_clip_the_bot_cannot_write_does_not_hold_up_the_line_and_fails_refunded(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not a full disk (a folder whose permissions changed): the result was tried again on every
+    # tick, and its error ended the tick before any other clip was sent to the free worker.
+    def refused(path: Path, data: bytes) -> None:
+        if path.stem == "a":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        write(path, data)
+
+    write = remote_queue._write
+    monkeypatch.setattr(remote_queue, "_write", refused)
+    rig.start_worker("w1")
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("a", 1, steps=1))
+    await rig.wait_for(lambda: any(e.terminal for e in rig.events if e.job_id == "a"))
+    await rig.queue.submit(rig.request("b", 2, steps=1))
+    await rig.wait_for(lambda: EventKind.DONE in rig.kinds("b"))
+    (end,) = [e for e in rig.events if e.job_id == "a" and e.terminal]
+    assert (end.kind, end.reason) == (EventKind.FAILED, "error")
+    assert "not charged" in (end.error or "")
