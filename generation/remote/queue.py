@@ -412,19 +412,33 @@ class RedisJobQueue(QueueFront):
             return
         if await redis.exists(keys.claim(job.job_id)):
             job.log.info("already running on a worker; following it")
+            # Seen claimed: should that worker be dead, its lapsed claim hands the job on
+            # (unseen, the job would wait for the stream's reclaim timeout instead).
+            self._claimed_at[job.job_id] = time.monotonic()
             return
         try:
             picture = await asyncio.to_thread(request.input_path.read_bytes)
         except OSError as exc:
             raise GenerationFailed(INPUT_ERROR, reason="input") from exc
         await redis.set(keys.input(job.job_id), picture, ex=self._ttl)
-        await self._kick(job)
+        await self._kick(job, picture_sent=True)
         job.log.info("handed to the workers (%d live)", len(self._workers))
 
-    async def _kick(self, job: TrackedJob) -> None:
-        """Put the job's message on the stream (its picture is in Redis already)."""
+    async def _kick(self, job: TrackedJob, *, picture_sent: bool = False) -> None:
+        """Put the job's message on the stream, with its picture in Redis: sent again, the
+        job's picture may be gone with Redis's data (the very loss that lost the message, or
+        its last second of writes), and the worker would fail a clip whose picture is here."""
         self._sent_at[job.job_id] = time.monotonic()
         job.phase = "generating"  # sent again after its worker died encoding it: a GPU's work
+        if not picture_sent and not await self._client().exists(self._keys.input(job.job_id)):
+            try:
+                picture = await asyncio.to_thread(job.request.input_path.read_bytes)
+            except OSError as exc:  # the worker's "could not be read" says so to the member
+                job.log.warning("its picture is gone from Redis and from here: %s", exc)
+            else:
+                await self._client().set(
+                    self._keys.input(job.job_id), picture, ex=self._ttl, nx=True
+                )
         await self._post(job)
 
     async def _post(self, job: TrackedJob) -> None:

@@ -433,6 +433,50 @@ async def test_a_job_message_lost_with_redis_data_is_sent_again(rig: Rig) -> Non
     assert lost == ["lost"]
 
 
+async def test_a_job_whose_message_and_picture_redis_lost_is_sent_again_with_it(rig: Rig) -> None:
+    # Redis restarted without its data: the message is gone, and the picture with it.
+    post = rig.queue._post
+    lost: list[str] = []
+
+    async def lose_the_first(job: Any) -> None:
+        if not lost:
+            lost.append(job.job_id)
+            redis = connect(rig.server.url)
+            try:
+                await redis.delete(rig.keys.input(job.job_id))
+            finally:
+                await redis.aclose()
+            return
+        await post(job)
+
+    rig.queue._post = lose_the_first  # type: ignore[method-assign]
+    rig.start_worker("w1")
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("gone", 1))
+    await rig.wait_for(lambda: any(e.terminal for e in rig.events if e.job_id == "gone"), 20)
+    assert lost == ["gone"]
+    (end,) = [e for e in rig.events if e.job_id == "gone" and e.terminal]
+    assert end.kind is EventKind.DONE, end.error  # not "could not be read back, upload it again"
+
+
+async def test_a_job_found_running_on_a_worker_that_then_dies_is_handed_on(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a restart, the bot finds the job claimed (its worker was making it) and follows it;
+    # that worker then dies. Its claim lapses, and the job must go to another worker, not wait
+    # for the stream's reclaim timeout (many minutes on a real host).
+    monkeypatch.setattr(remote_queue, "CLAIM_SECONDS", 1.0)
+    redis = connect(rig.server.url)
+    try:
+        await redis.set(rig.keys.claim("orphan"), "dead-worker", px=500)
+    finally:
+        await redis.aclose()
+    rig.start_worker("w1")
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("orphan", 1))
+    await rig.wait_for(lambda: EventKind.DONE in rig.kinds("orphan"), within=10)
+
+
 async def test_a_clip_cancelled_while_its_worker_stores_it_is_not_delivered(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
