@@ -554,9 +554,21 @@ class RedisJobQueue(QueueFront):
             with contextlib.suppress(RedisError):
                 await redis.delete(keys.input(job.job_id), keys.output(job.job_id))
             return
-        if event.seconds is not None and event.cost_units:
-            self.eta.record_duration(event.cost_units, event.seconds)
-        await self._end(job, replace(event, clip=replace(event.clip, path=path)))
+        if job.finished:
+            # Interrupted by a stop while the clip came over: kept in Redis, for the restart,
+            # which finds the result and takes the clip in then; not here, where no one would.
+            await asyncio.to_thread(path.unlink, True)
+            return
+        if job.stop_reason == "cancelled":
+            # Cancelled meanwhile, its member told "not charged": honoured, as before the wait.
+            await asyncio.to_thread(path.unlink, True)
+            await self._finish(
+                job, EventKind.CANCELLED, reason="cancelled", error=Cancelled().user_message
+            )
+        else:
+            if event.seconds is not None and event.cost_units:
+                self.eta.record_duration(event.cost_units, event.seconds)
+            await self._end(job, replace(event, clip=replace(event.clip, path=path)))
         with contextlib.suppress(RedisError):
             await redis.delete(keys.input(job.job_id), keys.output(job.job_id))
 

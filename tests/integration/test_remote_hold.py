@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import errno
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -501,6 +502,32 @@ async def test_a_clip_cancelled_while_its_worker_stores_it_is_not_delivered(
     release.set()
     await rig.wait_for(lambda: any(e.terminal for e in rig.events if e.job_id == "late"))
     await asyncio.sleep(0.3)  # the tick's look at the stored result, too
+    assert [k for k in rig.kinds("late") if k.terminal] == [EventKind.CANCELLED]
+    assert not list((rig.tmp / "out").glob("late.*"))
+
+
+async def test_a_clip_cancelled_while_the_bot_takes_it_in_is_not_delivered(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The member's Cancel lands while the clip is written to the bot's disk (a large one, a
+    # slow disk): "cancelled, not charged" was said, so it must not be posted (and charged).
+    writing, go_on = threading.Event(), threading.Event()
+    write = remote_queue._write
+
+    def slow(path: Path, data: bytes) -> None:
+        writing.set()
+        go_on.wait(10)
+        write(path, data)
+
+    monkeypatch.setattr(remote_queue, "_write", slow)
+    rig.start_worker("w1")
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("late", 1))
+    await asyncio.to_thread(writing.wait, 15)
+    assert await rig.queue.cancel("late")
+    go_on.set()
+    await rig.wait_for(lambda: any(e.terminal for e in rig.events if e.job_id == "late"))
+    await asyncio.sleep(0.3)
     assert [k for k in rig.kinds("late") if k.terminal] == [EventKind.CANCELLED]
     assert not list((rig.tmp / "out").glob("late.*"))
 
