@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
+from pathlib import Path
 
 from bot.settings import Settings
 from generation.queue import FairQueue
@@ -20,6 +22,27 @@ from generation.remote.worker import RemoteWorker, default_worker_name
 from generation.worker import LocalJobQueue, available_cpus, encoders_for
 
 log = logging.getLogger(__name__)
+
+
+# A worker's own files last one job (minutes); anything this old was left by a worker killed
+# mid-job, or stopping with Redis away: no job outlives Redis's day-long hold on its data.
+STALE_WORK_SECONDS = 24 * 3600.0
+
+
+def sweep_stale_work(root: Path, older_than: float = STALE_WORK_SECONDS) -> int:
+    """Delete the pictures and clips workers left under `root` (each process has a folder of
+    its own, named after its host and pid, so nothing else ever would); returns how many went.
+    The folders stay: an idle live worker's, empty for days, is still in use. Blocking."""
+    if not root.is_dir():
+        return 0
+    cutoff = time.time() - older_than
+    removed = 0
+    for path in root.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    return removed
 
 
 def pick_device(settings: Settings) -> tuple[str, GpuLock | None]:
@@ -52,6 +75,9 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         gpus = max(1, torch.cuda.device_count())
     name = settings.worker_name or default_worker_name()
     log.info("worker %s on %s, models %s", name, device, ", ".join(settings.models))
+    swept = await asyncio.to_thread(sweep_stale_work, settings.data_dir / "worker")
+    if swept:
+        log.info("removed %d file(s) workers killed mid-job left behind", swept)
     work_dir = settings.data_dir / "worker" / name
     stuck = StuckWatch(stop)
     runtime = LocalJobQueue(

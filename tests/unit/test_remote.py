@@ -201,3 +201,25 @@ async def test_a_workers_heartbeat_says_what_the_bot_may_count_on(tmp_path: Path
         assert (info.state, info.job_id) == ("busy", "b")
     finally:
         await runtime.stop(0)
+
+
+def test_files_workers_killed_mid_job_left_are_swept_and_live_ones_kept(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from bot.worker import STALE_WORK_SECONDS, sweep_stale_work
+
+    old_dir = tmp_path / "host-111" / "inputs"
+    live_dir = tmp_path / "host-222" / "outputs"
+    old_dir.mkdir(parents=True)
+    live_dir.mkdir(parents=True)
+    left = old_dir / "abc.png"
+    left.write_bytes(b"picture")
+    long_ago = time.time() - STALE_WORK_SECONDS - 60
+    os.utime(left, (long_ago, long_ago))
+    making = live_dir / "def.mp4"
+    making.write_bytes(b"clip")
+    assert sweep_stale_work(tmp_path) == 1
+    assert not left.exists() and making.exists()
+    assert old_dir.is_dir()  # a folder stays: an idle worker's is empty, and still its own
+    assert sweep_stale_work(tmp_path / "none") == 0
