@@ -50,7 +50,17 @@ def connection_options() -> dict[str, Any]:
     }
 
 
-def connect(url: str) -> Redis:
+# redis-py gives up on a command after 5 s. A clip of several MB (a picture of up to 25) takes
+# longer than that over a slow link, each try cut short and sent again from the start: the
+# transfers get a connection of their own that waits this long.
+BULK_TIMEOUT_SECONDS = 300.0
+
+
+def connect(url: str, *, bulk: bool = False) -> Redis:
+    """A client; `bulk`: for moving pictures and clips, with a timeout long enough for them
+    (the other commands keep redis-py's 5 s, which tells a hung Redis from a slow one)."""
+    if bulk:
+        return Redis.from_url(url, socket_timeout=BULK_TIMEOUT_SECONDS, **connection_options())
     return Redis.from_url(url, **connection_options())
 
 

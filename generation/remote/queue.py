@@ -99,6 +99,7 @@ class RedisJobQueue(QueueFront):
         self._ttl = int(data_ttl_seconds)
         self._tick_seconds = tick_seconds
         self._redis: Redis | None = None
+        self._bulk: Redis | None = None  # pictures and clips (see `connect`)
         self._broker: JobStreamBroker | None = None
         self._workers: list[WorkerInfo] = []
         # Whether any worker was live at the last tick (None before the first).
@@ -142,6 +143,7 @@ class RedisJobQueue(QueueFront):
             return
         self._output_dir.mkdir(parents=True, exist_ok=True)
         self._redis = connect(self._url)
+        self._bulk = connect(self._url, bulk=True)
         self._broker = make_broker(self._url, self._keys, reclaim_seconds=self._reclaim)
         self._tasks = [
             asyncio.create_task(self._listen(), name="svd-remote-events"),
@@ -189,8 +191,9 @@ class RedisJobQueue(QueueFront):
             await asyncio.wait(pending, timeout=2)
         if self._broker is not None:
             await self._broker.shutdown()
-        if self._redis is not None:
-            await self._redis.aclose()
+        for client in (self._redis, self._bulk):
+            if client is not None:
+                await client.aclose()
         self._closed()
 
     # -- backend hooks -------------------------------------------------------------------------
@@ -232,6 +235,11 @@ class RedisJobQueue(QueueFront):
         if self._redis is None:
             raise RuntimeError("RedisJobQueue.start() was not called")
         return self._redis
+
+    def _bulk_client(self) -> Redis:
+        if self._bulk is None:
+            raise RuntimeError("RedisJobQueue.start() was not called")
+        return self._bulk
 
     async def _tick_loop(self) -> None:
         while not self._halt:
@@ -420,7 +428,7 @@ class RedisJobQueue(QueueFront):
             picture = await asyncio.to_thread(request.input_path.read_bytes)
         except OSError as exc:
             raise GenerationFailed(INPUT_ERROR, reason="input") from exc
-        await redis.set(keys.input(job.job_id), picture, ex=self._ttl)
+        await self._bulk_client().set(keys.input(job.job_id), picture, ex=self._ttl)
         await self._kick(job, picture_sent=True)
         job.log.info("handed to the workers (%d live)", len(self._workers))
 
@@ -436,7 +444,7 @@ class RedisJobQueue(QueueFront):
             except OSError as exc:  # the worker's "could not be read" says so to the member
                 job.log.warning("its picture is gone from Redis and from here: %s", exc)
             else:
-                await self._client().set(
+                await self._bulk_client().set(
                     self._keys.input(job.job_id), picture, ex=self._ttl, nx=True
                 )
         await self._post(job)
@@ -537,7 +545,7 @@ class RedisJobQueue(QueueFront):
 
     async def _done(self, job: TrackedJob, event: JobEvent) -> None:
         redis, keys = self._client(), self._keys
-        data = await redis.get(keys.output(job.job_id))
+        data = await self._bulk_client().get(keys.output(job.job_id))
         if not isinstance(data, bytes) or event.clip is None:
             job.log.error("the worker reported done but the clip is not in Redis")
             await self._finish(job, EventKind.FAILED, reason="error", error=LOST_CLIP_ERROR)

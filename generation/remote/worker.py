@@ -136,6 +136,7 @@ class RemoteWorker:
         self._poll = cancel_poll_seconds
         self._grace = grace_seconds
         self._redis: Redis | None = None
+        self._bulk: Redis | None = None  # pictures and clips (see `connect`)
         # The jobs in hand, oldest first; those handed to the runtime and not yet encoding are
         # `_on_gpu` (at most one: waiting for it or on it).
         self._held: list[str] = []
@@ -157,6 +158,7 @@ class RemoteWorker:
         """Serve until `stop` is set; then hand back the job in flight and leave."""
         self._work_dir.mkdir(parents=True, exist_ok=True)
         self._redis = connect(self._url)
+        self._bulk = connect(self._url, bulk=True)
         broker = make_broker(
             self._url, self._keys, reclaim_seconds=self._reclaim, consumer_name=self.name
         )
@@ -214,6 +216,7 @@ class RemoteWorker:
             await asyncio.wait({listener, stopper, heartbeat, learn}, timeout=5.0)
             await broker.shutdown()
             await self._redis.aclose()
+            await self._bulk.aclose()
 
     async def _listen_when_ready(
         self, broker: JobStreamBroker, receiver: Receiver, finish: asyncio.Event
@@ -285,6 +288,11 @@ class RemoteWorker:
         if self._redis is None:
             raise RuntimeError("RemoteWorker.run() was not called")
         return self._redis
+
+    def _bulk_client(self) -> Redis:
+        if self._bulk is None:
+            raise RuntimeError("RemoteWorker.run() was not called")
+        return self._bulk
 
     # -- one job ---------------------------------------------------------------------------
 
@@ -423,7 +431,8 @@ class RemoteWorker:
         )
         if cancelled:
             return self._terminal(request, EventKind.CANCELLED, "cancelled")
-        picture = await self._retried("reading the picture", lambda: redis.get(keys.input(job_id)))
+        bulk = self._bulk_client()
+        picture = await self._retried("reading the picture", lambda: bulk.get(keys.input(job_id)))
         if not isinstance(picture, bytes):
             return self._terminal(request, EventKind.FAILED, "input", INPUT_ERROR)
         try:
@@ -482,7 +491,7 @@ class RemoteWorker:
         clip = event.clip if event.kind is EventKind.DONE else None
         if clip is not None:
             data = await asyncio.to_thread(clip.path.read_bytes)
-            await redis.set(keys.output(event.job_id), data, ex=self._ttl)
+            await self._bulk_client().set(keys.output(event.job_id), data, ex=self._ttl)
         payload = event_to_json(event)
         await redis.set(keys.result(event.job_id), payload, ex=self._ttl)
         await redis.publish(keys.events, payload)

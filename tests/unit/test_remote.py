@@ -223,3 +223,14 @@ def test_files_workers_killed_mid_job_left_are_swept_and_live_ones_kept(tmp_path
     assert not left.exists() and making.exists()
     assert old_dir.is_dir()  # a folder stays: an idle worker's is empty, and still its own
     assert sweep_stale_work(tmp_path / "none") == 0
+
+
+def test_pictures_and_clips_move_on_a_connection_that_waits_long_enough_for_them() -> None:
+    # redis-py's 5 s cut every try of an 8 MB clip short on a 1 MB/s link, for ever.
+    from generation.remote.broker import BULK_TIMEOUT_SECONDS, connect
+
+    bulk = connect("redis://localhost:6379/0", bulk=True)
+    plain = connect("redis://localhost:6379/0")
+    assert bulk.connection_pool.connection_kwargs["socket_timeout"] == BULK_TIMEOUT_SECONDS
+    assert BULK_TIMEOUT_SECONDS >= 25 * 8  # a 25 MiB picture at 1 Mbit/s, near enough
+    assert plain.connection_pool.connection_kwargs.get("socket_timeout", 5) <= 5
