@@ -1103,11 +1103,10 @@ class AnimateService:
                 outcome = await self._resume_one(presenter, job)
             except QueueClosed:
                 # The bot began stopping while it started (a stop signal, a GPU it gave up on):
-                # this clip and the rest stay as they are, for the next start, not failed.
-                log.warning(
-                    "stopping while resuming; the rest of the clips wait for the next start"
-                )
-                break
+                # this clip stays as it is, for the next start, not failed. (The others go on:
+                # a finished clip is still posted, a refunded one still closed.)
+                log.info("stopping: clip %s waits for the next start", job.job_id)
+                continue
             except Exception:
                 # One bad record must not keep every later clip out of the queue.
                 log.exception("could not resume this clip", extra={"job_id": job.job_id})

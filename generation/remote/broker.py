@@ -40,13 +40,18 @@ OUTAGE_FIRST_WAIT = 0.5
 OUTAGE_MAX_WAIT = 10.0
 
 
-def connection_options() -> dict[str, Any]:
+def connection_options(*, bulk: bool = False) -> dict[str, Any]:
     """For every Redis connection of ours: a command on a connection Redis dropped (after a
     restart every pooled connection is stale) reconnects and runs again, rather than failing
-    the clip that sent it. redis-py retries nothing unless told to."""
+    the clip that sent it. redis-py retries nothing unless told to. A transfer that timed out
+    is not run again here: at its long timeout, three more tries would hold the caller (the
+    bot's dispatch tick) for many minutes; its own caller tries again."""
+    errors: list[type[Exception]] = [RedisConnectionError]
+    if not bulk:
+        errors.append(RedisTimeoutError)
     return {
         "retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=3),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "retry_on_error": errors,
     }
 
 
@@ -60,7 +65,9 @@ def connect(url: str, *, bulk: bool = False) -> Redis:
     """A client; `bulk`: for moving pictures and clips, with a timeout long enough for them
     (the other commands keep redis-py's 5 s, which tells a hung Redis from a slow one)."""
     if bulk:
-        return Redis.from_url(url, socket_timeout=BULK_TIMEOUT_SECONDS, **connection_options())
+        return Redis.from_url(
+            url, socket_timeout=BULK_TIMEOUT_SECONDS, **connection_options(bulk=True)
+        )
     return Redis.from_url(url, **connection_options())
 
 

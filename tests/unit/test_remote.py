@@ -234,3 +234,9 @@ def test_pictures_and_clips_move_on_a_connection_that_waits_long_enough_for_them
     assert bulk.connection_pool.connection_kwargs["socket_timeout"] == BULK_TIMEOUT_SECONDS
     assert BULK_TIMEOUT_SECONDS >= 25 * 8  # a 25 MiB picture at 1 Mbit/s, near enough
     assert plain.connection_pool.connection_kwargs.get("socket_timeout", 5) <= 5
+    # Nor is a transfer that timed out run three times more at that timeout, holding the
+    # bot's dispatch tick for many minutes: its caller tries again.
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    assert RedisTimeoutError not in bulk.connection_pool.connection_kwargs["retry_on_error"]
+    assert RedisTimeoutError in plain.connection_pool.connection_kwargs["retry_on_error"]
