@@ -137,8 +137,8 @@ class SvdBot(commands.Bot):
             self._commands_checked = True  # on_ready comes again after each reconnect
             try:
                 registered = await self._commands_registered()
-            except discord.HTTPException as exc:
-                log.debug("could not list the registered commands: %s", exc)
+            except Exception as exc:  # a refusal, a dropped connection: no warning either way
+                log.debug("could not list the registered commands: %s", type(exc).__name__)
                 registered = True
             if not registered:
                 # The bot runs, and members see no /animate: the host's likeliest first mistake.

@@ -505,16 +505,18 @@ def _as_many_as_fit(
     """`head`, then as many of `lines` (up to `most`) as fit in a message with `tail`, and
     `more(n)` for the n left out: cut whole lines, never in the middle of a link."""
     end = [tail] if tail is not None else []
-    room = MAX_CONTENT - sum(len(text) + 1 for text in (*head, *end, more(len(lines))))
+    whole = "\n".join([*head, *lines, *end])
+    if (most is None or len(lines) <= most) and len(whole) <= MAX_CONTENT:
+        return whole
+    # Cut: room for the "…and N more" line too (N at its largest, for its length).
+    room = MAX_CONTENT - len("\n".join([*head, more(len(lines)), *end]))
     shown: list[str] = []
     for line in lines[:most]:
         room -= len(line) + 1
         if room < 0:
             break
         shown.append(line)
-    if len(shown) < len(lines):
-        shown.append(more(len(lines) - len(shown)))
-    return "\n".join([*head, *shown, *end])
+    return "\n".join([*head, *shown, more(len(lines) - len(shown)), *end])
 
 
 def history_text(jobs: Sequence[JobRecord]) -> str:

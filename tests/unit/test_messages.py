@@ -293,6 +293,9 @@ def test_the_moderators_queue_lists_this_servers_clips_in_the_order_they_are_mad
     assert all("starting in about" in line for line in listed)  # none cut short
     assert f"…and {20 - len(listed)} more." in crowded and 5 < len(listed) < 15
     assert crowded.splitlines()[-1].startswith("Each clip's progress message")
+    # What fits exactly is shown whole, with no "…and N more" for a line that was not cut.
+    fitted = messages._as_many_as_fit(["h" * 10], ["x" * 1989], lambda n: f"…and {n} more.")
+    assert len(fitted) == messages.MAX_CONTENT and "more" not in fitted
 
 
 def test_history_links_each_posted_clip_and_says_how_the_others_ended() -> None:
