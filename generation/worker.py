@@ -594,9 +594,12 @@ class LocalJobQueue(QueueFront):
         # The limit counts from the encode's start: a clip waiting for an encoder thread that a
         # slow one still holds has not begun, and must not time out for it.
         waits: set[asyncio.Future[Any]] = {began, future}
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        # Not for ever either: behind encodes that ffmpeg keeps going, past the limit it fails.
+        await asyncio.wait(waits, timeout=self._job_timeout, return_when=asyncio.FIRST_COMPLETED)
         started = time.perf_counter()
         try:
+            if not (began.done() or future.done()):
+                raise TimeoutError
             clip = await asyncio.wait_for(asyncio.shield(future), self._job_timeout)
         except TimeoutError:
             job.request_stop("timeout")

@@ -896,7 +896,7 @@ class _SlowFor(FakeEncoder):
 async def test_an_encode_past_the_time_limit_fails_alone_and_leaves_no_file(
     make: Callable[..., Harness],
 ) -> None:
-    h = make(encoder=_SlowFor(slow_job="A1", slow_seconds=1.0), job_timeout=0.5)
+    h = make(encoder=_SlowFor(slow_job="A1", slow_seconds=0.8), job_timeout=0.5)
     await h.runtime.submit(h.request("A1", 1))
     await h.runtime.submit(h.request("B1", 2))
     await h.runtime.start()
@@ -1005,3 +1005,18 @@ async def test_metrics_count_queue_waits_phases_and_failures(
     assert registry.get_sample_value("svdbot_job_wait_seconds_count") == 2
     assert registry.get_sample_value("svdbot_job_phase_seconds_count", {"phase": "encode"}) == 1
     assert registry.get_sample_value("svdbot_worker_ready") == 1
+
+
+async def test_a_clip_waiting_past_the_limit_for_an_encoder_thread_fails_too(
+    make: Callable[..., Harness],
+) -> None:
+    # The one encoder thread is held far past the limit (ffmpeg going on after A1's timeout):
+    # B1 does not sit in "encoding" for as long, it fails at its own limit.
+    h = make(encoder=_SlowFor(slow_job="A1", slow_seconds=2.0), job_timeout=0.4)
+    await h.runtime.submit(h.request("A1", 1))
+    await h.runtime.submit(h.request("B1", 2))
+    await h.runtime.start()
+    started = time.monotonic()
+    b1 = await h.wait_terminal("B1")
+    assert (b1.kind, b1.reason) == (EventKind.FAILED, "timeout")
+    assert time.monotonic() - started < 1.9  # before A1's encode let go of the thread
