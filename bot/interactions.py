@@ -173,6 +173,12 @@ async def queue_from_interaction(
         await defer(interaction, ephemeral=True, thinking=True)
     member = await member_of(interaction, service)
     accepted = await submit(member, origin_of(interaction))
+    # The presenter holds the clip's outcome back until this flow has answered: sent first,
+    # it would take the place of "thinking…", ephemeral, and the progress message posted after
+    # it would stay for good.
+    flows = _presenter(interaction)
+    if flows is not None:
+        flows.flow_began(accepted.job.job_id)
     # From here the clip is queued and will be made, whatever Discord answers now: an error must
     # not reach the error handler, whose "not charged, try again" would make it twice. Without a
     # progress message the presenter posts one itself, and the outcome comes either way.
@@ -185,6 +191,14 @@ async def queue_from_interaction(
             exc,
             extra={"job_id": accepted.job.job_id},
         )
+    finally:
+        if flows is not None:
+            flows.flow_ended(accepted.job.job_id)
+
+
+def _presenter(interaction: discord.Interaction) -> Any:
+    """The bot's presenter (None for a client that has none: a test's bare one)."""
+    return getattr(interaction.client, "presenter", None)
 
 
 async def _announce(

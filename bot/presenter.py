@@ -42,8 +42,10 @@ RECENT_MESSAGES = 50
 WEBHOOK_RETRY_WAIT = 1.0
 # How long after the command its flow may still be posting the progress message.
 PROGRESS_POST_GRACE = timedelta(seconds=30)
-# How long an outcome waits for that flow (which normally takes well under a second).
+# How long an outcome waits for that flow (which normally takes well under a second) to be
+# known, and, once it is, for it to end (Discord's 5xx answers, retried, take about 25 s).
 COMMAND_FLOW_WAIT = timedelta(seconds=10)
+COMMAND_FLOW_MAX = timedelta(seconds=40)
 # How far the clock may step back (an NTP correction) and a job still count as just queued.
 CLOCK_SLEW = timedelta(seconds=5)
 
@@ -161,6 +163,8 @@ class DiscordPresenter:
         # Jobs whose progress message was deleted (or its channel shut to the bot): not edited
         # again, since each refusal counts toward the invalid requests Discord bans a bot for.
         self._gone: set[str] = set()
+        # Jobs whose command flow ("Got it", then the progress message) is still under way.
+        self._flows: dict[str, asyncio.Event] = {}
 
     # ------------------------------------------------------------------ progress
 
@@ -516,13 +520,31 @@ class DiscordPresenter:
         if not await self._finish_progress(job, final=text):
             await self._tell(job, text, mentions=discord.AllowedMentions.none())
 
+    def flow_began(self, job_id: str) -> None:
+        """The command that queued the job is answering it now (see `_after_the_command_flow`)."""
+        self._flows[job_id] = asyncio.Event()
+
+    def flow_ended(self, job_id: str) -> None:
+        flow = self._flows.pop(job_id, None)
+        if flow is not None:
+            flow.set()
+
     async def _after_the_command_flow(self, job: JobRecord) -> JobRecord:
-        """Wait (briefly) for the command's own flow to post its progress message. A clip that
+        """Wait for the command's own flow to answer and post its progress message. A clip that
         ends within moments of being queued would otherwise send its outcome first: Discord
-        shows that followup in place of the "thinking..." answer, the flow's "Got it" then
-        overwrites it, and the progress message the flow posts next stays for good."""
+        shows that followup in place of the "thinking..." answer (ephemeral), the flow's "Got
+        it" then overwrites it, and the progress message the flow posts next stays for good.
+        A flow known to be under way is waited for to its end (discord.py retries a 5xx for
+        about 25 s), one not yet known for a few seconds after the job was queued."""
         current = await self._current(job)
-        while current.progress_message_id is None and _since_queued(current) < COMMAND_FLOW_WAIT:
+        while current.progress_message_id is None:
+            flow = self._flows.get(job.job_id)
+            if flow is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(flow.wait(), COMMAND_FLOW_MAX.total_seconds())
+                return await self._current(current)
+            if _since_queued(current) >= COMMAND_FLOW_WAIT:
+                break
             await asyncio.sleep(0.05)
             current = await self._current(current)
         return current

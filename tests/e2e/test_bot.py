@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import discord
 import numpy as np
 import pytest
@@ -1403,6 +1404,32 @@ async def test_a_failed_got_it_edit_leaves_the_progress_message_and_the_clip_pub
         assert "Got it" in await reply_text(handle)
         progress = [m for m in handle.followups if "clip" in m.content and not m.attachments]
         assert progress and not any(m.ephemeral for m in progress)
+
+
+async def test_a_got_it_edit_that_fails_slowly_still_leaves_the_clip_public(
+    fake_discord: FakeDiscordServer,
+    tiny_model_dir: Path,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Discord's 5xx answers to the "Got it" edit, retried by discord.py for about 25 s (here
+    # 12 s, then a dropped connection): longer than the clip takes. Its outcome must wait for
+    # the command's flow, not take the place of "thinking…" as an ephemeral followup.
+    async def slow_failing(self: discord.Interaction, **fields: Any) -> Any:
+        await asyncio.sleep(12)
+        raise aiohttp.ServerDisconnectedError()
+
+    monkeypatch.setattr(discord.Interaction, "edit_original_response", slow_failing)
+    settings = settings_for(fake_discord, tiny_model_dir, data_dir)
+    async with running(settings, engine=FakeEngine(step_seconds=0.01, frames=TINY_FRAMES)):
+        handle = await animate(fake_discord)
+        posted = await clip_message(fake_discord, fake_discord.user.id)
+        assert not posted.ephemeral
+        assert "Got it" in await reply_text(handle)
+        await asyncio.sleep(0.5)
+        # No public progress message is left behind, with its Cancel, for a clip that is up.
+        left = [m for m in fake_discord.messages(fake_discord.channel) if not m.deleted]
+        assert not [m for m in left if "svd:cancel:" in str(m.custom_ids)]
 
 
 async def test_a_progress_message_whose_id_was_not_saved_is_still_the_only_one(
