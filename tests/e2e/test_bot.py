@@ -919,6 +919,13 @@ async def test_expired_token_falls_back_to_the_channel(
 NO_POSTING = discord.Permissions(send_messages=True, attach_files=True).value
 
 
+async def _progress_message(server: FakeDiscordServer) -> FakeMessage:
+    """A clip long enough to follow: its progress message, once it is up."""
+    handle = await animate(server, steps=10)
+    await reply_text(handle)
+    return await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)
+
+
 async def _progress_posted(server: FakeDiscordServer, **options: Any) -> Any:
     """A clip long enough to follow, once its progress message is up."""
     handle = await animate(server, steps=10, **options)
@@ -1187,9 +1194,7 @@ async def test_a_followup_discord_stored_before_a_server_error_is_not_left_twice
 async def test_a_posted_clip_is_recorded_before_its_progress_message_is_tidied_away(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:
-    handle = await animate(fake_discord, steps=10)
-    await reply_text(handle)
-    progress = await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)
+    progress = await _progress_message(fake_discord)
     # Discord holds the progress message's removal back (a 429): a crash or a stop meanwhile
     # left a posted clip recorded as not posted, to be posted again after the restart.
     fake_discord.faults.rate_limit("DELETE", rf"/messages/{progress.id}$", retry_after=4)
@@ -1209,9 +1214,7 @@ async def test_a_posted_clip_is_recorded_before_its_progress_message_is_tidied_a
 async def test_a_progress_message_a_moderator_deleted_is_left_alone(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:
-    handle = await animate(fake_discord, steps=10)
-    await reply_text(handle)
-    progress = await handle.wait_followup(lambda m: "clip" in m.content, timeout=10)
+    progress = await _progress_message(fake_discord)
     fake_discord.world.delete_message(progress.id)
     await clip_message(fake_discord)
     await _until_delivered(bot)

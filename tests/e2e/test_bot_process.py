@@ -31,24 +31,32 @@ def host_env(server: FakeDiscordServer, model: Path, data: Path) -> dict[str, st
     }
 
 
-async def test_sync_registers_the_commands_in_one_server(
-    discord_server: FakeDiscordServer, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    guild = discord_server.guild
+async def _sync_process(
+    server: FakeDiscordServer, model: Path, data: Path, guild_id: int
+) -> tuple[int | None, str]:
+    """`python -m bot sync --guild ID` as the host types it: its exit code and its output."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bot",
         "sync",
         "--guild",
-        str(guild.id),
-        env={**os.environ, **host_env(discord_server, tiny_model_dir, tmp_path)},
-        cwd=tmp_path,
+        str(guild_id),
+        env={**os.environ, **host_env(server, model, data)},
+        cwd=data,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
     output, _ = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode == 0, output.decode()
+    return process.returncode, output.decode()
+
+
+async def test_sync_registers_the_commands_in_one_server(
+    discord_server: FakeDiscordServer, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    guild = discord_server.guild
+    returncode, output = await _sync_process(discord_server, tiny_model_dir, tmp_path, guild.id)
+    assert returncode == 0, output
     names = {command["name"] for command in discord_server.commands(guild)}
     assert names == {
         "animate",
@@ -61,27 +69,16 @@ async def test_sync_registers_the_commands_in_one_server(
         "help",
         "Animate",
     }
-    assert "Registered 9 commands" in output.decode()
+    assert "Registered 9 commands" in output
     assert discord_server.commands() == []  # nothing global: sync happens only where asked
 
 
 async def test_sync_to_a_server_the_bot_is_not_in_says_what_to_check(
     discord_server: FakeDiscordServer, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot",
-        "sync",
-        "--guild",
-        "123456789012345678",  # a mistyped id
-        env={**os.environ, **host_env(discord_server, tiny_model_dir, tmp_path)},
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output = (await asyncio.wait_for(process.communicate(), 120))[0].decode()
-    assert process.returncode == 2, output
+    mistyped = 123456789012345678
+    returncode, output = await _sync_process(discord_server, tiny_model_dir, tmp_path, mistyped)
+    assert returncode == 2, output
     assert "Check the id" in output and "applications.commands" in output
     assert "Traceback" not in output
 
