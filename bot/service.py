@@ -914,12 +914,15 @@ class AnimateService:
             case EventKind.DONE:
                 # Uploading can take seconds: other jobs' progress must not wait for it.
                 self._spawn(self._deliver(presenter, job, event))
+            # Outcomes in tasks of their own, like a delivery: telling the member may wait on
+            # their command's answer and Discord's retries for half a minute or more, and the
+            # other jobs' events must not wait behind it. (A job's outcome is its last event.)
             case EventKind.FAILED:
                 self._spawn(self._record_end(event))
-                await presenter.failed(job, event.error or "Something went wrong.")
+                self._spawn(presenter.failed(job, event.error or "Something went wrong."))
             case EventKind.CANCELLED:
                 self._spawn(self._record_end(event))
-                await presenter.cancelled(job)
+                self._spawn(presenter.cancelled(job))
             case EventKind.INTERRUPTED:
                 if job.state.finished:
                     # Cancelled while the shutdown's events waited their turn: its message says

@@ -1437,3 +1437,40 @@ async def test_a_file_that_cannot_be_deleted_does_not_stop_the_clean_up(tmp_path
         assert await r.service.clean_up(now=later) == 2
         assert not await asyncio.to_thread(Path(second.job.input_path or "").exists)
         assert await r.service.clean_up(now=later) == 0  # not tried again every hour
+
+
+@pytest.mark.parametrize("outcome", ["failed", "cancelled"])
+async def test_a_slow_outcome_holds_up_no_other_clip(tmp_path: Path, outcome: str) -> None:
+    # Telling a member their clip failed (or was cancelled) can wait on Discord for a long
+    # while (its command still answering, 5xx answers retried): the next member's clip, made
+    # meanwhile, is posted without waiting for that.
+    def fail_on_high_motion(options: AnimateOptions) -> BaseException | None:
+        if options.motion_bucket_id == 255:
+            return GenerationFailed("The GPU ran out of memory.", reason="oom")
+        return None
+
+    engine = FakeEngine(frames=4, step_seconds=0.02, fail_when=fail_on_high_motion)
+    async with rig(tmp_path, engine) as r:
+        release = asyncio.Event()
+        told = asyncio.Event()
+
+        async def slow(*_args: Any) -> None:
+            told.set()
+            await release.wait()
+
+        setattr(r.presenter, outcome, slow)
+        first = await r.service.submit(
+            ALICE,
+            png(),
+            AnimateOptions(motion_bucket_id=255 if outcome == "failed" else 127),
+            ORIGIN,
+        )
+        if outcome == "cancelled":
+            await r.service.cancel(ALICE, first.job.job_id)
+        bob = Member(guild_id=1, user_id=11)
+        second = await r.service.submit(bob, png(), AnimateOptions(), ORIGIN)
+        async with asyncio.timeout(10):
+            await told.wait()
+        await _wait_for_state(r.jobs, second.job.job_id, JobState.DELIVERED)
+        assert r.presenter.delivered == [second.job.job_id]
+        release.set()
