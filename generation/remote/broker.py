@@ -227,6 +227,27 @@ class JobStreamBroker(RedisStreamBroker):
         log.warning("made the consumer group %s again", self.consumer_group_name)
         return True
 
+    async def leave_group(self, redis: Redis) -> bool:
+        """Take this worker's consumer out of the group, unless it still holds a message (one
+        handed back at a stop: deleting the consumer would delete that claim, and the job with
+        it, where another worker reclaims it now). Each start is a consumer of its own (host
+        and pid), so without this the group keeps one for every start there ever was."""
+        assert self.consumer_name is not None
+        held = await redis.xpending_range(
+            self.queue_name,
+            self.consumer_group_name,
+            min="-",
+            max="+",
+            count=1,
+            consumername=self.consumer_name,
+        )
+        if held:
+            return False
+        await redis.xgroup_delconsumer(
+            self.queue_name, self.consumer_group_name, self.consumer_name
+        )
+        return True
+
     def _ackable(self, msg_id: Any, msg: dict[bytes, bytes]) -> AckableMessage:
         return AckableMessage(
             data=msg[b"data"], ack=self._ack_generator(id=msg_id, queue_name=self.queue_name)

@@ -214,6 +214,8 @@ class RemoteWorker:
             for task in (listener, stopper, heartbeat, learn):
                 task.cancel()
             await asyncio.wait({listener, stopper, heartbeat, learn}, timeout=5.0)
+            with contextlib.suppress(RedisError):
+                await broker.leave_group(self._redis)
             await broker.shutdown()
             await self._redis.aclose()
             await self._bulk.aclose()

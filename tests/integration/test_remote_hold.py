@@ -177,6 +177,42 @@ async def test_when_the_last_worker_goes_a_clip_in_flight_is_on_hold_and_finishe
     assert kinds.index(EventKind.STALLED) < restarted < kinds.index(EventKind.DONE)
 
 
+async def _consumers(rig: Rig) -> dict[str, int]:
+    """The job stream's consumers in the workers' group, with the messages each holds."""
+    redis = connect(rig.server.url)
+    try:
+        (group,) = await redis.xinfo_groups(rig.keys.stream)
+        found = await redis.xinfo_consumers(rig.keys.stream, group["name"])
+        return {c["name"].decode(): int(c["pending"]) for c in found}
+    finally:
+        await redis.aclose()
+
+
+async def test_a_worker_that_stops_with_nothing_in_hand_leaves_the_group(rig: Rig) -> None:
+    # Each start is a new consumer (host and pid): without this the group would keep one for
+    # every start there ever was. One still holding a job stays until another reclaims it.
+    rig.start_worker("w1")
+    await rig.wait_for(lambda: rig.queue.snapshot().state == "ready")
+    await rig.queue.submit(rig.request("a", 1))
+    await rig.wait_for(lambda: EventKind.DONE in rig.kinds("a"))
+    assert await _consumers(rig) == {"w1": 0}
+    await rig.stop_workers()
+    assert await _consumers(rig) == {}
+
+    # A worker stopping with a message still in hand (Redis away as it handed it back).
+    held = make_broker(rig.server.url, rig.keys, reclaim_seconds=30, consumer_name="cut-off")
+    redis = connect(rig.server.url)
+    try:
+        await redis.xadd(rig.keys.stream, {"data": b"{}"})
+        (group,) = await redis.xinfo_groups(rig.keys.stream)
+        await redis.xreadgroup(group["name"], "cut-off", {rig.keys.stream: ">"}, count=1)
+        assert not await held.leave_group(redis)
+    finally:
+        await redis.aclose()
+        await held.shutdown()
+    assert await _consumers(rig) == {"cut-off": 1}  # for a live worker to reclaim
+
+
 # --- the next clip while the last one encodes -------------------------------------------------
 
 
