@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Imported here so that `--help` and bad input answer at once, without loading torch.
     from generation.encode import encode_clip
-    from generation.engine import SVDEngine
+    from generation.engine import SVDEngine, WarmUp
     from generation.images import ImageLimits, fit_image, load_image
     from generation.models import quiet_libraries
 
@@ -241,8 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             resolution=args.resolution,
             cache_dir=args.cache_dir,
             local_files_only=args.offline,
-            # One clip does not pay back minutes of compiling; --memory-mode fast still can.
+            # One clip does not pay back minutes of compiling; --memory-mode fast still can,
+            # for this clip's shape alone (not both orientations, then this one again).
             plan_settings=PlanSettings(auto_compile=False),
+            warm_up=WarmUp(
+                ((image.width, image.height),), options.num_frames, options.decode_chunk_size
+            ),
         )
         progress(Progress("loading"))
         load_started = time.perf_counter()

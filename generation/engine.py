@@ -140,6 +140,17 @@ def clip_sizes(resolution: int) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 @dataclass(frozen=True)
+class WarmUp:
+    """What the fast plan compiles for at load, when its clips are known in advance (the
+    command line's one clip): their sizes (width, height), frames and decode chunk. A clip of
+    another shape compiles again, on its own time."""
+
+    sizes: tuple[tuple[int, int], ...]
+    num_frames: int | None = None
+    decode_chunk_size: int | None = None
+
+
+@dataclass(frozen=True)
 class _Attempt:
     frames: np.ndarray
     plan: Plan
@@ -163,6 +174,7 @@ class SVDEngine:
         loader: PipelineLoader | None = None,
         pipeline_call: PipelineCall | None = None,
         warm_portrait: bool = True,
+        warm_up: WarmUp | None = None,
     ) -> None:
         """
         models: hub ids or folders; the first is the default.
@@ -175,6 +187,7 @@ class SVDEngine:
         pipeline_call: calls the pipeline; a seam for tests.
         warm_portrait: the fast plan compiles portrait clips at start too; False leaves that to
             the first portrait clip (the GPU benchmark, whose device time is short).
+        warm_up: compile for exactly these clips instead (overrides `warm_portrait`).
         """
         names = [m for m in (str(m).strip() for m in models) if m]
         if not names:
@@ -200,7 +213,8 @@ class SVDEngine:
             cache_dir=cache_dir, local_files_only=local_files_only
         )
         self._pipeline_call = pipeline_call or _call_pipeline
-        self._warm_sizes = clip_sizes(resolution)[: 2 if warm_portrait else 1]
+        self._warm = warm_up or WarmUp(clip_sizes(resolution)[: 2 if warm_portrait else 1])
+        self._warm_sizes = self._warm.sizes
         self._lock = threading.RLock()
         self._pool = ModelPool(self._load_model, capacity=1, release=self._release)
         self._sized = False
@@ -523,6 +537,8 @@ class SVDEngine:
                 num_inference_steps=_WARM_UP_STEPS,
                 seed=0,
                 cache_interval=_WARM_UP_CACHE_INTERVAL,
+                num_frames=self._warm.num_frames,
+                decode_chunk_size=self._warm.decode_chunk_size,
             )
             self._generate(loaded, image, options, 0, _ignore_progress, _never_cancel)
             # Per shape: a first start that takes long says how far it got.

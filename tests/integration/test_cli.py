@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,46 @@ def test_draft_quality_makes_the_same_clip_shape_and_says_so(
     frames, _stream = decode_mp4(out, 256, 144)
     assert len(frames) == FRAMES
     assert "draft quality" in captured.out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_fast_plan_compiles_for_its_one_clip_only_once(
+    photo: Path,
+    tiny_svd_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # --memory-mode fast compiles at load; for frames and a decode chunk of the member's own
+    # (and only this clip's orientation), not the defaults and then this clip's shape again.
+    from generation.engine import SVDEngine
+    from generation.placement import compile_counters
+
+    made = SVDEngine.__init__
+    run = SVDEngine.run
+    before_the_clip: dict[str, int] = {}
+
+    def eager(self: SVDEngine, *args: Any, **kwargs: Any) -> None:
+        # dynamo's graphs and guards without minutes of C++ compilation (see test_engine)
+        kwargs["plan_settings"] = replace(kwargs["plan_settings"], compile_backend="eager")
+        made(self, *args, **kwargs)
+
+    def counted(self: SVDEngine, *args: Any, **kwargs: Any) -> Any:
+        before_the_clip.update(compile_counters())
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(SVDEngine, "__init__", eager)
+    monkeypatch.setattr(SVDEngine, "run", counted)
+    out = tmp_path / "fast.mp4"
+    args = [str(photo), "-o", str(out), "-q", "--memory-mode", "fast"]
+    code = main([*args, "--frames", "3", "--decode-chunk", "1", *tiny_args(tiny_svd_dir)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "plan fast" in captured.out
+    assert compile_counters() == before_the_clip  # nothing compiled again for the clip
+    frames, _stream = decode_mp4(out, 256, 144)
+    assert len(frames) == 3
 
 
 def test_a_gif_name_makes_a_gif(
