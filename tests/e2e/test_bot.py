@@ -911,7 +911,11 @@ async def test_expired_token_falls_back_to_the_channel(
     assert message.webhook_id is None  # posted with the bot token, not the interaction's
     # Not a reply: the progress message it would point at is deleted once the clip is up.
     assert message.reference_id is None and f"<@{fake_discord.user.id}>" in message.content
-    assert not [m for m in fake_discord.messages() if "Animating" in m.content and not m.deleted]
+    await eventually(
+        lambda: (
+            not [m for m in fake_discord.messages() if "Animating" in m.content and not m.deleted]
+        )
+    )
     assert any(r.status == 401 for r in fake_discord.requests)
 
 
@@ -1458,10 +1462,16 @@ async def test_a_progress_message_whose_id_was_not_saved_is_still_the_only_one(
         handle = await animate(fake_discord, steps=8)
         await clip_message(fake_discord, fake_discord.user.id)
         await _until_delivered(app)
-        everything = fake_discord.world.messages.in_channel(
-            fake_discord.channel.id, include_deleted=True
-        )
-        progress = [m for m in everything if "svd:cancel:" in str(m.custom_ids)]
+
+        def progress_messages() -> list[Any]:
+            everything = fake_discord.world.messages.in_channel(
+                fake_discord.channel.id, include_deleted=True
+            )
+            return [m for m in everything if "svd:cancel:" in str(m.custom_ids)]
+
+        # Tidied away just after the clip is recorded as posted, not before.
+        await eventually(lambda: all(m.deleted for m in progress_messages()))
+        progress = progress_messages()
         # One progress message, followed to the end and tidied away: not a second one posted
         # beside it, with the first left saying "next in line" and offering Cancel for ever.
         assert [m.id for m in progress] == lost and progress[0].deleted
