@@ -10,10 +10,11 @@ restart does not forget it.
 
 from __future__ import annotations
 
+import heapq
 import math
 import statistics
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from generation.options import AnimateOptions
 
@@ -62,3 +63,19 @@ class EtaEstimator:
     def estimate(self, cost_units: float) -> float:
         """Expected seconds to generate a clip of `cost_units`."""
         return cost_units * self.seconds_per_unit()
+
+
+def start_times(running: Iterable[float], waiting: Sequence[float], gpus: int) -> list[float]:
+    """Seconds until a GPU starts each waiting job (`waiting`: their expected durations, in
+    service order), given the seconds left of each running one: each job goes to the GPU that
+    frees first. (An average over the GPUs would tell the first in line to wait half of a long
+    clip on one GPU while the other is about to finish a short one.)"""
+    free_at = [0.0] * max(gpus, 1)
+    for left in sorted(running):  # more running than GPUs (one just left): they queue too
+        heapq.heapreplace(free_at, free_at[0] + max(left, 0.0))
+    starts = []
+    for seconds in waiting:
+        start = free_at[0]
+        starts.append(start)
+        heapq.heapreplace(free_at, start + seconds)
+    return starts

@@ -26,7 +26,7 @@ from generation.errors import (
     InvalidOptions,
     is_disk_full,
 )
-from generation.eta import EtaEstimator, job_cost
+from generation.eta import EtaEstimator, job_cost, start_times
 from generation.events import EventBus, Subscription
 from generation.jobs import (
     JOURNALED,
@@ -423,15 +423,12 @@ class QueueFront:
 
     def _waiting_etas(self) -> dict[str, float]:
         """Seconds until a GPU starts each waiting job, in service order."""
-        ahead = sum(
-            self._remaining(job) for job in self._jobs.values() if job.phase == "generating"
+        running = [self._remaining(job) for job in self._jobs.values() if job.phase == "generating"]
+        waiting = self._queue.waiting()
+        starts = start_times(
+            running, [self.eta.estimate(q.cost_units) for q in waiting], self._parallel
         )
-        parallel = max(self._parallel, 1)
-        etas = {}
-        for queued in self._queue.waiting():
-            etas[queued.job_id] = ahead / parallel
-            ahead += self.eta.estimate(queued.cost_units)
-        return etas
+        return {queued.job_id: start for queued, start in zip(waiting, starts, strict=True)}
 
     def _announce_positions(self) -> None:
         """A `position` event for every waiting job whose place in line changed (none while on

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from generation.errors import QueueFull, TooManyJobs
-from generation.eta import EtaEstimator, job_cost
+from generation.eta import EtaEstimator, job_cost, start_times
 from generation.jobs import JobRequest
 from generation.options import AnimateOptions
 from generation.queue import FairQueue, QueueClosed
@@ -265,3 +265,15 @@ def test_cancelling_and_resubmitting_does_not_win_an_extra_turn() -> None:
     assert queue.remove("a2") is not None
     queue.push(request("a3", 1))
     assert drain(queue) == ["b2", "a3"]
+
+
+def test_a_waiting_clip_starts_when_the_first_gpu_frees() -> None:
+    # One GPU is 10 s from done, the other 100 s: the next clip starts in 10 s, not the 55 s
+    # of an average, and the one after it on the same GPU once that is done (40 s).
+    assert start_times([100.0, 10.0], [30.0, 30.0, 30.0], gpus=2) == [10.0, 40.0, 70.0]
+    # One GPU: each waits for everything ahead of it.
+    assert start_times([10.0], [30.0, 20.0], gpus=1) == [10.0, 40.0]
+    # A GPU free now (it is loading, say) takes the first at once.
+    assert start_times([50.0], [30.0, 30.0], gpus=2) == [0.0, 30.0]
+    # More running than GPUs (a worker just left): the clip it held waits its turn too.
+    assert start_times([20.0, 20.0], [30.0], gpus=1) == [40.0]
