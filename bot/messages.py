@@ -178,6 +178,11 @@ def undelivered_text(job: JobRecord, *, no_room: bool = False) -> str:
     )
 
 
+def handed_over_privately_note(job: JobRecord) -> str:
+    """Under a kept clip handed over in another channel than its own, to its member alone."""
+    return f"-# Asked for in <#{job.channel_id}>, so only you can see it here: save it to keep it."
+
+
 def not_handed_over_text(jobs: Sequence[JobRecord]) -> str:
     ids = ", ".join(f"`{job.job_id[:8]}`" for job in jobs)
     return (

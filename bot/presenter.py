@@ -440,21 +440,32 @@ class DiscordPresenter:
         event: JobEvent,
         *,
         posted: Callable[[], Awaitable[None]] | None = None,
+        privately: bool = False,
     ) -> bool:
         """Post a clip Discord refused earlier through `followup`, the webhook of a command the
         member just used: its token is fresh and it needs none of the bot's channel permissions.
-        `posted`, as for `deliver`: awaited the moment Discord has the clip, before the tidying
-        up, whose failure then no longer counts against a clip that is up."""
+        `privately`: the command was used in another channel than the clip's, whose members
+        may not be meant to see it (a staff or age-restricted channel's clip): only the member
+        sees it, without buttons (Delete and Re-roll act on a public clip). `posted`, as for
+        `deliver`: awaited the moment Discord has the clip, before the tidying up, whose
+        failure then no longer counts against a clip that is up."""
         assert event.clip is not None
-        view = clip_view(job.job_id, motion=job.options.get("motion_bucket_id"))
+        extra: dict[str, Any] = (
+            {"ephemeral": True}
+            if privately
+            else {"view": clip_view(job.job_id, motion=job.options.get("motion_bucket_id"))}
+        )
+        text = messages.done_text(job, event)
+        if privately:
+            text += "\n" + messages.handed_over_privately_note(job)
 
         async def post(clip: Path) -> Any:
             return await followup.send(
-                messages.done_text(job, event),
+                text,
                 file=_clip_file(job, clip),
-                view=view,
                 allowed_mentions=_only_the_member(job),
                 wait=True,
+                **extra,
             )
 
         try:

@@ -229,7 +229,13 @@ class AnimateCog(commands.Cog):
         try:
             refused = await service.hand_over(
                 member,
-                lambda job, event, posted: presenter.hand_over(followup, job, event, posted=posted),
+                lambda job, event, posted: presenter.hand_over(
+                    followup,
+                    job,
+                    event,
+                    posted=posted,
+                    privately=job.channel_id != interaction.channel_id,
+                ),
             )
         except Exception:
             # The list is answered; the error handler's "try again" would replace it, for

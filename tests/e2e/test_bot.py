@@ -1155,6 +1155,24 @@ async def test_a_clip_nobody_would_take_is_handed_over_by_queue(
     assert not [m for m in again.followups if m.attachments]
 
 
+async def test_a_kept_clip_asked_for_elsewhere_is_handed_over_only_to_its_member(
+    bot: App, fake_discord: FakeDiscordServer, tmp_path: Path
+) -> None:
+    # A clip of the staff channel must not go up in #lounge because its member typed /queue
+    # there: it comes to them alone, and says where it was asked for.
+    await _past_the_token(fake_discord)
+    fake_discord.deny_bot(NO_POSTING)
+    fake_discord.close_dms(fake_discord.user)
+    await wait_for_message(fake_discord, lambda m: "could not post it here" in m.content, 60)
+    lounge = fake_discord.guild.add_channel("lounge")
+    asked = await fake_discord.interaction("queue", {}, permissions=MEMBER, channel=lounge)
+    posted = await asked.wait_followup(lambda m: bool(m.attachments), timeout=10)
+    assert posted.ephemeral and f"<#{fake_discord.channel.id}>" in posted.content
+    assert frames_of(posted, tmp_path).shape[0] == TINY_FRAMES
+    assert not [m for m in fake_discord.messages(lounge) if m.attachments and not m.ephemeral]
+    await _until_delivered(bot)
+
+
 @pytest.mark.usefixtures("quick_discord_retries")
 async def test_a_server_error_after_discord_stored_the_clip_does_not_post_it_twice(
     bot: App, fake_discord: FakeDiscordServer
