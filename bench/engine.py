@@ -64,7 +64,6 @@ from generation.plans import (
     PlanSettings,
     Workload,
     choose_plan,
-    even_chunk,
 )
 from generation.results import Progress
 from generation.tiny import assemble_pipeline, build_tiny_pipeline

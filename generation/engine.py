@@ -60,7 +60,6 @@ from generation.plans import (
     Workload,
     base_dtype,
     choose_plan,
-    even_chunk,
     next_plan,
     resident_capacity,
 )
@@ -607,8 +606,9 @@ class SVDEngine:
         num_frames = options.num_frames or loaded.num_frames
         chunk = min(options.decode_chunk_size or plan.decode_chunk_size, plan.decode_chunk_size)
         chunk = min(chunk, loaded.decode_chunk_cap or chunk)
-        if plan.compile:
-            chunk = even_chunk(num_frames, chunk)
+        # The compiled plan decodes in the same chunks as the others (25 frames: 8 + 8 + 8 + 1,
+        # a second decoder graph), not in chunks of one shape: SVD's decoder mixes the frames
+        # within a chunk (its temporal layers), so other chunks would make another clip.
         width, height = image.size
         cache = loaded.feature_cache
 

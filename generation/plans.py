@@ -192,16 +192,6 @@ def make_plan(name: PlanName, device: str, settings: PlanSettings | None = None)
     raise ValueError(f"unknown plan {name!r}")
 
 
-def even_chunk(frames: int, cap: int) -> int:
-    """The decode chunk for a compiled VAE decoder: the largest divisor of `frames` up to `cap`,
-    so every chunk has one shape and one compiled graph (25 frames, cap 8: five of 5, not
-    8 + 8 + 8 + 1, whose last chunk compiles a second graph, minutes at start-up). Only when that
-    divisor is at least half the cap, else `cap` (a prime count would decode frame by frame)."""
-    top = max(1, min(cap, frames))
-    divisor = next(size for size in range(top, 0, -1) if frames % size == 0)
-    return divisor if 2 * divisor >= top else top
-
-
 def estimate_peak_gib(plan: Plan, footprint: Footprint, workload: Workload) -> float:
     """Estimated peak GPU memory of one clip under `plan`, in GiB."""
     unet_act = (

@@ -538,6 +538,29 @@ def test_on_cuda_every_plan_makes_the_clip(tiny_svd_dir: Path, small: Image.Imag
     assert torch.cuda.memory_allocated() < 64 * 1024**2  # close() gave the memory back
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_fast_plan_makes_the_clip_the_seed_recipe_makes(
+    tiny_svd_dir: Path, engine: SVDEngine, picture: Picture
+) -> None:
+    # Issue 8: faster, with the same output. SVD's decoder mixes the frames within a decode
+    # chunk, so the fast plan must decode in the same chunks (here 3 + 1) as plain diffusers.
+    fast = SVDEngine(
+        [str(tiny_svd_dir)],
+        device="cpu",
+        resolution=256,
+        memory_mode="fast",
+        plan_settings=PlanSettings(compile_backend="eager"),
+        warm_portrait=False,
+    )
+    image = picture(256, 144, seed=2)
+    expected = run(engine, image, seed=4, decode_chunk_size=3)
+    got = run(fast, image, seed=4, decode_chunk_size=3)
+    assert got.plan == "fast" and expected.plan != "fast"
+    assert np.abs(got.frames.astype(int) - expected.frames.astype(int)).mean() < 0.05
+    fast.close()
+
+
 @pytest.mark.gpu
 @pytest.mark.slow
 @pytest.mark.timeout(900)

@@ -11,7 +11,6 @@ from generation.plans import (
     Workload,
     choose_plan,
     estimate_peak_gib,
-    even_chunk,
     make_plan,
     next_plan,
     resident_capacity,
@@ -182,12 +181,3 @@ def test_unknown_names_are_refused() -> None:
         make_plan("turbo", "cuda")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         pick(79.0, memory_mode="turbo")
-
-
-@pytest.mark.parametrize(
-    ("frames", "cap", "chunk"),
-    [(25, 8, 5), (14, 8, 7), (4, 8, 4), (16, 8, 8), (13, 8, 8), (25, 2, 1), (1, 8, 1)],
-)
-def test_a_compiled_decoder_gets_chunks_of_one_shape(frames: int, cap: int, chunk: int) -> None:
-    # 25 frames in chunks of 8 end with a chunk of 1: a second compiled graph, minutes at start.
-    assert even_chunk(frames, cap) == chunk
