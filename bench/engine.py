@@ -505,7 +505,7 @@ def fast_plan_agreement(
     embeddings = torch.randn(2, 1, reference.unet.config.cross_attention_dim, generator=generator)
     time_ids = torch.tensor([[6.0, 127.0, 0.02]] * 2)
     timestep = torch.tensor(1.0, device=device)
-    chunk = even_chunk(frames, args.fast_decode_chunk)  # as the fast plan decodes
+    chunk = min(frames, args.fast_decode_chunk)  # the fast plan's full decode chunk
     latents = torch.randn(chunk, 4, height // 8, width // 8, generator=generator)
 
     def unet_call(unet: Any) -> torch.Tensor:
@@ -591,8 +591,8 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU here; use --tiny, or --gpu --arch tiny --device cpu")
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
+    # No TF32 here: the seed recipe is plain diffusers, torch's defaults; the fast plan turns
+    # it on for itself (placement._tune_cuda).
     if args.log_recompiles:
         torch._logging.set_logs(recompiles=True)
     started = time.perf_counter()

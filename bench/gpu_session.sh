@@ -41,6 +41,9 @@ run | low)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+    # In seconds, not after minutes of building: a diffusers that cannot import here (an older
+    # huggingface-hub on the machine) would fail every step.
+    python3 -c "import diffusers, imageio_ffmpeg; from diffusers import StableVideoDiffusionPipeline" || exit 1
     nvidia-smi >"$out/nvidia-smi.txt" 2>&1
     ;;&
 low)
