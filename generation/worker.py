@@ -590,7 +590,9 @@ class LocalJobQueue(QueueFront):
             loop.call_soon_threadsafe(_settle, began)
             return encode()
 
-        future = loop.run_in_executor(self._encode_pool, timed)
+        assert self._encode_pool is not None  # made by start(), before any job runs
+        work = self._encode_pool.submit(timed)
+        future = asyncio.wrap_future(work)
         # The limit counts from the encode's start: a clip waiting for an encoder thread that a
         # slow one still holds has not begun, and must not time out for it.
         waits: set[asyncio.Future[Any]] = {began, future}
@@ -604,8 +606,11 @@ class LocalJobQueue(QueueFront):
         except TimeoutError:
             job.request_stop("timeout")
             job.log.error("encoding took longer than %.0fs", self._job_timeout)
-            # The thread goes on (ffmpeg is not stopped from here): what it writes is removed.
-            future.add_done_callback(lambda _done: path.unlink(missing_ok=True))
+            # One that has not begun never will (it would hold an encoder thread for nothing,
+            # and the clips behind it would time out in turn). One that has goes on (ffmpeg is
+            # not stopped from here): what it writes is removed.
+            if not work.cancel():
+                work.add_done_callback(lambda _done: path.unlink(missing_ok=True))
             await self._finish(
                 job,
                 EventKind.FAILED,

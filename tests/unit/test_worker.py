@@ -1020,3 +1020,7 @@ async def test_a_clip_waiting_past_the_limit_for_an_encoder_thread_fails_too(
     b1 = await h.wait_terminal("B1")
     assert (b1.kind, b1.reason) == (EventKind.FAILED, "timeout")
     assert time.monotonic() - started < 1.9  # before A1's encode let go of the thread
+    # Failed before it began, B1's encode never runs: it would hold the thread for nothing,
+    # and the clips after it would time out waiting behind it.
+    await asyncio.sleep(2.5 - (time.monotonic() - started))
+    assert [p.stem for p in h.encoder.calls] == ["A1"]
