@@ -5,14 +5,13 @@ says what this host has and what the bot will do; `health` is the container's he
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
-import threading
 from pathlib import Path
 from typing import NoReturn
 
+from bot import threads
 from bot.logs import configure_logging, redact
 from bot.settings import (
     Settings,
@@ -114,15 +113,17 @@ def _exit_for_restart(program: str, reason: Exception) -> NoReturn:
 
 
 def _end(code: int) -> int:
-    """`code`, or, when an engine thread is still inside the GPU (a shutdown gave up on it), the
-    same code through `os._exit`: a normal exit would wait for that thread for ever."""
+    """`code`, or, when an engine thread is still inside the GPU (a shutdown gave up on it) or
+    a thread of the loop's is stuck (a hung disk, see bot/threads.py), the same code through
+    `os._exit`: a normal exit would wait for that thread for ever."""
+    from bot.threads import IO_THREAD_PREFIX, busy_threads
     from generation.worker import ENGINE_THREAD_PREFIX
 
-    engines = [t for t in threading.enumerate() if t.name.startswith(ENGINE_THREAD_PREFIX)]
-    for thread in engines:
-        thread.join(timeout=1.0)  # an idle one is leaving after the pool's shutdown
-    if any(thread.is_alive() for thread in engines):
-        logging.getLogger("bot").warning("an engine thread never returned; ending the process")
+    stuck = busy_threads(ENGINE_THREAD_PREFIX, IO_THREAD_PREFIX, wait=2.0)
+    if stuck:
+        logging.getLogger("bot").warning(
+            "%s never returned; ending the process", ", ".join(t.name for t in stuck)
+        )
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -136,7 +137,7 @@ def _run_worker(settings: Settings) -> int:
     from generation.errors import GenerationError
 
     try:
-        asyncio.run(run_worker(settings))
+        threads.run(run_worker(settings))
         return 0
     except EngineStuck as exc:
         _exit_for_restart("svd-bot worker", exc)
@@ -159,7 +160,7 @@ def _run_async(command: str, settings: Settings, token: str, args: argparse.Name
     try:
         if command == "sync":
             try:
-                names = asyncio.run(sync_commands(settings, token, args.guild))
+                names = threads.run(sync_commands(settings, token, args.guild))
             except (discord.Forbidden, discord.NotFound) as exc:
                 if args.guild is None:
                     raise
@@ -175,7 +176,7 @@ def _run_async(command: str, settings: Settings, token: str, args: argparse.Name
             where = f"server {args.guild}" if args.guild else "all servers (may take up to an hour)"
             print(f"Registered {len(names)} commands in {where}: {', '.join(sorted(names))}")
             return 0
-        asyncio.run(run(settings, token))
+        threads.run(run(settings, token))
         return 0
     except EngineStuck as exc:
         _exit_for_restart("svd-bot", exc)
