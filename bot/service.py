@@ -436,6 +436,10 @@ class AnimateService:
 
     async def _check_admission(self, member: Member) -> None:
         await self._check_disk()
+        if self._queue.snapshot().state == "failed":
+            # The GPU worker stopped on a bug of ours: nothing is made until a restart (which
+            # keeps the clips in line), so a new clip would only wait, its quota held.
+            raise GenerationError(_WORKER_DOWN_MESSAGE)
         try:
             self._queue.check_admission(member.user_id)
         except TooManyJobs as exc:
@@ -531,6 +535,8 @@ class AnimateService:
         if state == "loading":
             # The wait estimate counts clips only; loading (and compiling) comes first.
             notes = (*notes, _LOADING_NOTE)
+        elif state == "stuck":
+            notes = (*notes, _RESTARTING_NOTE)  # the estimate knows nothing of the restart
         return Accepted(
             job=stored or record, queued=queued, quota=quota, notes=notes, on_hold=on_hold
         )
@@ -631,7 +637,9 @@ class AnimateService:
             if job is None or job.guild_id != member.guild_id:
                 return []
             if job.user_id != member.user_id and not member.is_moderator:
-                raise GenerationError("Only the member who asked for this clip can cancel it.")
+                raise GenerationError(
+                    "Only the member who asked for this clip, or a moderator, can cancel it."
+                )
             targets = [job]
         else:
             targets = await self._jobs.active_for_user(member.guild_id, member.user_id)
@@ -1263,6 +1271,14 @@ _UNDELIVERABLE_MESSAGE = (
 _LOADING_NOTE = (
     "The bot has just started and is still loading the model, so your clip may start later "
     "than that."
+)
+_RESTARTING_NOTE = (
+    "The GPU stopped responding and the bot is restarting: your clip is kept and made after "
+    "the restart, later than that."
+)
+_WORKER_DOWN_MESSAGE = (
+    "My GPU worker stopped after an error, so I can't make clips until the bot is restarted "
+    "(the host has been told in my log). You were not charged; please try again later."
 )
 _NOT_QUEUED_MESSAGE = "This clip could not be queued. You were not charged."
 _UNRESUMABLE_MESSAGE = (

@@ -256,6 +256,25 @@ async def test_a_clip_asked_for_while_the_model_loads_says_it_may_start_later(
         assert not any("loading" in note for note in later.notes)
 
 
+async def test_while_the_gpu_worker_is_down_a_clip_is_refused_or_told_why_it_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "It should start in about 1 s" would be false: a worker stopped by an error makes nothing
+    # until the bot is restarted (refused, nothing charged); one restarting for a stuck GPU
+    # makes the clip after the restart (queued, and told so).
+    async with rig(tmp_path) as r:
+        await asyncio.wait_for(r.queue.ready.wait(), 10)
+        monkeypatch.setattr(r.queue, "_state", "failed")
+        with pytest.raises(GenerationError) as refused:
+            await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        assert "restart" in refused.value.user_message
+        assert "not charged" in refused.value.user_message
+        assert (await r.service.quota(ALICE)).remaining == 3
+        monkeypatch.setattr(r.queue, "_state", "stuck")
+        kept = await r.service.submit(ALICE, png(), AnimateOptions(), ORIGIN)
+        assert any("after the restart" in note for note in kept.notes)
+
+
 async def test_bad_image_is_refused_before_anything_is_charged(tmp_path: Path) -> None:
     async with rig(tmp_path) as r:
         with pytest.raises(InvalidImage):
