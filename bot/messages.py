@@ -185,8 +185,10 @@ def handed_over_privately_note(job: JobRecord) -> str:
 
 def not_handed_over_text(jobs: Sequence[JobRecord]) -> str:
     ids = ", ".join(f"`{job.job_id[:8]}`" for job in jobs)
+    # Not always Discord's doing: the disk may have had no room to make a clip smaller.
+    kept = "They are" if len(jobs) > 1 else "It is"
     return (
-        f"⚠️ Discord would not take {ids} just now either. It is kept safe and I keep trying; "
+        f"⚠️ I could not post {ids} just now either. {kept} kept safe and I keep trying; "
         "you are not charged until you have it."
     )
 

@@ -394,3 +394,12 @@ def test_the_status_line_says_how_busy_the_bot_is() -> None:
     assert "Making 2 clips" in messages.presence_text(QueueSnapshot("ready", (), two))
     full = messages.presence_text(QueueSnapshot("ready", waiting, ()), disk_full=True)
     assert full.startswith("⚠️ Paused: the server's disk is full") and len(full) <= 128
+
+
+def test_clips_not_handed_over_are_named_and_counted() -> None:
+    one = JobRecord(job_id="a" * 32, guild_id=1, channel_id=2, user_id=3)
+    two = JobRecord(job_id="b" * 32, guild_id=1, channel_id=2, user_id=3)
+    assert "It is kept" in messages.not_handed_over_text([one])
+    both = messages.not_handed_over_text([one, two])
+    assert "`aaaaaaaa`, `bbbbbbbb`" in both and "They are kept" in both
+    assert "Discord" not in both  # the disk may have been the cause
