@@ -135,6 +135,11 @@ class EventBus:
         for subscription in list(self._all):
             subscription.push(event)
 
+    def forget(self, job_id: str) -> None:
+        """Drop a finished job's outcome: it is about to run again, and a subscriber must not
+        take the old outcome for the new run's."""
+        self._finished.pop(job_id, None)
+
     def latest(self, job_id: str) -> JobEvent | None:
         return self._latest.get(job_id) or self._finished.get(job_id)
 

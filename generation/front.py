@@ -276,7 +276,11 @@ class QueueFront:
         self._announce_positions()
         return True
 
-    def subscribe(self, job_id: str) -> Subscription:
+    def subscribe(self, job_id: str, *, fresh: bool = False) -> Subscription:
+        """`fresh`: the job is to run (again) now; an outcome of an earlier run of it here (one
+        cancelled when another worker took it over) is not replayed as this run's."""
+        if fresh and ((known := self._jobs.get(job_id)) is None or known.finished):
+            self._bus.forget(job_id)
         return self._bus.subscribe(job_id)
 
     def events(self) -> Subscription:

@@ -447,7 +447,7 @@ class RemoteWorker:
             if await self._another_serves():
                 return None  # handed back, for a worker with room
             return self._terminal(request, EventKind.FAILED, "disk", DISK_FULL_MESSAGE)
-        events = self._runtime.subscribe(job_id)
+        events = self._runtime.subscribe(job_id, fresh=True)
         try:
             self._on_gpu.add(job_id)
             await self._runtime.submit(request, resume=True)

@@ -1024,3 +1024,19 @@ async def test_a_clip_waiting_past_the_limit_for_an_encoder_thread_fails_too(
     # and the clips after it would time out waiting behind it.
     await asyncio.sleep(2.5 - (time.monotonic() - started))
     assert [p.stem for p in h.encoder.calls] == ["A1"]
+
+
+async def test_a_job_run_again_is_answered_by_its_new_run_not_its_old_outcome(
+    make: Callable[..., Harness],
+) -> None:
+    # A scale-out worker that cancelled a clip (another worker had taken it over) may be sent
+    # it again later (that worker died): the old "cancelled" must not stand for the new run.
+    h = make()
+    await h.runtime.submit(h.request("A1", 1))
+    assert await h.runtime.cancel("A1")
+    await h.runtime.start()
+    events = h.runtime.subscribe("A1", fresh=True)
+    await h.runtime.submit(h.request("A1", 1), resume=True)
+    async with asyncio.timeout(10):
+        outcome = [e async for e in events][-1]
+    assert outcome.kind is EventKind.DONE
