@@ -520,8 +520,27 @@ class DiscordPresenter:
 
     async def failed(self, job: JobRecord, message: str) -> None:
         job = await self._after_the_command_flow(job)
+        text = messages.failed_text(job, message)
+        await self._stop_progress(job)
+        try:
+            await self._send(job, text)
+        except discord.HTTPException as exc:
+            log.error("could not tell the member: %s", exc, extra={"job_id": job.job_id})
+            # The progress message says it instead (the bot may edit its own message where it
+            # may no longer post), and where the channel is shut to the bot, a DM too: a
+            # failure must not end in silence, its progress message gone.
+            edited = await self._finish_progress(job, final=text)
+            if not edited or _not_postable_there(exc) is not None:
+                await self._dm(job, text)
+            return
         await self._finish_progress(job)
-        await self._tell(job, messages.failed_text(job, message))
+
+    async def _dm(self, job: JobRecord, text: str) -> None:
+        try:
+            channel = await self._client.create_dm(discord.Object(job.user_id))
+            await channel.send(text)
+        except discord.HTTPException as exc:  # DMs closed (50007): nothing more to try
+            log.warning("could not DM the member either: %s", exc, extra={"job_id": job.job_id})
 
     async def cancelled(self, job: JobRecord) -> None:
         job = await self._after_the_command_flow(job)

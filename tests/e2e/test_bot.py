@@ -9,6 +9,7 @@ import contextlib
 import inspect
 import io
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1344,6 +1345,31 @@ def failing_engine() -> FakeEngine:
         frames=TINY_FRAMES,
         fail_when=lambda _o: GenerationFailed("The GPU had a bad moment.", reason="error"),
     )
+
+
+async def test_a_clip_that_fails_where_the_bot_may_not_post_is_still_told(
+    fake_discord: FakeDiscordServer, tiny_model_dir: Path, data_dir: Path
+) -> None:
+    # Its token spent, the bot cannot post the failure in the channel: the progress message
+    # (its own, which it may still edit) says it, and the member hears it by DM.
+    go = threading.Event()
+
+    def fail_later(_options: Any) -> BaseException:
+        go.wait(20)
+        return GenerationFailed("The GPU had a bad moment.", reason="error")
+
+    engine = FakeEngine(step_seconds=0.01, frames=TINY_FRAMES, fail_when=fail_later)
+    settings = settings_for(fake_discord, tiny_model_dir, data_dir)
+    async with running(settings, engine=engine):
+        await _past_the_token(fake_discord)
+        fake_discord.deny_bot(NO_POSTING)
+        go.set()
+        progress = await wait_for_message(fake_discord, lambda m: "bad moment" in m.content, 20)
+        assert not progress.deleted and not progress.components
+        dm = await eventually(
+            lambda: [m for m in fake_discord.dms(fake_discord.user) if "bad moment" in m.content]
+        )
+        assert "not charged" in dm[0].content
 
 
 @pytest.mark.parametrize("download_seconds", [0.0, 11.0], ids=["small picture", "slow download"])
