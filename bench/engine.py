@@ -70,6 +70,14 @@ from generation.tiny import assemble_pipeline, build_tiny_pipeline
 
 MODEL = "random/svd-xt"  # a label: the loader below builds the weights
 SEED_RECIPE = "seed"
+# Frames by clip index (each index: its own picture, seed and motion, the same in every row).
+Clips = dict[int, np.ndarray]
+
+
+def clip_seed(index: int) -> int:
+    return 1000 + index
+
+
 # Different conditioning for every timed clip: none of it may cause a recompile.
 MOTIONS = ((127, 7, 0.02), (180, 6, 0.1), (60, 10, 0.05), (200, 12, 0.3))
 
@@ -204,6 +212,9 @@ class Row:
     # The plan the engine ended up with when it is not the one asked for (a compile that failed
     # falls back to "full"): its figures are not this row's plan's, and the run fails.
     fell_back_to: str | None = None
+    # Mean |frames - the seed recipe's| (of 255) over the clips both made from the same picture,
+    # seed and motion: issue 8's "same output" (fp16 noise is well under 1).
+    seed_recipe_gap: float | None = None
     note: str = ""
 
     @property
@@ -259,9 +270,11 @@ def picture(width: int, height: int, seed: int) -> Image.Image:
 
 
 def bench_seed_recipe(
-    loader: CopyLoader, device: str, image: Image.Image, args: argparse.Namespace
-) -> Row:
-    """diffusers as its docs show it: fp16, everything on the GPU, decode_chunk_size=8."""
+    loader: CopyLoader, device: str, size: tuple[int, int], args: argparse.Namespace
+) -> tuple[Row, Clips]:
+    """diffusers as its docs show it: fp16, everything on the GPU, decode_chunk_size=8. Each
+    clip (warm-up too) from the picture, seed and motion the plans' clip of its index has, so
+    their frames can be compared; returned by index."""
     row = Row(SEED_RECIPE, note="pipe(image, decode_chunk_size=8).frames[0], fp16, all on GPU")
     sync = synchronizer(device)
     started = time.perf_counter()
@@ -269,7 +282,8 @@ def bench_seed_recipe(
     pipe.to(device)
     sync()
     row.load_seconds = time.perf_counter() - started
-    width, height = image.size
+    width, height = size
+    clips: Clips = {}
     # The reserved peak starts from what is reserved: the blocks a load or warm-up left in the
     # caching allocator go first, once, not before each clip (the bot never empties it between
     # clips, and a clip that rebuilt it would be timed slower than the bot's).
@@ -282,9 +296,10 @@ def bench_seed_recipe(
             clock(Progress("denoising", i + 1, args.steps))  # noqa: B023 (called within the loop)
             return tensors
 
+        image = picture(width, height, seed=index)  # as time_clips makes it
         reset_peak(device)
         clock.start()
-        pipe(
+        frames = pipe(
             image,
             height=height,
             width=width,
@@ -293,12 +308,13 @@ def bench_seed_recipe(
             motion_bucket_id=motion,
             fps=fps,
             noise_aug_strength=noise,
-            generator=torch.manual_seed(index),
+            generator=torch.manual_seed(clip_seed(index)),
             callback_on_step_end=on_step_end,
         ).frames[0]
         sync()
         ended = time.perf_counter()
         record_peak(row, device)
+        clips[index] = np.stack([np.asarray(frame.convert("RGB")) for frame in frames])
         if index >= args.warmup:
             row.clip_seconds.append(ended - clock.started)
             step = clock.step_seconds()
@@ -309,7 +325,7 @@ def bench_seed_recipe(
                 row.decode_seconds.append(decode)
     del pipe
     free_memory(device)
-    return row
+    return row, clips
 
 
 def bench_plan(
@@ -318,7 +334,7 @@ def bench_plan(
     device: str,
     args: argparse.Namespace,
     checkpoint: Callable[[Row], None] = lambda _row: None,
-) -> tuple[Row, SVDEngine, list[np.ndarray]]:
+) -> tuple[Row, SVDEngine, Clips]:
     """`checkpoint(row)` is called as figures come in (after the load and compile, after the
     clips), so that a run stopped by its time limit still reports them."""
     settings = PlanSettings(
@@ -405,28 +421,28 @@ def time_clips(
     slow: bool = False,
     cache_interval: int = 1,
     warmed_up: bool = False,
-) -> list[np.ndarray]:
+) -> Clips:
     """Time `engine`'s clips into `row`; each timed clip has its own picture, seed and motion
-    (the same for every plan and quality, by index). Returns the timed clips' frames.
+    (the same for every plan and quality, by index). Returns the timed clips' frames by index.
     `warmed_up`: the engine's own warm-up ran every graph already (compiled plans), so no clip
     is spent on it here."""
     width, height, _pw, _ph = clip_shapes(args.resolution)
     sync = synchronizer(device)
     warmup = 0 if warmed_up or (slow and not args.full_repeats) else args.warmup
     repeats = min(args.repeats, 1) if slow and not args.full_repeats else args.repeats
-    clips = []
+    clips: Clips = {}
     free_memory(device)  # as in the seed recipe's loop
     for index in range(warmup + repeats):
         motion, fps, noise = MOTIONS[index % len(MOTIONS)]
         options = AnimateOptions(
             num_inference_steps=args.steps,
-            seed=1000 + index,
+            seed=clip_seed(index),
             motion_bucket_id=motion,
             fps=fps,
             noise_aug_strength=noise,
             cache_interval=cache_interval,
         )
-        image = picture(width, height, seed=index)  # made outside the timed region
+        image = picture(width, height, seed=index)  # made outside the timed region (as below)
         clock = PhaseClock(sync)
         reset_peak(device)
         clock.start()
@@ -435,7 +451,7 @@ def time_clips(
         ended = time.perf_counter()
         record_peak(row, device)
         if index >= warmup:
-            clips.append(result.frames)
+            clips[index] = result.frames
             row.clip_seconds.append(ended - clock.started)
             step, decode = clock.step_seconds(), clock.decode_seconds(ended)
             if step is not None:
@@ -446,7 +462,7 @@ def time_clips(
 
 
 def bench_draft(
-    plan: str, engine: SVDEngine, best: list[np.ndarray], device: str, args: argparse.Namespace
+    plan: str, engine: SVDEngine, best: Clips, device: str, args: argparse.Namespace
 ) -> Row:
     """Draft quality on the same engine, pictures and seeds as its best-quality row: seconds and
     how far the frames moved (random weights: a check of the function, not of the looks)."""
@@ -459,9 +475,18 @@ def bench_draft(
     )
     after = compile_counters()
     row.recompiles = after["unique_graphs"] - before["unique_graphs"]
-    gaps = [np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(clips, best, strict=True)]
-    row.note = f"mean |frames - best| {statistics.mean(gaps):.2f} of 255"
+    gap = mean_gap(clips, best)
+    row.note = f"mean |frames - best| {gap:.2f} of 255" if gap is not None else "no clips"
     return row
+
+
+def mean_gap(clips: Clips, reference: Clips) -> float | None:
+    """Mean |frames - reference| of 255 over the clips of the same index; None if none."""
+    both = sorted(clips.keys() & reference.keys())
+    if not both:
+        return None
+    gaps = [np.abs(clips[i].astype(int) - reference[i].astype(int)).mean() for i in both]
+    return round(float(statistics.mean(gaps)), 4)
 
 
 @dataclass(frozen=True)
@@ -650,6 +675,7 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
         result["errors"].append({"plan": plan, "error": f"{type(exc).__name__}: {exc}"})
 
     write(result, args.out)  # the machine and the build, before anything can go wrong
+    reference: dict[str, Clips] = {}  # the seed recipe's frames, to compare each plan's with
     for plan in args.plans:
         if time.perf_counter() - started > args.max_seconds:
             result["skipped"].append(plan)
@@ -658,7 +684,9 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
         print(f"timing {plan} ...", flush=True)
         timing.clear()
         try:
-            bench_one(plan, loader, device, args, (width, height), rows, checkpoint, failed)
+            bench_one(
+                plan, loader, device, args, (width, height), rows, checkpoint, failed, reference
+            )
         except Exception as exc:
             # One plan's failure (a GPU quirk no CPU rehearsal shows) must not cost the others
             # their figures, nor its own so far (a compile time): the device time is spent.
@@ -683,14 +711,18 @@ def bench_one(
     rows: list[Row],
     checkpoint: Callable[[Row], None],
     failed: Callable[[str, BaseException], None],
+    reference: dict[str, Clips],
 ) -> None:
     """Add one plan's rows to `rows` as they are done (a later step's failure keeps them): the
     seed recipe's, or a plan's (with its agreement check under the fast plan, whose failure is
     reported to `failed` and the draft still timed) and its draft's."""
     if plan == SEED_RECIPE:
-        rows.append(bench_seed_recipe(loader, device, picture(*size, seed=0), args))
+        seed_row, reference[SEED_RECIPE] = bench_seed_recipe(loader, device, size, args)
+        rows.append(seed_row)
         return
     row, engine, best = bench_plan(plan, loader, device, args, checkpoint)
+    if SEED_RECIPE in reference:
+        row.seed_recipe_gap = mean_gap(best, reference[SEED_RECIPE])
     rows.append(row)
     try:
         if plan == "fast":
@@ -846,8 +878,9 @@ def table(rows: list[Row]) -> str:
     baseline = next((r.median for r in rows if r.name == SEED_RECIPE), None)
     lines = [
         "| plan | s/clip (median) | vs seed | UNet s/step | decode s | peak VRAM GiB "
-        "| load s | compile s | recompiles | UNet rel. err | VAE rel. err | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| load s | compile s | recompiles | UNet rel. err | VAE rel. err | vs seed frames "
+        "| note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def fmt(value: float | int | None, spec: str = ".2f") -> str:
@@ -862,7 +895,7 @@ def table(rows: list[Row]) -> str:
             f"| {fmt(data['median_decode_seconds'])} | {fmt(row.peak_vram_gib)} "
             f"| {fmt(row.load_seconds, '.1f')} | {fmt(row.compile_seconds, '.1f')} "
             f"| {fmt(row.recompiles, 'd')} | {fmt(row.unet_relative_error, '.2e')} "
-            f"| {fmt(row.vae_relative_error, '.2e')} "
+            f"| {fmt(row.vae_relative_error, '.2e')} | {fmt(row.seed_recipe_gap)} "
             f"| {row.note} |"
         )
     return "\n".join(lines)

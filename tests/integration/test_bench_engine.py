@@ -58,6 +58,9 @@ def test_the_gpu_benchmark_runs_through_on_the_tiny_model(tmp_path: Path) -> Non
     fast = rows["fast"]
     assert fast["recompiles"] == 0 and rows["fast draft/3"]["recompiles"] == 0
     assert fast["unet_relative_error"] < 1e-3 and fast["vae_relative_error"] < 1e-3
+    # Issue 8's "same output": the fast plan's clips are the seed recipe's (same picture, seed
+    # and motion), to well under a level of 255.
+    assert fast["seed_recipe_gap"] is not None and fast["seed_recipe_gap"] < 0.5
     # And against float32 eager, the higher-precision reference, on inputs drawn for this run.
     errors = fast["fp32_errors"]
     assert set(errors) == {"unet fast", "unet fp16 eager", "vae fast", "vae fp16 eager"}
