@@ -17,8 +17,8 @@ from bot import messages
 from bot.interactions import defer, member_of, queue_from_interaction
 from bot.presenter import DiscordPresenter, Reencoder
 from bot.service import AnimateService, Member, Origin, Variation
-from bot.views import ClipButton, PictureMenus, StalePictureMenu
-from generation.errors import is_disk_full
+from bot.views import ClipButton, PictureMenus, StalePictureMenu, clip_view
+from generation.errors import PictureGone, is_disk_full
 from generation.images import ImageLimits
 
 log = logging.getLogger(__name__)
@@ -251,7 +251,15 @@ class SvdBot(commands.Bot):
         async def submit(member: Member, origin: Origin) -> Any:
             return await self.service.vary(member, job_id, variation, origin)
 
-        await queue_from_interaction(interaction, self.service, submit)
+        try:
+            await queue_from_interaction(interaction, self.service, submit)
+        except PictureGone:
+            # Every later press would be told the same: only Delete stays. (The error handler
+            # then tells this member why.)
+            if interaction.message is not None:
+                with contextlib.suppress(discord.HTTPException):
+                    await interaction.message.edit(view=clip_view(job_id, picture_gone=True))
+            raise
 
     async def _delete_clip(self, interaction: discord.Interaction, job_id: str) -> None:
         # The checks read the database, which may be slow: answer Discord first. A refusal then

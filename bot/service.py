@@ -28,6 +28,7 @@ from generation.errors import (
     DiskFull,
     GenerationError,
     InvalidOptions,
+    PictureGone,
     TooManyJobs,
     is_disk_full,
 )
@@ -395,10 +396,7 @@ class AnimateService:
         """Re-roll / More motion / Less motion: a new job for `member` from an earlier one."""
         source = await self._jobs.get(source_job_id)
         if source is None or not await _exists(source.input_path):
-            raise GenerationError(
-                "The original picture for this clip is no longer kept. "
-                "Use `/animate` with the picture again."
-            )
+            raise PictureGone()
         options = AnimateOptions.from_dict(source.options)
         if options.model is not None and options.model not in self._config.models:
             raise GenerationError(

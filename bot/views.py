@@ -65,13 +65,17 @@ class ClipButton(
         await bot.handle_button(interaction, self.action, self.job_id)
 
 
-def clip_view(job_id: str, *, motion: int | None = None) -> discord.ui.View:
+def clip_view(
+    job_id: str, *, motion: int | None = None, picture_gone: bool = False
+) -> discord.ui.View:
     """Re-roll, More / Less motion, Delete; a motion button is greyed out at the end of the
-    range (`motion`: the clip's motion bucket), where it could only repeat the same motion."""
+    range (`motion`: the clip's motion bucket), where it could only repeat the same motion, and
+    all three once the picture is no longer kept (`picture_gone`): only Delete still works."""
     low, high = MOTION_RANGE
     ends = {
-        "more": motion is not None and motion >= high,
-        "less": motion is not None and motion <= low,
+        "reroll": picture_gone,
+        "more": picture_gone or (motion is not None and motion >= high),
+        "less": picture_gone or (motion is not None and motion <= low),
     }
     view = discord.ui.View(timeout=None)
     for action in ("reroll", "more", "less", "delete"):

@@ -30,6 +30,16 @@ class InvalidImage(GenerationError):
     """The upload is not a still image we can animate (wrong type, corrupt, too large...)."""
 
 
+class PictureGone(GenerationError):
+    """A variation (Re-roll, More / Less motion) of a clip whose picture is no longer kept."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The original picture for this clip is no longer kept. "
+            "Use `/animate` with the picture again."
+        )
+
+
 class QueueFull(GenerationError):
     """The queue holds as many waiting jobs as the host allows."""
 

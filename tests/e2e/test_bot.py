@@ -820,6 +820,29 @@ async def test_reroll_makes_a_new_clip_with_a_new_seed(
     assert "`smooth`" in second.content
 
 
+async def test_once_its_picture_is_gone_a_clip_offers_no_more_variations(
+    bot: App, fake_discord: FakeDiscordServer
+) -> None:
+    # Pictures are kept for days, not for ever: past that, every press would only be told so.
+    await animate(fake_discord)
+    clip = await clip_message(fake_discord)
+    ((input_path,),) = await bot.database.fetch("SELECT input_path FROM jobs")
+    await asyncio.to_thread(Path(input_path).unlink)
+    reroll = next(c for c in clip.custom_ids if c.startswith("svd:reroll:"))
+    click = await fake_discord.click(clip, reroll)
+    assert "no longer kept" in await reply_text(click)
+
+    def greyed() -> bool:
+        buttons = {
+            c["custom_id"].split(":")[1]: c.get("disabled", False)
+            for c in fake_discord.message(clip.id).iter_components()
+            if "custom_id" in c
+        }
+        return buttons == {"reroll": True, "more": True, "less": True, "delete": False}
+
+    await eventually(greyed)
+
+
 async def test_a_double_click_on_re_roll_makes_and_charges_one_clip(
     bot: App, fake_discord: FakeDiscordServer
 ) -> None:
